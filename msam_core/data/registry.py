@@ -1,0 +1,38 @@
+"""Dataset registry: names users type (DESIGN.md) mapped to loader functions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from msam_core.data.base import MultimodalDataset
+
+DatasetLoader = Callable[..., MultimodalDataset]
+_DATASETS: dict[str, DatasetLoader] = {}
+
+
+def register_dataset(name: str) -> Callable[[DatasetLoader], DatasetLoader]:
+    """Decorator: make ``loader(**options) -> MultimodalDataset`` available as ``name``."""
+
+    def decorate(loader: DatasetLoader) -> DatasetLoader:
+        if name in _DATASETS and _DATASETS[name] is not loader:
+            raise ValueError(f"dataset {name!r} is already registered")
+        _DATASETS[name] = loader
+        return loader
+
+    return decorate
+
+
+def dataset_names() -> list[str]:
+    """Registered dataset names, sorted."""
+    return sorted(_DATASETS)
+
+
+def load_dataset(name: str, **options: Any) -> MultimodalDataset:
+    """Build dataset ``name`` with loader ``options`` (seed, data_root, ...).
+
+    Raises ValueError listing the registered names when ``name`` is unknown.
+    """
+    if name not in _DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {dataset_names()}")
+    return _DATASETS[name](**options)
