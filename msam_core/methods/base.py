@@ -1,0 +1,110 @@
+"""The method protocol: a small object plugged into the one training loop.
+
+A :class:`Method` is built from the model and the training config, owns its optimizer (the
+base optimizer, or a SAM-family wrapper around it) and any state of its own (running
+averages, EMAs), and performs exactly one optimisation step per :meth:`Method.step` call,
+returning that step's record (DESIGN.md iteration keys).  The loop never needs to know which
+method it runs; resume is exact because :meth:`Method.state_dict` carries the method's own
+state next to the optimizer's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+def _get(config: Any, key: str, default: Any = None) -> Any:
+    """Read a config knob from a TrainConfig-like object or a plain mapping."""
+    if isinstance(config, Mapping):
+        return config.get(key, default)
+    return getattr(config, key, default)
+
+
+def base_optimizer_factory(config: Any) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """The base optimizer class and its keyword arguments from ``config``.
+
+    Knobs: ``optimizer`` (sgd | adam | adamw), ``lr``, ``momentum`` (SGD only),
+    ``weight_decay`` (the base optimizer's, as DESIGN.md prescribes for M-SAM).
+    """
+    name = str(_get(config, "optimizer", "sgd")).lower()
+    lr = float(_get(config, "lr", 0.01))
+    weight_decay = float(_get(config, "weight_decay", 0.0))
+    if name == "sgd":
+        return torch.optim.SGD, {
+            "lr": lr,
+            "momentum": float(_get(config, "momentum", 0.9)),
+            "weight_decay": weight_decay,
+        }
+    if name == "adam":
+        return torch.optim.Adam, {"lr": lr, "weight_decay": weight_decay}
+    if name == "adamw":
+        return torch.optim.AdamW, {"lr": lr, "weight_decay": weight_decay}
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {list(OPTIMIZERS)}")
+
+
+def build_base_optimizer(params: Iterable[Tensor], config: Any) -> torch.optim.Optimizer:
+    """The plain base optimizer over ``params`` (see :func:`base_optimizer_factory`)."""
+    cls, kwargs = base_optimizer_factory(config)
+    return cls(params, **kwargs)
+
+
+class Method:
+    """Base class of every training method (joint, sam, msam, ...).
+
+    Subclasses set :attr:`optimizer` in ``__init__`` (default: the base optimizer) and
+    implement :meth:`step`.  ``optimizer`` must be a ``torch.optim.Optimizer`` whose
+    ``param_groups`` carry ``lr``, so the loop's learning-rate scheduler drives it, and whose
+    ``state_dict`` round-trips (the loop checkpoints it under ``"optimizer"``).
+
+    Attributes: ``name`` (the registry name), ``model``, ``config``, ``modalities``
+    (``model.modalities`` order), ``optimizer``.
+    """
+
+    name: ClassVar[str] = ""
+    #: True when :meth:`step` measures ``sharpness`` (l(θ+ε) − l(θ)) as a by-product.
+    measures_sharpness: ClassVar[bool] = False
+
+    def __init__(self, model: nn.Module, config: Any) -> None:
+        self.model = model
+        self.config = config
+        self.modalities: list[str] = list(model.modalities)
+        self.optimizer: torch.optim.Optimizer = build_base_optimizer(model.parameters(), config)
+
+    def option(self, key: str, default: Any = None) -> Any:
+        """A method-specific knob: ``config.method_options[key]``, else ``config.<key>``."""
+        options = _get(self.config, "method_options", None) or {}
+        if key in options:
+            return options[key]
+        return _get(self.config, key, default)
+
+    def step(self, model: nn.Module, inputs: Mapping[str, Tensor], targets: Tensor) -> dict:
+        """One optimisation step on one batch; returns the step's record.
+
+        The record holds at least ``loss`` (the fused loss at θ before the update, float) and,
+        for every modality m, ``phi/<m>``, ``weight/<m>`` and ``dominant`` where the method
+        computes them; methods that measure it add ``sharpness``.  The loop adds ``step``,
+        ``epoch``, ``lr`` and ``time/step_s``.
+        """
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """The method's own state besides the optimizer (EMAs, running averages)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the base has no state and accepts only ``{}``."""
+        if state:
+            raise ValueError(
+                f"method {self.name!r} keeps no state but the checkpoint has keys {sorted(state)}"
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, optimizer={type(self.optimizer).__name__})"
+        )

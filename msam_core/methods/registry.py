@@ -1,0 +1,80 @@
+"""Method registry: names users type (joint, sam, msam, ...) mapped to :class:`Method` classes.
+
+Built-in methods live one per module in ``msam_core/methods/``; every module there is
+imported on first lookup, so a new method registers itself just by adding its module with
+``@register_method("name")``.  Third-party packages may also register through the entry-point
+group ``msam.methods`` (each entry point names a module or a Method class to import).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any
+
+from torch import nn
+
+from msam_core.methods.base import Method
+
+ENTRY_POINT_GROUP = "msam.methods"
+_METHODS: dict[str, type[Method]] = {}
+_discovered = False
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: make ``cls`` available as method ``name`` (also sets ``cls.name``)."""
+
+    def decorate(cls: type[Method]) -> type[Method]:
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise TypeError(f"register_method({name!r}) expects a Method subclass, got {cls!r}")
+        if name in _METHODS and _METHODS[name] is not cls:
+            raise ValueError(f"method {name!r} is already registered by {_METHODS[name]!r}")
+        cls.name = name
+        _METHODS[name] = cls
+        return cls
+
+    return decorate
+
+
+def _discover() -> None:
+    """Import every module of this package, then entry points, once."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    package = importlib.import_module("msam_core.methods")
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name not in ("base", "registry") and not info.name.startswith("_"):
+            importlib.import_module(f"msam_core.methods.{info.name}")
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        entry.load()
+
+
+def method_names() -> list[str]:
+    """Registered method names, sorted."""
+    _discover()
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> type[Method]:
+    """The Method class registered as ``name``; ValueError listing the choices if unknown."""
+    _discover()
+    if name not in _METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {method_names()}")
+    return _METHODS[name]
+
+
+def build_method(name: str, model: nn.Module, config: Any) -> Method:
+    """Instantiate method ``name`` for ``model`` with knobs from ``config``.
+
+    ``config`` is a :class:`msam_core.config.TrainConfig` or a mapping of its keys (missing
+    keys take the TrainConfig defaults).
+    """
+    cls = get_method(name)
+    if isinstance(config, dict):
+        from msam_core.config import TrainConfig
+
+        config = TrainConfig.from_dict(config)
+    return cls(model, config)

@@ -1,0 +1,483 @@
+"""The run directory: append-only, crash-safe records of one training run (DESIGN.md).
+
+Layout::
+
+    RUN/config.json        the training config, plus ``"run"``: versions, git commit, device,
+                           modality names (written once, atomically, when the run starts)
+    RUN/iterations.jsonl   one JSON object per optimisation step, appended and flushed
+    RUN/epochs.jsonl       one JSON object per (epoch, split) evaluation
+    RUN/summary.json       best-val epoch and its metrics (rewritten atomically each epoch)
+    RUN/landscapes/*.npz   loss-landscape grids
+    RUN/checkpoints/       epoch_0003.pt per epoch, last.pt for resume
+
+Value conventions in the ``.jsonl`` files:
+
+- a key that was not measured at a step is **absent** (never 0, never null);
+- a measured value that is not finite (NaN, +inf, -inf) is written as ``null`` so every line
+  stays strict JSON; :func:`load_run` reads it back as NaN.  So "absent" means "not
+  measured" and "null" means "measured, but not a finite number" (e.g. a diverged loss).
+
+:func:`load_run` tolerates a run that is still being written, or one killed mid-line: a line
+that is not valid JSON is skipped with a :mod:`warnings` warning naming file and line number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+CONFIG_FILE = "config.json"
+ITERATIONS_FILE = "iterations.jsonl"
+EPOCHS_FILE = "epochs.jsonl"
+SUMMARY_FILE = "summary.json"
+LANDSCAPES_DIR = "landscapes"
+CHECKPOINTS_DIR = "checkpoints"
+_RUN_MARKERS = (CONFIG_FILE, ITERATIONS_FILE, EPOCHS_FILE)
+
+
+# --------------------------------------------------------------------------------------------
+# JSON encoding
+
+
+def to_jsonable(value: Any) -> Any:
+    """Turn tensors, numpy scalars/arrays, paths and tuples into plain JSON values.
+
+    Non-finite floats become ``None`` (written as ``null``), so the output is strict JSON.
+    """
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return to_jsonable(value.item())
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    # torch tensors without importing torch here (record.py stays light for msam_viz)
+    if hasattr(value, "detach") and hasattr(value, "tolist"):
+        return to_jsonable(value.detach().cpu().tolist())
+    raise TypeError(f"cannot record a value of type {type(value).__name__}: {value!r}")
+
+
+def dumps_record(record: Mapping[str, Any]) -> str:
+    """One record as one strict-JSON line (no trailing newline)."""
+    return json.dumps(to_jsonable(record), allow_nan=False, separators=(",", ":"))
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as JSON via a temporary file and ``os.replace`` (never half-written)."""
+    path = Path(path)
+    text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# Environment stamp
+
+
+def git_commit(start: str | os.PathLike | None = None) -> str | None:
+    """The commit of the source tree msam runs from (``None`` outside a git checkout)."""
+    where = Path(start) if start is not None else Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and commit else None
+
+
+def environment_info() -> dict[str, Any]:
+    """Versions and host facts stored in ``config.json["run"]`` so a result can be traced."""
+    import torch  # local: keep importing this module cheap
+
+    from msam_core import __version__
+
+    return {
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "msam": __version__,
+        },
+        "git_commit": git_commit(),
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+def _looks_like_run(path: Path) -> bool:
+    return any((path / name).exists() for name in _RUN_MARKERS)
+
+
+class RunWriter:
+    """Creates (or reopens) a run directory and appends records to it.
+
+    ``resume=False, overwrite=False`` refuses a directory that already holds files, so nothing
+    is ever lost silently; ``overwrite=True`` deletes a previous *run* directory (one holding
+    ``config.json`` or records) first, and still refuses a non-empty directory that is not a
+    run; ``resume=True`` reopens an existing run and appends to it.
+
+    Each record is one line, flushed to the OS at once (``fsync=True`` also forces it to disk,
+    which costs ~1 ms per record on most file systems).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        fsync: bool = False,
+    ) -> None:
+        if resume and overwrite:
+            raise ValueError("choose either resume or overwrite, not both")
+        self.path = Path(path).expanduser()
+        self.fsync = fsync
+        self._prepare(resume=resume, overwrite=overwrite)
+        self.checkpoints_dir.mkdir(exist_ok=True)
+        self.landscapes_dir.mkdir(exist_ok=True)
+        self._iterations = open(self.path / ITERATIONS_FILE, "a", encoding="utf-8")
+        self._epochs = open(self.path / EPOCHS_FILE, "a", encoding="utf-8")
+
+    # -- set-up ----------------------------------------------------------------------------
+
+    def _prepare(self, *, resume: bool, overwrite: bool) -> None:
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise NotADirectoryError(
+                f"run directory {str(path)!r} exists and is a file; choose another --out"
+            )
+        if resume:
+            if not path.is_dir() or not (path / CONFIG_FILE).exists():
+                raise FileNotFoundError(
+                    f"cannot resume {str(path)!r}: no run there (no {CONFIG_FILE}); "
+                    "start it without --resume"
+                )
+            self._check_writable()
+            return
+        if path.is_dir() and any(path.iterdir()):
+            if not overwrite:
+                raise FileExistsError(
+                    f"run directory {str(path)!r} already exists; pass --resume (resume=True) "
+                    "to continue it, --overwrite (overwrite=True) to replace it, or choose "
+                    "another --out"
+                )
+            if not _looks_like_run(path):
+                raise FileExistsError(
+                    f"{str(path)!r} is a non-empty directory that is not an msam run; "
+                    "refusing to overwrite it, choose another --out"
+                )
+            shutil.rmtree(path)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise type(err)(
+                f"cannot create run directory {str(path)!r}: {err.strerror or err}; "
+                "choose a writable --out"
+            ) from err
+        self._check_writable()
+
+    def _check_writable(self) -> None:
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=self.path)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            raise PermissionError(
+                f"run directory {str(self.path)!r} is not writable: {err.strerror or err}; "
+                "choose a writable --out"
+            ) from err
+
+    # -- paths -----------------------------------------------------------------------------
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / CHECKPOINTS_DIR
+
+    @property
+    def landscapes_dir(self) -> Path:
+        return self.path / LANDSCAPES_DIR
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def write_config(self, config: Mapping[str, Any], *, run_info: Mapping | None = None) -> None:
+        """Write ``config.json``: the config keys plus ``"run"`` (environment and data facts)."""
+        doc = dict(config)
+        info = environment_info()
+        if run_info:
+            info.update(run_info)
+        doc["run"] = info
+        write_json_atomic(self.path / CONFIG_FILE, doc)
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        write_json_atomic(self.path / SUMMARY_FILE, summary)
+
+    def _append(self, fh, record: Mapping[str, Any]) -> None:
+        fh.write(dumps_record(record) + "\n")
+        fh.flush()
+        if self.fsync:
+            os.fsync(fh.fileno())
+
+    def log_iteration(self, record: Mapping[str, Any]) -> None:
+        """Append one step record to ``iterations.jsonl``."""
+        self._append(self._iterations, record)
+
+    def log_epoch(self, record: Mapping[str, Any]) -> None:
+        """Append one (epoch, split) record to ``epochs.jsonl``."""
+        self._append(self._epochs, record)
+
+    def truncate_after(self, *, step: int, epoch: int) -> None:
+        """Drop records newer than a checkpoint, so a resumed run never duplicates steps.
+
+        Keeps iteration records with ``record["step"] <= step`` and epoch records with
+        ``record["epoch"] <= epoch``; unreadable (truncated) lines are dropped.  Each file is
+        rewritten through a temporary file and ``os.replace``.
+        """
+        self._iterations.close()
+        self._epochs.close()
+        _filter_jsonl(self.path / ITERATIONS_FILE, lambda r: r.get("step", -1) <= step)
+        _filter_jsonl(self.path / EPOCHS_FILE, lambda r: r.get("epoch", -1) <= epoch)
+        self._iterations = open(self.path / ITERATIONS_FILE, "a", encoding="utf-8")
+        self._epochs = open(self.path / EPOCHS_FILE, "a", encoding="utf-8")
+
+    def close(self) -> None:
+        for fh in (self._iterations, self._epochs):
+            if not fh.closed:
+                fh.flush()
+                fh.close()
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _filter_jsonl(path: Path, keep) -> None:
+    if not path.exists():
+        return
+    lines = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if line.endswith("\n") and keep(record):
+                lines.append(line)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.writelines(lines)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Records of a ``.jsonl`` file; a line that is not valid JSON is skipped with a warning.
+
+    A missing file gives ``[]`` (a run that has not logged anything yet).
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                where = "last line" if not line.endswith("\n") else "line"
+                warnings.warn(
+                    f"{path}: skipping unreadable {where} {lineno} (truncated or corrupt "
+                    f"record, e.g. a run killed mid-write): {line[:60]!r}",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
+def _frame(records: list[dict[str, Any]], first: Iterable[str]) -> pd.DataFrame:
+    """Tidy DataFrame, one row per record; leading columns in ``first`` order; null -> NaN."""
+    frame = pd.DataFrame.from_records(records) if records else pd.DataFrame()
+    lead = [c for c in first if c in frame.columns]
+    frame = frame[lead + [c for c in frame.columns if c not in lead]]
+    for column in frame.columns:
+        # a column that is numeric apart from nulls (non-finite values) becomes float with NaN
+        if frame[column].dtype == object:
+            values = frame[column].dropna()
+            if len(values) and all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in values
+            ):
+                frame[column] = frame[column].astype(float)
+    return frame
+
+
+@dataclass
+class Run:
+    """One run directory, loaded: config dict and tidy DataFrames for plotting.
+
+    ``iterations``: one row per step (columns = record keys: step, epoch, loss, lr, dominant,
+    phi/<m>, weight/<m>, sharpness, ...).  ``epochs``: one row per (epoch, split).
+    """
+
+    path: Path
+    config: dict[str, Any]
+    iterations: pd.DataFrame
+    epochs: pd.DataFrame
+    summary: dict[str, Any] = field(default_factory=dict)
+    landscapes: list[Path] = field(default_factory=list)
+    checkpoints: list[Path] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """The run's display name: ``config["name"]`` if set, else the directory name."""
+        return str(self.config.get("name") or self.path.name)
+
+    @property
+    def method(self) -> str | None:
+        return self.config.get("method")
+
+    @property
+    def dataset(self) -> str | None:
+        return self.config.get("dataset")
+
+    @property
+    def seed(self) -> int | None:
+        return self.config.get("seed")
+
+    @property
+    def modalities(self) -> list[str]:
+        """Modality names in model order (coalition bit m = modality m)."""
+        names = self.config.get("run", {}).get("modalities")
+        if names:
+            return list(names)
+        columns = list(self.iterations.columns) + list(self.epochs.columns)
+        seen: list[str] = []
+        for c in columns:
+            if c.startswith("phi/") and c[4:] not in seen:
+                seen.append(c[4:])
+        return seen
+
+    @property
+    def finished(self) -> bool:
+        """True once the loop reached its last epoch (``summary["finished"]``)."""
+        return bool(self.summary.get("finished", False))
+
+    def load_landscape(self, key: int | str = -1) -> dict[str, np.ndarray]:
+        """Arrays of one ``landscapes/*.npz`` file, by index in :attr:`landscapes` or by stem."""
+        if not self.landscapes:
+            raise FileNotFoundError(f"run {str(self.path)!r} has no landscapes/*.npz yet")
+        if isinstance(key, str):
+            matches = [p for p in self.landscapes if p.stem == key or p.name == key]
+            if not matches:
+                raise KeyError(
+                    f"no landscape {key!r} in {str(self.path)!r}; "
+                    f"choose one of {[p.stem for p in self.landscapes]}"
+                )
+            target = matches[0]
+        else:
+            target = self.landscapes[key]
+        with np.load(target, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+
+    def reload(self) -> Run:
+        """Read the directory again (for a run that is still being written)."""
+        return load_run(self.path)
+
+    def __repr__(self) -> str:
+        return (
+            f"Run({self.name!r}, method={self.method!r}, modalities={self.modalities}, "
+            f"steps={len(self.iterations)}, epoch_rows={len(self.epochs)})"
+        )
+
+
+def load_run(path: str | os.PathLike) -> Run:
+    """Load a run directory written by :func:`msam_core.train` (complete, live or killed).
+
+    Raises FileNotFoundError for a missing path and ValueError for a directory that holds no
+    run (no ``config.json`` and no records).
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"no run directory at {str(path)!r}")
+    if not path.is_dir():
+        raise NotADirectoryError(f"{str(path)!r} is a file, not a run directory")
+    if not _looks_like_run(path):
+        raise ValueError(
+            f"{str(path)!r} is not an msam run directory (no {CONFIG_FILE}, "
+            f"{ITERATIONS_FILE} or {EPOCHS_FILE}); pass the directory given to --out"
+        )
+    config: dict[str, Any] = {}
+    if (path / CONFIG_FILE).exists():
+        config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    summary: dict[str, Any] = {}
+    if (path / SUMMARY_FILE).exists():
+        try:
+            summary = json.loads((path / SUMMARY_FILE).read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            warnings.warn(f"{path / SUMMARY_FILE}: unreadable, ignored", RuntimeWarning, 2)
+    iterations = _frame(read_jsonl(path / ITERATIONS_FILE), ("step", "epoch"))
+    epochs = _frame(read_jsonl(path / EPOCHS_FILE), ("epoch", "split"))
+    landscapes = sorted((path / LANDSCAPES_DIR).glob("*.npz"))
+    checkpoints = sorted((path / CHECKPOINTS_DIR).glob("epoch_*.pt"))
+    return Run(
+        path=path,
+        config=config,
+        iterations=iterations,
+        epochs=epochs,
+        summary=summary,
+        landscapes=landscapes,
+        checkpoints=checkpoints,
+    )
