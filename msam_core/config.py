@@ -1,0 +1,300 @@
+"""Every knob of a training run in one dataclass, loadable from YAML/JSON and ``--key value``.
+
+``TrainConfig`` is what ``config.json`` of a run directory holds (plus a ``"run"`` entry with
+versions and data facts, ignored when a config is read back), so any run can be repeated with
+``msam train --config RUN/config.json --out NEW``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("none", "cosine", "step")
+SHAPLEY_VALUES = ("accuracy", "probability", "neg_loss")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+#: keys a run directory's config.json adds to the config; ignored when reading one back
+RESERVED_KEYS = ("run",)
+
+
+@dataclass
+class TrainConfig:
+    """One training run.  Units: ``lr`` per step; ``epochs``, ``checkpoint_every``,
+    ``eval_every`` and ``landscape_epochs`` in epochs; ``measure_every`` in steps.
+
+    Data: ``dataset`` (registry name) with ``dataset_options`` passed to its loader (a
+    ``seed`` there defaults to ``seed``).  Model: ``fusion`` (early | concat | sum | gated |
+    film), ``encoder`` (``auto`` picks one per modality kind) and ``model_options`` passed to
+    ``build_model``.  Method: ``method`` (joint | sam | msam | ...), ``rho`` and ``adaptive``
+    for the SAM family, ``method_options`` for anything method-specific.
+    """
+
+    # what to train on, with what
+    dataset: str = "synthetic"
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    method: str = "msam"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    fusion: str = "concat"
+    encoder: str = "auto"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    # base optimizer and schedule
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "none"
+    step_epochs: int = 10  # schedule "step": multiply lr by step_gamma every step_epochs
+    step_gamma: float = 0.1
+    # SAM family
+    rho: float = 0.05
+    adaptive: bool = False
+    # Shapley: coalition value v(S)
+    shapley_value: str = "accuracy"
+    # loop
+    batch_size: int = 64
+    epochs: int = 10
+    seed: int = 0
+    device: str = "auto"
+    bf16: bool = False  # bf16 autocast, CUDA only
+    # evaluation, checkpoints, measurement
+    eval_every: int = 1
+    eval_batch_size: int = 1024
+    checkpoint_every: int = 1
+    keep_checkpoints: int = 0  # 0 keeps every epoch_XXXX.pt; n keeps the newest n
+    measure_every: int = 0  # per-modality sharpness / Hessian every k steps; 0 = never
+    landscape_epochs: list[int] = field(default_factory=list)
+    fsync: bool = False  # force each record to disk (slower; survives power loss)
+    name: str | None = None
+
+    # -- validation ------------------------------------------------------------------------
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check value ranges and fixed choices; ValueError names the key and the choices.
+
+        Registry names (dataset, method, fusion) are checked when the run is built, against
+        what is registered then.
+        """
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("shapley_value", self.shapley_value, SHAPLEY_VALUES)
+        if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
+            raise ValueError(f"device={self.device!r}; choose one of {list(DEVICES)} or 'cuda:N'")
+        for key in ("batch_size", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("epochs", "eval_every", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.measure_every < 0:
+            raise ValueError(f"measure_every must be >= 0 (0 = never), got {self.measure_every}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.rho < 0:
+            raise ValueError(f"rho must be >= 0, got {self.rho}")
+
+    # -- conversion ------------------------------------------------------------------------
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """Build from a mapping; unknown keys -> KeyError listing the valid ones."""
+        data = {k: v for k, v in data.items() if k not in RESERVED_KEYS}
+        return with_overrides(cls(), data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrainConfig:
+        """Read a ``.yaml``/``.yml``/``.json`` file (a run's ``config.json`` works too)."""
+        return cls.from_dict(read_config_file(path))
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` applied (coerced and validated like overrides)."""
+        return with_overrides(self, changes)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _choice(key: str, value: Any, choices: Iterable[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{key}={value!r} is not valid; choose one of {list(choices)}")
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _check_keys(keys: Iterable[str]) -> None:
+    valid = TrainConfig.keys()
+    unknown = [k for k in keys if k.split(".", 1)[0] not in valid]
+    if unknown:
+        raise KeyError(f"unknown config key(s) {unknown}; valid keys are {valid}")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping stored in a YAML or JSON config file (FileNotFoundError / ValueError)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ValueError(f"config file {str(path)!r} is not valid YAML/JSON: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"config file {str(path)!r} must hold a mapping of keys, got {type(data).__name__}"
+        )
+    return data
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def coerce(key: str, value: Any, kind: Any) -> Any:
+    """Convert ``value`` (often a command-line string) to the field type ``kind``.
+
+    Handles ``int``, ``float``, ``bool`` (true/false/yes/no/on/off/1/0), ``str``, optional
+    types (``none``/``null`` -> None), ``list[int]`` (``"1,2"`` or ``"[1, 2]"``) and ``dict``
+    (YAML/JSON text).  ValueError names the key, the value and the expected type.
+    """
+    origin = typing.get_origin(kind)
+    args = typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return coerce(key, value, inner[0])
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            text = str(value).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ValueError
+        if kind is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value) if not isinstance(value, str) else int(value.strip())
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind is str:
+            if isinstance(value, dict | list):
+                raise ValueError
+            return str(value)
+        if origin is list:
+            if isinstance(value, str):
+                text = value.strip()
+                parsed = yaml.safe_load(text) if text.startswith("[") else text.split(",")
+                value = [] if text == "" else parsed
+            if not isinstance(value, list | tuple):
+                value = [value]
+            return [coerce(key, v, args[0]) if args else v for v in value]
+        if origin is dict or kind is dict:
+            if isinstance(value, str):
+                value = yaml.safe_load(value) if value.strip() else {}
+            if not isinstance(value, Mapping):
+                raise ValueError
+            return dict(value)
+    except (ValueError, TypeError, yaml.YAMLError):
+        pass
+    else:
+        return value
+    name = getattr(kind, "__name__", str(kind))
+    raise ValueError(f"config key {key!r}: cannot read {value!r} as {name}")
+
+
+def with_overrides(config: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfig:
+    """A new config with ``overrides`` applied; values are coerced to the field types.
+
+    Keys may use dashes (``batch-size``) and dotted paths into dict fields
+    (``dataset_options.noise=0.5`` sets one option, its value read as YAML).
+    """
+    data = config.to_dict()
+    hints = _field_types()
+    normalised = {str(k).replace("-", "_"): v for k, v in overrides.items()}
+    _check_keys(normalised)
+    for key, value in normalised.items():
+        if "." in key:
+            top, sub = key.split(".", 1)
+            if typing.get_origin(hints[top]) is not dict:
+                raise KeyError(f"{top!r} is not a dict option; {key!r} cannot set a sub-key")
+            data[top] = dict(data[top])
+            data[top][sub] = yaml.safe_load(value) if isinstance(value, str) else value
+        else:
+            data[key] = coerce(key, value, hints[key])
+    return TrainConfig(**data)
+
+
+def parse_overrides(tokens: list[str]) -> dict[str, str]:
+    """``["--lr", "0.1", "--adaptive", "--dataset_options.noise=0.3"]`` -> a dict of strings.
+
+    A flag with no value (followed by another flag or the end) means ``true``.
+    """
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--") or token == "--":
+            raise ValueError(f"expected --key value, got {token!r}")
+        key = token[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
+            value = tokens[i + 1]
+            i += 2
+        else:
+            value = "true"
+            i += 1
+        out[key.replace("-", "_")] = value
+    return out
+
+
+def resolve_config(
+    config: TrainConfig | Mapping[str, Any] | str | Path | None = None, **overrides: Any
+) -> TrainConfig:
+    """Any accepted config form (object, mapping, file path, None) plus overrides -> TrainConfig."""
+    if config is None:
+        base = TrainConfig()
+    elif isinstance(config, TrainConfig):
+        base = config
+    elif isinstance(config, str | Path):
+        base = TrainConfig.from_file(config)
+    elif isinstance(config, Mapping):
+        base = TrainConfig.from_dict(config)
+    else:
+        raise TypeError(
+            f"config must be a TrainConfig, a mapping or a file path, got {type(config).__name__}"
+        )
+    return with_overrides(base, overrides) if overrides else base
