@@ -1,0 +1,180 @@
+"""What every figure needs from a run: its label, modalities, columns, and honest gaps.
+
+Figures read a :class:`~msam_viz.io.Run` through these helpers only, so a run lacking a
+record (no Hessian, no landscape, a method without weights) draws what it has and says what
+is missing, both on the figure (an annotation) and as a :class:`MissingRecordsWarning`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+PHI = "phi/"
+ACC = "acc/"
+SHARP = "sharpness/"
+
+
+class MissingRecordsWarning(UserWarning):
+    """A figure was drawn without some records the run does not hold."""
+
+
+def as_run_list(runs: Any) -> list[Any]:
+    """One run or an iterable of runs -> a non-empty list of runs."""
+    if hasattr(runs, "iterations") and hasattr(runs, "epochs"):
+        return [runs]
+    if isinstance(runs, str | bytes) or not isinstance(runs, Iterable):
+        raise TypeError(
+            f"expected a Run (from msam_viz.load_run) or a list of runs, got {type(runs).__name__}"
+        )
+    out = list(runs)
+    if not out:
+        raise ValueError("no runs given: pass at least one Run (see msam_viz.load_runs)")
+    for run in out:
+        if not (hasattr(run, "iterations") and hasattr(run, "epochs")):
+            raise TypeError(f"expected Run objects, got {type(run).__name__}")
+    return out
+
+
+def config_value(run: Any, key: str, default: Any = None) -> Any:
+    """``run.config[key]``, also looking one level into nested sections (``train.method``)."""
+    config = getattr(run, "config", None) or {}
+    if key in config:
+        return config[key]
+    for value in config.values():
+        if isinstance(value, dict) and key in value:
+            return value[key]
+    return default
+
+
+def run_name(run: Any) -> str:
+    """A short name for legends: the run's own name, else its directory name."""
+    name = getattr(run, "name", None)
+    if name:
+        return str(name)
+    path = getattr(run, "path", None)
+    return str(getattr(path, "name", path) or "run")
+
+
+def run_method(run: Any) -> str:
+    """The training method of a run (``msam``, ``joint``, …), ``"unknown"`` when not recorded."""
+    return str(config_value(run, "method", "unknown"))
+
+
+def run_seed(run: Any) -> Any:
+    return config_value(run, "seed")
+
+
+def run_subtitle(run: Any) -> str:
+    """``name · method · dataset · seed`` for figure subtitles."""
+    parts = [run_name(run), run_method(run)]
+    dataset = config_value(run, "dataset")
+    if isinstance(dataset, dict):
+        dataset = dataset.get("name")
+    if dataset:
+        parts.append(str(dataset))
+    seed = run_seed(run)
+    if seed is not None:
+        parts.append(f"seed {seed}")
+    return " · ".join(parts)
+
+
+def run_modalities(run: Any) -> list[str]:
+    """Modality names in the model's order: the run's own list, the config's, else the columns."""
+    names = getattr(run, "modalities", None) or config_value(run, "modalities")
+    if names:
+        return [m if isinstance(m, str) else str(m.get("name", m)) for m in names]
+    seen: dict[str, None] = {}
+    for frame in (run.iterations, run.epochs):
+        for col in getattr(frame, "columns", ()):
+            for prefix in (PHI, ACC, "weight/"):
+                if isinstance(col, str) and col.startswith(prefix):
+                    seen.setdefault(col[len(prefix) :], None)
+    return list(seen)
+
+
+def present(frame: pd.DataFrame | None, column: str) -> bool:
+    """True when ``column`` exists and holds at least one value."""
+    return frame is not None and column in frame.columns and bool(frame[column].notna().any())
+
+
+def rows_with(frame: pd.DataFrame, columns: Sequence[str], x: str = "step") -> pd.DataFrame:
+    """The rows where any of ``columns`` is recorded (every-k-steps records), sorted by ``x``."""
+    cols = [c for c in columns if c in frame.columns]
+    if not cols:
+        return frame.iloc[0:0]
+    out = frame.loc[frame[cols].notna().any(axis=1)]
+    return out.sort_values(x) if x in out.columns else out
+
+
+def smooth(values: pd.Series, window: int | None) -> pd.Series:
+    """Centred rolling mean over ``window`` records (``None``/1: unchanged); gaps stay gaps."""
+    if window is None:
+        return values
+    if window < 1:
+        raise ValueError(f"smooth window must be a positive number of steps, got {window}")
+    if window == 1:
+        return values
+    return values.rolling(int(window), center=True, min_periods=1).mean()
+
+
+def bin_mean(frame: pd.DataFrame, x: str, columns: Sequence[str], max_points: int) -> pd.DataFrame:
+    """At most ``max_points`` rows: consecutive rows averaged in equal bins (x and values).
+
+    Keeps figures of 10^4+ steps light in the browser; a no-op below ``max_points``.
+    """
+    n = len(frame)
+    if max_points <= 0 or n <= max_points:
+        return frame[[x, *columns]]
+    bins = np.arange(n) * max_points // n
+    return frame[[x, *columns]].groupby(bins).mean()
+
+
+def note_missing(fig: go.Figure, what: Sequence[str], run: Any | None = None) -> None:
+    """Say on ``fig`` (annotation under the title) and as a warning what the run lacks."""
+    if not what:
+        return
+    who = f"run {run_name(run)!r}: " if run is not None else ""
+    text = "not in this run: " + "; ".join(what)
+    warnings.warn(who + text, MissingRecordsWarning, stacklevel=3)
+    existing = [a.text for a in fig.layout.annotations if a.name == "missing"]
+    if text in existing:
+        return
+    fig.add_annotation(
+        name="missing",
+        text=text,
+        xref="paper",
+        yref="paper",
+        x=0.0,
+        y=0.0,
+        # Pixels below the x-axis title, one line per note, with room made in the margin.
+        yshift=-48 - 18 * len(existing),
+        xanchor="left",
+        yanchor="top",
+        showarrow=False,
+        font={"size": 11, "color": "#8a1c1c"},
+        align="left",
+    )
+    fig.update_layout(margin={"b": 80 + 18 * len(existing)})
+
+
+def empty_message(fig: go.Figure, text: str) -> go.Figure:
+    """A centred message on an otherwise empty figure (nothing to draw)."""
+    fig.add_annotation(
+        name="empty",
+        text=text,
+        xref="paper",
+        yref="paper",
+        x=0.5,
+        y=0.5,
+        showarrow=False,
+        font={"size": 14, "color": "#555555"},
+    )
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return fig

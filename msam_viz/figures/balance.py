@@ -1,0 +1,319 @@
+"""Modality balance: who contributes, who dominates, and what each modality alone can do.
+
+- :func:`shapley_shares`: each modality's share of the Shapley contribution per iteration
+  (stacked area summing to 1) over a band coloured by the dominant modality.
+- :func:`dominance`: the dominant modality over time as a timeline, with switches per epoch.
+- :func:`accuracy_curves`: fused and unimodal (others masked) accuracy per epoch.
+
+Shares follow the M-SAM decomposition (DESIGN.md): ``s_m = max(φ_m, 0) / Σ_k max(φ_k, 0)``,
+and ``1/M`` each when no modality contributes positively, so the area is the weight M-SAM
+would give each modality, whatever method trained the run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from msam_viz.figures._common import (
+    ACC,
+    PHI,
+    bin_mean,
+    empty_message,
+    note_missing,
+    present,
+    run_modalities,
+    run_subtitle,
+    smooth,
+)
+from msam_viz.style import DEFAULT_STYLE, Style, rgba
+
+
+def shapley_share_table(run: Any) -> pd.DataFrame:
+    """Per-iteration shares ``[step, <modality>…]`` (rows sum to 1) from the ``phi/<m>`` records.
+
+    Rows without any φ are dropped; a modality whose φ is missing on a row counts as 0.
+    """
+    modalities = [m for m in run_modalities(run) if present(run.iterations, PHI + m)]
+    frame = run.iterations
+    cols = [PHI + m for m in modalities]
+    if not cols:
+        return pd.DataFrame(columns=["step"])
+    rows = frame.loc[frame[cols].notna().any(axis=1)]
+    phi = rows[cols].to_numpy(dtype=float)
+    positive = np.clip(np.nan_to_num(phi, nan=0.0), 0.0, None)
+    total = positive.sum(axis=1, keepdims=True)
+    # No positive contribution (e.g. at initialisation): equal weights, as M-SAM uses.
+    shares = np.where(total > 0, positive / np.where(total > 0, total, 1.0), 1.0 / len(cols))
+    out = pd.DataFrame(shares, columns=modalities, index=rows.index)
+    out.insert(0, "step", rows["step"].to_numpy() if "step" in rows else np.arange(len(rows)))
+    return out.reset_index(drop=True)
+
+
+def dominant_series(run: Any) -> pd.DataFrame:
+    """``[step, epoch, dominant]`` per iteration, names as in ``run_modalities``.
+
+    Uses the recorded ``dominant`` key (name or index); rows lacking it fall back to
+    argmax φ with ties to the lowest modality index, exactly as M-SAM picks it.
+    """
+    frame = run.iterations
+    modalities = run_modalities(run)
+    cols = [PHI + m for m in modalities if PHI + m in frame.columns]
+    dominant = pd.Series(pd.NA, index=frame.index, dtype="object")
+    if "dominant" in frame.columns:
+        recorded = frame["dominant"]
+        as_index = pd.to_numeric(recorded, errors="coerce")
+        by_name = recorded.where(as_index.isna())
+        by_index = as_index.dropna().astype(int).map(lambda i: modalities[i])
+        dominant = by_name.astype("object")
+        dominant.loc[by_index.index] = by_index
+    if cols and dominant.isna().any():
+        phi = frame[cols]
+        derived = phi.fillna(-np.inf).to_numpy().argmax(axis=1)
+        fallback = pd.Series([cols[i][len(PHI) :] for i in derived], index=frame.index)
+        fallback = fallback.where(phi.notna().any(axis=1))
+        dominant = dominant.fillna(fallback)
+    out = pd.DataFrame(
+        {
+            "step": frame["step"] if "step" in frame else np.arange(len(frame)),
+            "epoch": frame["epoch"] if "epoch" in frame else np.nan,
+            "dominant": dominant,
+        }
+    )
+    return out.dropna(subset=["dominant"]).sort_values("step").reset_index(drop=True)
+
+
+def dominant_switches(run: Any) -> pd.DataFrame:
+    """Every change of dominant modality: ``[step, epoch, from, to]`` (step of the new one)."""
+    series = dominant_series(run)
+    changed = series["dominant"].ne(series["dominant"].shift()) & series.index.to_series().gt(0)
+    rows = series.loc[changed]
+    return pd.DataFrame(
+        {
+            "step": rows["step"].to_numpy(),
+            "epoch": rows["epoch"].to_numpy(),
+            "from": series["dominant"].shift().loc[changed].to_numpy(),
+            "to": rows["dominant"].to_numpy(),
+        }
+    )
+
+
+def shapley_shares(
+    run: Any,
+    *,
+    smooth_steps: int | None = None,
+    max_points: int | None = None,
+    style: Style | None = None,
+) -> go.Figure:
+    """Stacked area of each modality's Shapley share per iteration, dominant modality below.
+
+    ``smooth_steps``: centred rolling mean over that many iterations (per-batch φ is noisy);
+    ``max_points``: cap on drawn points per modality (bin means; default ``style.max_points``).
+    The band under the area is coloured by the recorded dominant modality at every step.
+    """
+    style = style or DEFAULT_STYLE
+    fig = make_subplots(
+        rows=2, cols=1, shared_xaxes=True, row_heights=[0.86, 0.14], vertical_spacing=0.03
+    )
+    style.apply(fig, "Shapley share of each modality", run_subtitle(run))
+    table = shapley_share_table(run)
+    modalities = [c for c in table.columns if c != "step"]
+    if not modalities:
+        empty_message(fig, "no Shapley records (phi/<modality>) in this run")
+        note_missing(fig, ["phi/<modality>"], run)
+        return fig
+    colours = style.modality_colors(run_modalities(run))
+    for m in modalities:
+        table[m] = smooth(table[m], smooth_steps)
+    drawn = bin_mean(table, "step", modalities, max_points or style.max_points)
+    for m in modalities:
+        fig.add_trace(
+            go.Scatter(
+                x=drawn["step"],
+                y=drawn[m],
+                name=m,
+                legendgroup=m,
+                mode="lines",
+                stackgroup="share",
+                line={"width": 0.6, "color": colours[m]},
+                fillcolor=rgba(colours[m], style.area_opacity),
+                hovertemplate=f"{m}: %{{y:.1%}}<extra>step %{{x:.0f}}</extra>",
+            ),
+            row=1,
+            col=1,
+        )
+    _dominant_band(fig, run, colours, style)
+    fig.update_yaxes(title_text="share of Σ max(φ, 0)", tickformat=".0%", range=[0, 1], row=1)
+    fig.update_yaxes(showticklabels=False, title_text="dominant", title_font_size=11, row=2)
+    fig.update_xaxes(title_text="iteration (optimiser step)", row=2, col=1)
+    fig.update_layout(hovermode="x unified")
+    return fig
+
+
+def _dominant_band(fig: go.Figure, run: Any, colours: dict[str, str], style: Style) -> None:
+    """One-row heatmap under the area: the dominant modality at every step (full resolution)."""
+    series = dominant_series(run)
+    if series.empty:
+        note_missing(fig, ["dominant (and no phi/<m> to derive it)"], run)
+        return
+    names = list(colours)
+    codes = series["dominant"].map({m: i for i, m in enumerate(names)})
+    unknown = series.loc[codes.isna(), "dominant"].unique()
+    if len(unknown):
+        raise ValueError(
+            f"run records dominant modality {sorted(map(str, unknown))} not among its modalities "
+            f"{names}"
+        )
+    k = len(names)
+    # Discrete colour scale: code i -> colour of modality i, flat over [i/k, (i+1)/k].
+    scale = [[pos, colours[m]] for i, m in enumerate(names) for pos in (i / k, (i + 1) / k)]
+    fig.add_trace(
+        go.Heatmap(
+            x=series["step"],
+            y=["dominant"],
+            z=[codes.to_numpy(dtype=float)],
+            customdata=[series["dominant"].to_numpy()],
+            colorscale=scale,
+            zmin=-0.5,
+            zmax=k - 0.5,
+            showscale=False,
+            name="dominant",
+            hovertemplate="step %{x}<br>dominant: %{customdata}<extra></extra>",
+        ),
+        row=2,
+        col=1,
+    )
+
+
+def dominance(run: Any, *, style: Style | None = None) -> go.Figure:
+    """When each modality dominated (timeline, one lane per modality) and switches per epoch."""
+    style = style or DEFAULT_STYLE
+    series = dominant_series(run)
+    switches = dominant_switches(run)
+    fig = make_subplots(
+        rows=2, cols=1, row_heights=[0.6, 0.4], vertical_spacing=0.16, shared_xaxes=False
+    )
+    style.apply(
+        fig,
+        f"Dominant modality: {len(switches)} switches over {len(series)} iterations",
+        run_subtitle(run),
+    )
+    if series.empty:
+        empty_message(fig, "no dominant-modality records in this run")
+        note_missing(fig, ["dominant", "phi/<modality>"], run)
+        return fig
+    modalities = run_modalities(run)
+    colours = style.modality_colors(modalities)
+    steps = series["step"].to_numpy()
+    # Run-length segments [start, next start): one line per segment, None-separated.
+    starts = np.flatnonzero(series["dominant"].ne(series["dominant"].shift()).to_numpy())
+    ends = np.r_[starts[1:], len(series)]
+    step_gap = float(np.median(np.diff(steps))) if len(steps) > 1 else 1.0
+    for m in modalities:
+        xs: list[float | None] = []
+        for s, e in zip(starts, ends, strict=True):
+            if series["dominant"].iat[s] == m:
+                last = steps[e] if e < len(steps) else steps[-1] + step_gap
+                xs += [float(steps[s]), float(last), None]
+        total = int((series["dominant"] == m).sum())
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=[m if x is not None else None for x in xs],
+                mode="lines",
+                name=m,
+                legendgroup=m,
+                line={"color": colours[m], "width": 16},
+                hovertemplate=f"{m} dominant from step %{{x}}<extra>{total} steps in all</extra>",
+            ),
+            row=1,
+            col=1,
+        )
+    per_epoch = _switches_per_epoch(series, switches)
+    fig.add_trace(
+        go.Bar(
+            x=per_epoch["epoch"],
+            y=per_epoch["switches"],
+            name="switches",
+            marker_color=style.fused_color,
+            opacity=0.75,
+            showlegend=False,
+            hovertemplate="epoch %{x}: %{y} switches<extra></extra>",
+        ),
+        row=2,
+        col=1,
+    )
+    fig.update_yaxes(
+        title_text="dominant", categoryorder="array", categoryarray=modalities[::-1], row=1
+    )
+    fig.update_xaxes(title_text="iteration (optimiser step)", row=1, col=1)
+    fig.update_yaxes(title_text="switches", rangemode="tozero", row=2)
+    fig.update_xaxes(title_text="epoch", dtick=1 if len(per_epoch) <= 30 else None, row=2, col=1)
+    return fig
+
+
+def _switches_per_epoch(series: pd.DataFrame, switches: pd.DataFrame) -> pd.DataFrame:
+    epochs = pd.Series(series["epoch"].dropna().unique()).sort_values()
+    counts = switches.groupby("epoch").size() if len(switches) else pd.Series(dtype=int)
+    return pd.DataFrame(
+        {"epoch": epochs.to_numpy(), "switches": [int(counts.get(e, 0)) for e in epochs]}
+    )
+
+
+def accuracy_curves(
+    run: Any, *, splits: tuple[str, ...] | None = None, style: Style | None = None
+) -> go.Figure:
+    """Fused accuracy and each modality's unimodal accuracy (others masked) per epoch.
+
+    One colour per modality (fused: ``style.fused_color``), one dash per split
+    (train dotted, val solid, test dashed).  ``splits`` selects splits; default all recorded.
+    """
+    style = style or DEFAULT_STYLE
+    fig = go.Figure()
+    style.apply(fig, "Fused and unimodal accuracy", run_subtitle(run))
+    epochs = run.epochs
+    if epochs is None or epochs.empty or not present(epochs, "acc"):
+        empty_message(fig, "no epoch evaluations with accuracy in this run")
+        note_missing(fig, ["epochs.jsonl acc"], run)
+        return fig
+    available = list(epochs["split"].dropna().unique()) if "split" in epochs else [None]
+    chosen = available if splits is None else [s for s in available if s in splits]
+    if splits is not None and not chosen:
+        raise ValueError(f"none of splits {list(splits)} recorded; this run has {available}")
+    modalities = run_modalities(run)
+    colours = style.modality_colors(modalities)
+    series = [("acc", "fused", style.fused_color, 3.0)]
+    series += [(ACC + m, m, colours[m], 2.0) for m in modalities if present(epochs, ACC + m)]
+    percent_scale = float(epochs["acc"].max()) > 1.0 + 1e-9
+    for split in chosen:
+        rows = epochs if split is None else epochs.loc[epochs["split"] == split]
+        rows = rows.sort_values("epoch")
+        for col, label, colour, width in series:
+            part = rows[["epoch", col]].dropna()
+            if part.empty:
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=part["epoch"],
+                    y=part[col],
+                    mode="lines+markers",
+                    name=label if len(chosen) == 1 else f"{label} ({split})",
+                    legendgroup=label,
+                    line={"color": colour, "width": width, "dash": style.dash(split or "val")},
+                    marker={"size": 5},
+                    hovertemplate=f"{label} {split or ''}: %{{y:.3f}}<extra>epoch %{{x}}</extra>",
+                )
+            )
+    missing = [ACC + m for m in modalities if not present(epochs, ACC + m)]
+    if missing:
+        note_missing(fig, [f"unimodal accuracy {', '.join(missing)}"], run)
+    fig.update_xaxes(title_text="epoch")
+    if percent_scale:
+        fig.update_yaxes(title_text="accuracy (%)", rangemode="tozero")
+    else:
+        fig.update_yaxes(title_text="accuracy", tickformat=".0%", range=[0, 1.02])
+    return fig
