@@ -7,6 +7,7 @@ is missing, both on the figure (an annotation) and as a :class:`MissingRecordsWa
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -28,17 +29,24 @@ def as_run_list(runs: Any) -> list[Any]:
     """One run or an iterable of runs -> a non-empty list of runs."""
     if hasattr(runs, "iterations") and hasattr(runs, "epochs"):
         return [runs]
-    if isinstance(runs, str | bytes) or not isinstance(runs, Iterable):
-        raise TypeError(
-            f"expected a Run (from msam_viz.load_run) or a list of runs, got {type(runs).__name__}"
-        )
+    if isinstance(runs, str | bytes | os.PathLike) or not isinstance(runs, Iterable):
+        check_run(runs)  # raises the TypeError that says how to load a run
     out = list(runs)
     if not out:
         raise ValueError("no runs given: pass at least one Run (see msam_viz.load_runs)")
-    for run in out:
-        if not (hasattr(run, "iterations") and hasattr(run, "epochs")):
-            raise TypeError(f"expected Run objects, got {type(run).__name__}")
-    return out
+    return [check_run(run) for run in out]
+
+
+def check_run(run: Any) -> Any:
+    """``run`` itself when it is a loaded run; a clear TypeError for a path or anything else."""
+    if hasattr(run, "iterations") and hasattr(run, "epochs"):
+        return run
+    if isinstance(run, str | bytes | os.PathLike):
+        raise TypeError(
+            f"figures take a loaded Run, got the path {os.fspath(run)!r}; "
+            "load it first: run = msam_viz.load_run(path)"
+        )
+    raise TypeError(f"expected a Run (from msam_viz.load_run), got {type(run).__name__}")
 
 
 def config_value(run: Any, key: str, default: Any = None) -> Any:

@@ -23,6 +23,7 @@ from msam_viz.figures._common import (
     ACC,
     PHI,
     bin_mean,
+    check_run,
     empty_message,
     note_missing,
     present,
@@ -38,6 +39,7 @@ def shapley_share_table(run: Any) -> pd.DataFrame:
 
     Rows without any φ are dropped; a modality whose φ is missing on a row counts as 0.
     """
+    check_run(run)
     modalities = [m for m in run_modalities(run) if present(run.iterations, PHI + m)]
     frame = run.iterations
     cols = [PHI + m for m in modalities]
@@ -60,6 +62,7 @@ def dominant_series(run: Any) -> pd.DataFrame:
     Uses the recorded ``dominant`` key (name or index); rows lacking it fall back to
     argmax φ with ties to the lowest modality index, exactly as M-SAM picks it.
     """
+    check_run(run)
     frame = run.iterations
     modalities = run_modalities(run)
     cols = [PHI + m for m in modalities if PHI + m in frame.columns]
@@ -115,6 +118,7 @@ def shapley_shares(
     ``max_points``: cap on drawn points per modality (bin means; default ``style.max_points``).
     The band under the area is coloured by the recorded dominant modality at every step.
     """
+    check_run(run)
     style = style or DEFAULT_STYLE
     fig = make_subplots(
         rows=2, cols=1, shared_xaxes=True, row_heights=[0.86, 0.14], vertical_spacing=0.03
@@ -191,6 +195,7 @@ def _dominant_band(fig: go.Figure, run: Any, colours: dict[str, str], style: Sty
 
 def dominance(run: Any, *, style: Style | None = None) -> go.Figure:
     """When each modality dominated (timeline, one lane per modality) and switches per epoch."""
+    check_run(run)
     style = style or DEFAULT_STYLE
     series = dominant_series(run)
     switches = dominant_switches(run)
@@ -272,6 +277,7 @@ def accuracy_curves(
     One colour per modality (fused: ``style.fused_color``), one dash per split
     (train dotted, val solid, test dashed).  ``splits`` selects splits; default all recorded.
     """
+    check_run(run)
     style = style or DEFAULT_STYLE
     fig = go.Figure()
     style.apply(fig, "Fused and unimodal accuracy", run_subtitle(run))

@@ -17,6 +17,7 @@ from plotly.subplots import make_subplots
 from msam_viz.figures._common import (
     SHARP,
     bin_mean,
+    check_run,
     empty_message,
     note_missing,
     present,
@@ -43,6 +44,7 @@ def sharpness_curves(
     series; ``max_points``: cap on points per series (bin means; default ``style.max_points``).
     Records the run lacks are named under the figure and raised as a MissingRecordsWarning.
     """
+    check_run(run)
     style = style or DEFAULT_STYLE
     cap = max_points or style.max_points
     frame = run.iterations

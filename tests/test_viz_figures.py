@@ -1,0 +1,389 @@
+"""msam_viz figures, asserted on their data and layout (never pixels).
+
+Expected values come from the closed-form fixture functions in ``viz_fixtures``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+import viz_fixtures as vf
+
+from msam_viz import (
+    DEFAULT_STYLE,
+    MissingRecordsWarning,
+    Style,
+    accuracy_curves,
+    compare_curves,
+    compare_runs,
+    dominance,
+    dominant_switches,
+    load_run,
+    load_runs,
+    run_metrics,
+    shapley_shares,
+    sharpness_curves,
+    summary_grid,
+)
+from msam_viz.figures import shapley_share_table
+
+MODS = ("audio", "visual")
+EPOCHS, PER_EPOCH, EVERY = 4, 25, 5
+N = EPOCHS * PER_EPOCH
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    for seed in range(3):
+        vf.write_run(root, f"msam_s{seed}", seed=seed, with_landscape=False)
+    for seed in range(2):
+        vf.write_run(root, f"joint_s{seed}", method="joint", seed=seed, with_landscape=False)
+    vf.write_sparse_run(root, "sparse")
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(runs_dir):
+    return load_run(runs_dir / "msam_s0")
+
+
+@pytest.fixture(scope="module")
+def sparse(runs_dir):
+    return load_run(runs_dir / "sparse")
+
+
+def traces(fig: go.Figure, name: str) -> list:
+    return [t for t in fig.data if t.name == name]
+
+
+def missing_notes(fig: go.Figure) -> list[str]:
+    return [a.text for a in fig.layout.annotations if a.name == "missing"]
+
+
+# -- style ---------------------------------------------------------------------------------
+
+
+def test_modality_colour_depends_on_name_only() -> None:
+    style = Style()
+    assert style.modality_color("audio") == style.modality_color("audio")
+    one = style.modality_colors(["audio", "visual", "text"])
+    other = style.modality_colors(["text", "visual", "audio"])
+    assert one == other
+    assert list(other) == ["text", "visual", "audio"]  # returned in the caller's order
+    assert len(set(one.values())) == 3
+    # Unknown names: the same colour on every call (stable hash, not Python's salted hash).
+    assert style.modality_color("eeg") == Style().modality_color("eeg")
+
+
+def test_clashing_modality_names_get_distinct_colours() -> None:
+    style = Style()
+    palette = style.modality_palette
+    # Find two unknown names that prefer the same palette colour, then draw them together.
+    names = [f"sensor{k}" for k in range(40)]
+    by_colour: dict[str, list[str]] = {}
+    for name in names:
+        by_colour.setdefault(style.modality_color(name), []).append(name)
+    clash = next(group for group in by_colour.values() if len(group) >= 2)[:2]
+    colours = style.modality_colors(clash)
+    assert colours[clash[0]] != colours[clash[1]]
+    assert set(colours.values()) <= set(palette)
+    # The alphabetically first keeps its own colour.
+    first = min(clash)
+    assert colours[first] == style.modality_color(first)
+
+
+def test_style_is_frozen_and_overrides_take_precedence() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DEFAULT_STYLE.template = "plotly_dark"  # type: ignore[misc]
+    style = Style(
+        modality_overrides=(("audio", "#000000"),), method_overrides=(("sam", "#111111"),)
+    )
+    assert style.modality_color("audio") == "#000000"
+    assert style.method_color("sam") == "#111111"
+    assert style.method_color("msam") == DEFAULT_STYLE.method_color("msam")
+
+
+def test_each_modality_has_one_colour_across_figures(run) -> None:
+    colours = DEFAULT_STYLE.modality_colors(MODS)
+    seen: dict[str, set[str]] = {m: set() for m in MODS}
+    figs = [shapley_shares(run), dominance(run), accuracy_curves(run), sharpness_curves(run)]
+    for fig in figs:
+        for trace in fig.data:
+            if trace.type != "scatter" or trace.legendgroup not in MODS:
+                continue
+            seen[trace.legendgroup].add(trace.line.color)
+    for m in MODS:
+        assert seen[m] == {colours[m]}, m
+    assert colours["audio"] != colours["visual"]
+
+
+# -- Shapley shares and dominance --------------------------------------------------------------
+
+
+def test_shapley_shares_are_the_fixture_shares(run) -> None:
+    fig = shapley_shares(run)
+    areas = [t for t in fig.data if t.type == "scatter"]
+    assert [t.name for t in areas] == list(MODS)
+    assert all(t.stackgroup == "share" for t in areas)
+    for t in areas:
+        expected = [vf.shares(s, N, MODS)[t.name] for s in range(N)]
+        assert list(t.x) == list(range(N))
+        np.testing.assert_allclose(t.y, expected)
+    # Step 0 has no positive contribution: equal shares, as M-SAM's weights.
+    assert areas[0].y[0] == pytest.approx(0.5)
+    np.testing.assert_allclose(np.sum([t.y for t in areas], axis=0), 1.0)
+    assert fig.layout.yaxis.title.text.startswith("share")
+    assert fig.layout.xaxis2.title.text == "iteration (optimiser step)"
+
+
+def test_dominant_band_follows_recorded_dominant_modality(run) -> None:
+    fig = shapley_shares(run)
+    (band,) = [t for t in fig.data if t.type == "heatmap"]
+    expected = [vf.dominant(s, N, MODS) for s in range(N)]
+    assert list(band.customdata[0]) == expected
+    codes = np.asarray(band.z[0], dtype=int)
+    assert [MODS[c] for c in codes] == expected
+    colours = DEFAULT_STYLE.modality_colors(MODS)
+    # The colour scale maps code i to modality i's colour.
+    scale = dict((round(p * 2), c) for p, c in band.colorscale)
+    assert scale[0] == colours["audio"] and scale[2] == colours["visual"]
+
+
+def test_smoothing_is_a_centred_rolling_mean(run) -> None:
+    window = 5
+    fig = shapley_shares(run, smooth_steps=window)
+    audio = traces(fig, "audio")[0]
+    raw = pd.Series([vf.shares(s, N, MODS)["audio"] for s in range(N)])
+    expected = raw.rolling(window, center=True, min_periods=1).mean()
+    np.testing.assert_allclose(audio.y, expected)
+    with pytest.raises(ValueError, match="smooth window"):
+        shapley_shares(run, smooth_steps=0)
+
+
+def test_long_runs_are_bin_averaged_to_max_points(tmp_path) -> None:
+    path = vf.write_run(
+        tmp_path, "long", epochs=2, steps_per_epoch=5000, every=50, with_landscape=False
+    )
+    long_run = load_run(path)
+    fig = shapley_shares(long_run, max_points=500)
+    audio = traces(fig, "audio")[0]
+    assert len(audio.y) == 500
+    table = shapley_share_table(long_run)
+    # Equal-size bins: the mean of the bin means is the mean of all steps.
+    assert np.mean(audio.y) == pytest.approx(table["audio"].mean())
+    sharp = sharpness_curves(long_run, max_points=500)
+    assert all(len(t.x) <= 500 for t in sharp.data)
+    # The dominant band keeps every step: switches are exact, not averaged away.
+    band = next(t for t in fig.data if t.type == "heatmap")
+    assert len(band.x) == 10_000
+
+
+def test_dominant_switches_match_fixture(run) -> None:
+    switches = dominant_switches(run)
+    expected = [
+        (s, vf.dominant(s - 1, N, MODS), vf.dominant(s, N, MODS))
+        for s in range(1, N)
+        if vf.dominant(s, N, MODS) != vf.dominant(s - 1, N, MODS)
+    ]
+    assert list(zip(switches["step"], switches["from"], switches["to"], strict=True)) == expected
+
+
+def test_dominance_figure_lanes_and_switches_per_epoch(run) -> None:
+    fig = dominance(run)
+    n_switches = len(dominant_switches(run))
+    assert fig.layout.title.text == f"Dominant modality: {n_switches} switches over {N} iterations"
+    (bars,) = [t for t in fig.data if t.type == "bar"]
+    assert list(bars.x) == list(range(EPOCHS))
+    assert sum(bars.y) == n_switches
+    # Each lane covers exactly the steps its modality dominated.
+    for m in MODS:
+        (lane,) = traces(fig, m)
+        xs = list(lane.x)
+        covered = sum(xs[i + 1] - xs[i] for i in range(0, len(xs), 3))
+        assert covered == sum(vf.dominant(s, N, MODS) == m for s in range(N))
+
+
+def test_dominant_derived_from_phi_when_not_recorded(tmp_path) -> None:
+    path = vf.write_run(tmp_path, "nodom", epochs=1, steps_per_epoch=20, with_landscape=False)
+    lines = (path / "iterations.jsonl").read_text().splitlines()
+    stripped = []
+    for line in lines:
+        record = json.loads(line)
+        record.pop("dominant")
+        stripped.append(json.dumps(record))
+    (path / "iterations.jsonl").write_text("\n".join(stripped) + "\n")
+    switches = dominant_switches(load_run(path))
+    assert list(switches["to"]) == [vf.dominant(s, 20, MODS) for s in switches["step"]]
+
+
+# -- accuracy -------------------------------------------------------------------------------
+
+
+def test_accuracy_curves_fused_and_unimodal_per_split(run) -> None:
+    fig = accuracy_curves(run)
+    names = [t.name for t in fig.data]
+    assert names == [f"{n} ({s})" for s in ("train", "val") for n in ("fused", *MODS)]
+    (val_audio,) = traces(fig, "audio (val)")
+    assert list(val_audio.y) == pytest.approx([vf.accuracy(e, "val", 0) for e in range(EPOCHS)])
+    (fused,) = traces(fig, "fused (val)")
+    assert fused.line.color == DEFAULT_STYLE.fused_color
+    assert fused.line.dash == "solid" and traces(fig, "fused (train)")[0].line.dash == "dot"
+    assert fig.layout.xaxis.title.text == "epoch"
+    assert fig.layout.yaxis.tickformat == ".0%"
+    only_val = accuracy_curves(run, splits=("val",))
+    assert [t.name for t in only_val.data] == ["fused", *MODS]
+    with pytest.raises(ValueError, match="none of splits"):
+        accuracy_curves(run, splits=("dev",))
+
+
+def test_accuracy_without_unimodal_records_draws_fused_and_says_so(sparse) -> None:
+    with pytest.warns(MissingRecordsWarning, match="acc/audio"):
+        fig = accuracy_curves(sparse)
+    assert [t.name for t in fig.data] == ["fused (train)", "fused (val)"]
+    assert any("acc/audio" in note for note in missing_notes(fig))
+
+
+# -- sharpness ------------------------------------------------------------------------------
+
+
+def test_sharpness_curves_overall_per_modality_and_hessian(run) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MissingRecordsWarning)  # nothing is missing here
+        fig = sharpness_curves(run)
+    (overall,) = traces(fig, "overall")
+    np.testing.assert_allclose(overall.y, [vf.sharpness(s) for s in range(N)])
+    measured = list(range(0, N, EVERY))
+    for i, m in enumerate(MODS):
+        (t,) = traces(fig, m)
+        assert list(t.x) == measured
+        np.testing.assert_allclose(t.y, [vf.sharpness_of(i, s) for s in measured])
+    (eig,) = traces(fig, "Hessian λ_max")
+    assert eig.yaxis == "y2"
+    np.testing.assert_allclose(eig.y, [vf.top_eig(s) for s in measured])
+    assert "nats" in fig.layout.yaxis.title.text
+    assert fig.layout.yaxis2.title.text == "λ_max of ∇²ℓ"
+    assert not missing_notes(fig)
+
+
+def test_sharpness_smoothing_keeps_raw_series_faint(run) -> None:
+    fig = sharpness_curves(run, smooth_steps=9)
+    raw, smoothed = traces(fig, "overall (raw)"), traces(fig, "overall (mean of 9 steps)")
+    assert raw and smoothed
+    expected = pd.Series([vf.sharpness(s) for s in range(N)]).rolling(9, center=True, min_periods=1)
+    np.testing.assert_allclose(smoothed[0].y, expected.mean())
+    assert "rgba" in raw[0].line.color
+
+
+def test_sharpness_of_run_without_hessian_draws_what_it_has(sparse) -> None:
+    with pytest.warns(MissingRecordsWarning) as caught:
+        fig = sharpness_curves(sparse)
+    text = str(caught[0].message)
+    assert "hessian/top_eig" in text and "sharpness/<modality>" in text
+    assert [t.name for t in fig.data] == ["overall"]
+    assert any(a.text == "no Hessian records in this run" for a in fig.layout.annotations)
+
+
+def test_hessian_from_epoch_records_drawn_at_epoch_end(tmp_path) -> None:
+    path = vf.write_run(tmp_path, "epoch_hessian", with_landscape=False)
+    lines = (path / "iterations.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    for record in records:
+        record.pop("hessian/top_eig", None)
+    (path / "iterations.jsonl").write_text("\n".join(map(json.dumps, records)) + "\n")
+    fig = sharpness_curves(load_run(path))
+    (eig,) = traces(fig, "Hessian λ_max")
+    last_steps = [(e + 1) * PER_EPOCH - 1 for e in range(EPOCHS)]
+    assert list(eig.x) == last_steps
+    np.testing.assert_allclose(eig.y, [vf.top_eig(s) for s in last_steps])
+
+
+def test_run_without_any_records_gives_empty_figures_not_errors(tmp_path) -> None:
+    path = tmp_path / "fresh"
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"method": "msam", "seed": 0}))
+    fresh = load_run(path)
+    with pytest.warns(MissingRecordsWarning):
+        figs = [
+            shapley_shares(fresh),
+            dominance(fresh),
+            accuracy_curves(fresh),
+            sharpness_curves(fresh),
+        ]
+    for fig in figs:
+        assert not fig.data
+        assert any(a.name in {"empty", "missing"} for a in fig.layout.annotations)
+
+
+def test_figures_take_runs_not_paths(runs_dir) -> None:
+    for figure in (shapley_shares, dominance, accuracy_curves, sharpness_curves, compare_runs):
+        with pytest.raises(TypeError, match="load_run"):
+            figure(str(runs_dir / "msam_s0"))
+
+
+# -- comparison -----------------------------------------------------------------------------
+
+
+def test_run_metrics_tidy_table(runs_dir) -> None:
+    runs = load_runs(runs_dir)
+    table = run_metrics(runs, ["acc", "switches"])
+    assert list(table.columns) == ["run", "group", "seed", "metric", "value"]
+    acc = table.loc[(table["metric"] == "acc") & (table["group"] == "msam")]
+    assert sorted(acc["value"]) == pytest.approx(
+        [vf.final_accuracy_for_seed(s, EPOCHS) for s in range(3)]
+    )
+    best = run_metrics(runs, ["acc"], at="best")  # accuracy rises: best is the last epoch
+    assert sorted(best["value"]) == sorted(table.loc[table["metric"] == "acc", "value"])
+    with pytest.raises(ValueError, match="at must be one of"):
+        run_metrics(runs, at="first")
+
+
+def test_compare_runs_bars_are_seed_means_with_sd_error_bars(runs_dir) -> None:
+    runs = load_runs(runs_dir)
+    fig = compare_runs(runs, ["acc", "hessian/top_eig"])
+    bars = {t.name: t for t in fig.data if t.type == "bar" and t.xaxis == "x"}
+    assert list(bars) == ["msam", "joint"]
+    msam_acc = [vf.final_accuracy_for_seed(s, EPOCHS) for s in range(3)]
+    assert bars["msam"].y[0] == pytest.approx(np.mean(msam_acc))
+    assert bars["msam"].error_y.array[0] == pytest.approx(np.std(msam_acc, ddof=1))
+    assert bars["msam"].marker.line.color == DEFAULT_STYLE.method_color("msam")
+    # "joint" pools its two seeds and the sparse joint run: three seeds in all.
+    seeds = [t for t in fig.data if t.name == "joint seeds" and t.xaxis == "x"]
+    assert len(seeds[0].y) == 3
+    titles = [a.text for a in fig.layout.annotations if a.name != "missing"]
+    assert titles[:2] == ["accuracy", "Hessian λ_max"]
+
+
+def test_compare_runs_names_metrics_no_run_recorded(runs_dir) -> None:
+    runs = load_runs(runs_dir)
+    with pytest.warns(MissingRecordsWarning, match="grad_norm"):
+        fig = compare_runs(runs, ["acc", "grad_norm"])
+    assert any("grad_norm" in note for note in missing_notes(fig))
+
+
+def test_compare_curves_mean_and_sd_band(runs_dir) -> None:
+    runs = load_runs(runs_dir)
+    fig = compare_curves(runs, "acc")
+    (line,) = traces(fig, "msam")
+    expected = [np.mean([vf.accuracy(e, "val") + 0.01 * s for s in range(3)]) for e in range(4)]
+    np.testing.assert_allclose(line.y, expected)
+    (band,) = traces(fig, "msam ±1 sd")
+    assert band.fill == "toself"
+
+
+def test_summary_grid_is_a_static_matplotlib_figure(runs_dir) -> None:
+    from matplotlib.figure import Figure
+
+    runs = load_runs(runs_dir)
+    fig = summary_grid(runs, ["acc", "acc/audio", "balance"])
+    assert isinstance(fig, Figure)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["accuracy", "audio-only accuracy", "balance"]
+    with pytest.raises(ValueError, match="no epoch records"):
+        summary_grid(runs, ["acc"], split="dev")
