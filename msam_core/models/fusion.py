@@ -1,0 +1,168 @@
+"""Late-fusion heads: per-modality features ``{m: [B, F]}`` -> fused vector -> classifier logits.
+
+Every head is ``head(features, mask) -> [B, C]``: ``combine`` joins the features into one vector
+``[B, fused_dim]``, then a classifier (dropout, optional hidden ReLU layer, linear) gives logits.
+
+* ``concat``: ``[h_1, ..., h_M]`` (``fused_dim = M * F``).
+* ``sum``: ``h_1 + ... + h_M`` (``F``); one classifier shared by every modality.
+* ``gated``: a gated multimodal unit (Arevalo et al., 2017) for ``M`` modalities:
+  ``t_m = tanh(W_m h_m)``, gates ``z = softmax_m(W_z [h_1, ..., h_M])`` per feature, fused
+  ``sum_m z_m * t_m`` (``F``). :meth:`GatedFusion.gates` returns ``z`` for inspection.
+* ``film``: feature-wise linear modulation (Perez et al., 2018). The first modality (in
+  ``model.modalities`` order) is modulated, all the others condition it together:
+  ``[gamma, beta] = W [h_2, ..., h_M]``, fused ``(1 + gamma) * h_1 + beta`` (``F``). With two
+  modalities that is "the second modulates the first"; reorder the modalities to choose which is
+  modulated. ``1 + gamma`` starts the modulation near identity.
+
+The mask is validated but not otherwise used: an absent modality is already represented by the
+features of its baseline input (DESIGN.md), so heads need no special case for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from msam_core.masking import validate_mask
+
+
+def make_classifier(
+    in_features: int, num_classes: int, hidden: int | None = None, dropout: float = 0.0
+) -> nn.Sequential:
+    """Logits from ``[B, in_features]``: ``Dropout -> Linear`` when ``hidden`` is None, else
+    ``Dropout -> Linear(hidden) -> ReLU -> Dropout -> Linear``."""
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if hidden is None:
+        return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, num_classes))
+    if hidden < 1:
+        raise ValueError(f"hidden must be a positive width or None, got {hidden}")
+    return nn.Sequential(
+        nn.Dropout(dropout),
+        nn.Linear(in_features, hidden),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, num_classes),
+    )
+
+
+class FusionHead(nn.Module):
+    """Base class: subclasses set ``fused_dim`` and implement ``combine``."""
+
+    fused_dim: int
+
+    def __init__(
+        self,
+        modalities: Sequence[str],
+        feature_dim: int,
+        num_classes: int,
+        hidden: int | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.modalities = list(modalities)
+        self.feature_dim = int(feature_dim)
+        self.fused_dim = self._fused_dim()
+        self.classifier = make_classifier(self.fused_dim, num_classes, hidden, dropout)
+
+    def _fused_dim(self) -> int:
+        return self.feature_dim
+
+    def combine(self, features: Mapping[str, Tensor]) -> Tensor:
+        """Fused vector ``[B, fused_dim]`` from ``{m: [B, feature_dim]}``."""
+        raise NotImplementedError
+
+    def forward(self, features: Mapping[str, Tensor], mask: Tensor | None = None) -> Tensor:
+        batch_size = features[self.modalities[0]].shape[0]
+        validate_mask(mask, len(self.modalities), batch_size)
+        return self.classifier(self.combine(features))
+
+
+class ConcatFusion(FusionHead):
+    """Concatenate the features in modality order."""
+
+    def _fused_dim(self) -> int:
+        return len(self.modalities) * self.feature_dim
+
+    def combine(self, features: Mapping[str, Tensor]) -> Tensor:
+        return torch.cat([features[m] for m in self.modalities], dim=1)
+
+
+class SumFusion(FusionHead):
+    """Add the features element-wise."""
+
+    def combine(self, features: Mapping[str, Tensor]) -> Tensor:
+        return torch.stack([features[m] for m in self.modalities]).sum(0)
+
+
+class GatedFusion(FusionHead):
+    """Gated multimodal unit: softmax gates over modalities weight each transformed feature."""
+
+    def __init__(
+        self,
+        modalities: Sequence[str],
+        feature_dim: int,
+        num_classes: int,
+        hidden: int | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(modalities, feature_dim, num_classes, hidden, dropout)
+        n = len(self.modalities)
+        self.transforms = nn.ModuleDict(
+            {m: nn.Linear(self.feature_dim, self.feature_dim) for m in self.modalities}
+        )
+        self.gate = nn.Linear(n * self.feature_dim, n * self.feature_dim)
+
+    def gates(self, features: Mapping[str, Tensor]) -> Tensor:
+        """Gate weights ``[B, M, F]``; they sum to 1 over modalities for every feature."""
+        joined = torch.cat([features[m] for m in self.modalities], dim=1)
+        logits = self.gate(joined).view(-1, len(self.modalities), self.feature_dim)
+        return logits.softmax(dim=1)
+
+    def combine(self, features: Mapping[str, Tensor]) -> Tensor:
+        transformed = torch.stack(
+            [torch.tanh(self.transforms[m](features[m])) for m in self.modalities], dim=1
+        )
+        return (self.gates(features) * transformed).sum(1)
+
+
+class FiLMFusion(FusionHead):
+    """The first modality's features, scaled and shifted by a map of all the others'."""
+
+    def __init__(
+        self,
+        modalities: Sequence[str],
+        feature_dim: int,
+        num_classes: int,
+        hidden: int | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        if len(modalities) < 2:
+            raise ValueError(
+                f"film fusion needs at least two modalities (one modulated, one or more "
+                f"conditioning), got {list(modalities)}"
+            )
+        super().__init__(modalities, feature_dim, num_classes, hidden, dropout)
+        self.target = self.modalities[0]
+        self.conditioners = self.modalities[1:]
+        self.film = nn.Linear(len(self.conditioners) * self.feature_dim, 2 * self.feature_dim)
+
+    def modulation(self, features: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """``(gamma, beta)``, each ``[B, F]``, computed from the conditioning modalities."""
+        condition = torch.cat([features[m] for m in self.conditioners], dim=1)
+        gamma, beta = self.film(condition).chunk(2, dim=1)
+        return gamma, beta
+
+    def combine(self, features: Mapping[str, Tensor]) -> Tensor:
+        gamma, beta = self.modulation(features)
+        return (1.0 + gamma) * features[self.target] + beta
+
+
+FUSION_HEADS: dict[str, type[FusionHead]] = {
+    "concat": ConcatFusion,
+    "sum": SumFusion,
+    "gated": GatedFusion,
+    "film": FiLMFusion,
+}
