@@ -256,7 +256,11 @@ def dominance(run: Any, *, style: Style | None = None) -> go.Figure:
         title_text="dominant", categoryorder="array", categoryarray=modalities[::-1], row=1
     )
     fig.update_xaxes(title_text="iteration (optimiser step)", row=1, col=1)
-    fig.update_yaxes(title_text="switches", rangemode="tozero", row=2)
+    most = int(per_epoch["switches"].max()) if len(per_epoch) else 0
+    # Counts: integer ticks (no "0.5 switches") while they are few.
+    fig.update_yaxes(
+        title_text="switches", rangemode="tozero", dtick=1 if most <= 8 else None, row=2
+    )
     fig.update_xaxes(title_text="epoch", dtick=1 if len(per_epoch) <= 30 else None, row=2, col=1)
     return fig
 
@@ -317,7 +321,8 @@ def accuracy_curves(
     missing = [ACC + m for m in modalities if not present(epochs, ACC + m)]
     if missing:
         note_missing(fig, [f"unimodal accuracy {', '.join(missing)}"], run)
-    fig.update_xaxes(title_text="epoch")
+    n_epochs = epochs["epoch"].nunique()
+    fig.update_xaxes(title_text="epoch", dtick=1 if n_epochs <= 20 else None)
     if percent_scale:
         fig.update_yaxes(title_text="accuracy (%)", rangemode="tozero")
     else:

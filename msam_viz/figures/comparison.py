@@ -226,7 +226,11 @@ def compare_runs(
             )
         if metric == "acc" or metric.startswith(ACC):
             fig.update_yaxes(tickformat=".0%", row=r + 1, col=c + 1)
-    fig.update_layout(barmode="group", bargap=0.35)
+        if metric == "switches" and part["value"].max() <= 8:
+            fig.update_yaxes(dtick=1, row=r + 1, col=c + 1)
+    # The x tick labels already name each method: no legend, and room under the subtitle
+    # for the panel titles.
+    fig.update_layout(barmode="group", bargap=0.35, showlegend=False, margin={"t": 120})
     if not shown:
         fig.add_annotation(text="no metric recorded in these runs", showarrow=False)
     if absent:

@@ -50,13 +50,39 @@ def sharpness_curves(
     frame = run.iterations
     modalities = run_modalities(run)
     colours = style.modality_colors(modalities)
-    fig = make_subplots(
-        rows=2, cols=1, shared_xaxes=True, row_heights=[0.62, 0.38], vertical_spacing=0.06
-    )
-    style.apply(fig, "Sharpness of the loss landscape", run_subtitle(run), height=560)
+    has_overall = present(frame, "sharpness")
+    per_modality = [m for m in modalities if present(frame, SHARP + m)]
+    eig = _top_eigenvalue(run)
     missing: list[str] = []
+    if not has_overall:
+        missing.append("sharpness (the method takes no SAM step)")
+    if not per_modality:
+        missing.append("per-modality sharpness (sharpness/<modality>)")
+    if eig is None:
+        missing.append("Hessian top eigenvalue (hessian/top_eig)")
 
-    if present(frame, "sharpness"):
+    # Only panels with data: an empty subplot would draw no axes at all, just a blank gap.
+    top = has_overall or bool(per_modality)
+    panels = int(top) + int(eig is not None)
+    if panels == 2:
+        fig = make_subplots(
+            rows=2, cols=1, shared_xaxes=True, row_heights=[0.62, 0.38], vertical_spacing=0.06
+        )
+    else:
+        fig = make_subplots(rows=1, cols=1)
+    style.apply(
+        fig,
+        "Sharpness of the loss landscape",
+        run_subtitle(run),
+        height=560 if panels == 2 else None,
+    )
+    if panels == 0:
+        empty_message(fig, "no sharpness or Hessian records in this run")
+        note_missing(fig, missing, run)
+        return fig
+    eig_row = 2 if panels == 2 else 1
+
+    if has_overall:
         rows = rows_with(frame, ["sharpness"])[["step", "sharpness"]].dropna()
         raw = bin_mean(rows, "step", ["sharpness"], cap)
         fig.add_trace(
@@ -92,10 +118,7 @@ def sharpness_curves(
                 row=1,
                 col=1,
             )
-    else:
-        missing.append("sharpness (the method takes no SAM step)")
 
-    per_modality = [m for m in modalities if present(frame, SHARP + m)]
     for m in per_modality:
         rows = rows_with(frame, [SHARP + m])[["step", SHARP + m]].dropna()
         # Sparse (every k steps) and less noisy: drawn as measured, smoothed only on request.
@@ -115,10 +138,7 @@ def sharpness_curves(
             row=1,
             col=1,
         )
-    if not per_modality:
-        missing.append("per-modality sharpness (sharpness/<modality>)")
 
-    eig = _top_eigenvalue(run)
     if eig is not None:
         eig = bin_mean(eig, "step", [TOP_EIG], cap)
         fig.add_trace(
@@ -131,26 +151,13 @@ def sharpness_curves(
                 marker={"size": 6, "symbol": "diamond"},
                 hovertemplate="λ_max: %{y:.4g}<extra>step %{x:.0f}</extra>",
             ),
-            row=2,
+            row=eig_row,
             col=1,
         )
-    else:
-        missing.append("Hessian top eigenvalue (hessian/top_eig)")
-        fig.add_annotation(
-            text="no Hessian records in this run",
-            xref="x2 domain",
-            yref="y2 domain",
-            x=0.5,
-            y=0.5,
-            showarrow=False,
-            font={"color": "#555555"},
-        )
-
-    if not fig.data:
-        empty_message(fig, "no sharpness or Hessian records in this run")
-    fig.update_yaxes(title_text="ℓ(θ+ε) − ℓ(θ)  (nats)", row=1, col=1)
-    fig.update_yaxes(title_text="λ_max of ∇²ℓ", row=2, col=1)
-    fig.update_xaxes(title_text="iteration (optimiser step)", row=2, col=1)
+        fig.update_yaxes(title_text="λ_max of ∇²ℓ", row=eig_row, col=1)
+    if top:
+        fig.update_yaxes(title_text="ℓ(θ+ε) − ℓ(θ)  (nats)", row=1, col=1)
+    fig.update_xaxes(title_text="iteration (optimiser step)", row=panels, col=1)
     note_missing(fig, missing, run)
     return fig
 
