@@ -1,0 +1,625 @@
+"""Loss landscapes around the weights: directions, 1-D / 2-D grids, trajectory projection.
+
+A landscape is the loss (and accuracy) of the model at ``θ + α·d₁ (+ β·d₂)`` over a grid of
+``α`` (and ``β``) in ``[-span, span]``, on a fixed evaluation subset, with batch norm in eval
+mode.  Directions (Li et al. 2018, "Visualizing the Loss Landscape of Neural Nets"):
+
+- random, filter-normalised: each filter (output row of a weight) of a Gaussian direction is
+  rescaled to the norm of the same filter of the weights, so ``α = 1`` is a step as large as
+  the weights themselves in every filter; biases and norm-layer parameters (1-D) are zeroed
+  by default (``ignore="biasbn"``).  Seeded, so the seed and the weights give the direction;
+- restricted to one modality's encoder (every other parameter's direction is zero);
+- PCA of the checkpoint trajectory (``θ_epoch − θ_final``), scaled so the farthest checkpoint
+  sits at coordinate ±1 on each axis, with the trajectory projected onto them.
+
+Grid points are evaluated many at a time: ``torch.func.functional_call`` under ``torch.vmap``
+over a chunk of parameter sets (parameters whose direction is zero stay unbatched, so e.g. the
+other modalities' encoders run once per chunk).  :func:`evaluate_grid_loop` is the point-by-point
+reference (load weights, evaluate) that loss-landscape tools use.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from msam_core.hessian import eval_mode
+from msam_core.param_groups import block_choices, modality_parameter_names
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+Direction = dict[str, Tensor]
+
+NORMS = ("filter", "layer", "none")
+IGNORES = ("biasbn", "none")
+METHODS = ("vmap", "loop")
+LANDSCAPES_DIR = "landscapes"
+
+
+# --------------------------------------------------------------------------------------------
+# directions
+
+
+def trainable_named_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """``{name: parameter}`` of the trainable parameters, in ``named_parameters`` order."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _check_choice(key: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{key}={value!r} is not valid; choose one of {list(choices)}")
+
+
+def normalize_direction(
+    direction: Mapping[str, Tensor],
+    weights: Mapping[str, Tensor],
+    norm: str = "filter",
+    ignore: str = "biasbn",
+) -> Direction:
+    """Scale a direction like the weights it perturbs (a new dict; inputs untouched).
+
+    ``norm="filter"``: each filter ``d[i]`` (row ``i`` along the first axis of a weight with
+    2+ dimensions) gets the norm of ``w[i]``; ``"layer"``: each tensor gets ``‖w‖``; ``"none"``:
+    unchanged.  1-D parameters (biases, norm-layer scales) are zeroed when ``ignore="biasbn"``,
+    else scaled as one filter.
+    """
+    _check_choice("norm", norm, NORMS)
+    _check_choice("ignore", ignore, IGNORES)
+    out: Direction = {}
+    for name, d in direction.items():
+        w = weights[name].detach().to(d)
+        if d.ndim <= 1 and ignore == "biasbn":
+            out[name] = torch.zeros_like(d)
+        elif norm == "none":
+            out[name] = d.clone()
+        elif norm == "layer" or d.ndim <= 1:
+            out[name] = d * (w.norm() / (d.norm() + 1e-10))
+        else:
+            d_rows, w_rows = d.reshape(d.shape[0], -1), w.reshape(w.shape[0], -1)
+            scale = w_rows.norm(dim=1) / (d_rows.norm(dim=1) + 1e-10)
+            out[name] = (d_rows * scale[:, None]).reshape(d.shape)
+    return out
+
+
+def restrict_direction(
+    direction: Mapping[str, Tensor], model: nn.Module, modality: str | None
+) -> Direction:
+    """Zero every entry outside ``modality``'s block (a modality name or ``"fusion"``).
+
+    ``None`` or ``"all"`` keeps the direction whole.  Unknown names -> ValueError listing the
+    choices.
+    """
+    if modality is None or modality == "all":
+        return dict(direction)
+    choices = ["all", *block_choices(model)]
+    if modality not in choices:
+        raise ValueError(f"unknown modality {modality!r}; choose one of {choices}")
+    keep = set(modality_parameter_names(model)[modality])
+    return {n: d if n in keep else torch.zeros_like(d) for n, d in direction.items()}
+
+
+def random_direction(
+    model: nn.Module,
+    seed: int,
+    norm: str = "filter",
+    ignore: str = "biasbn",
+    modality: str | None = None,
+) -> Direction:
+    """Seeded Gaussian direction over the trainable parameters, normalised and restricted.
+
+    Drawn on the CPU from ``torch.Generator().manual_seed(seed)`` (one tensor per parameter
+    in ``named_parameters`` order, zeroed ones included), so the same seed gives the same
+    direction on any device, and a modality-restricted direction equals the block of the
+    unrestricted one.
+    """
+    _check_choice("norm", norm, NORMS)
+    _check_choice("ignore", ignore, IGNORES)
+    generator = torch.Generator().manual_seed(int(seed))
+    weights = trainable_named_parameters(model)
+    raw = {
+        n: torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device)
+        for n, p in weights.items()
+    }
+    return restrict_direction(normalize_direction(raw, weights, norm, ignore), model, modality)
+
+
+def flatten(tensors: Mapping[str, Tensor], names: Sequence[str]) -> Tensor:
+    """Concatenate the named tensors into one flat vector ``[n]`` (in ``names`` order)."""
+    return torch.cat([tensors[n].detach().reshape(-1) for n in names])
+
+
+def unflatten(flat: Tensor, like: Mapping[str, Tensor]) -> Direction:
+    """Split a flat vector back into tensors shaped like ``like`` (in its order)."""
+    sizes = [t.numel() for t in like.values()]
+    pieces = torch.split(flat, sizes)
+    return {n: piece.reshape(t.shape) for (n, t), piece in zip(like.items(), pieces, strict=True)}
+
+
+@dataclass
+class PCADirections:
+    """PCA of a trajectory: directions, explained variance and the projected trajectory.
+
+    ``directions[k]`` is the ``k``-th principal direction times ``scale[k]`` (parameter-space
+    length of one grid unit); ``projection`` ``[T, dims]`` holds each checkpoint's coordinates
+    in grid units (the final point is at 0); ``explained_variance`` ``[dims]`` is the fraction
+    of the trajectory's variance each direction explains.
+    """
+
+    directions: list[Direction]
+    explained_variance: np.ndarray
+    projection: np.ndarray
+    scale: np.ndarray
+
+
+def pca_directions(
+    trajectory: Sequence[Mapping[str, Tensor]], final: Mapping[str, Tensor], dims: int = 2
+) -> PCADirections:
+    """Principal directions of ``θ_t − θ_final`` over the trajectory (Li et al. 2018, §7).
+
+    ``trajectory`` holds the parameters at each checkpoint (the final one may be included;
+    its row is zero); only the names in ``final`` are used.  Needs ``dims`` independent
+    differences, i.e. at least ``dims + 1`` distinct checkpoints.
+    """
+    names = list(final)
+    end = flatten(final, names).double()
+    rows = torch.stack([flatten(t, names).double() - end for t in trajectory])
+    moving = rows[rows.abs().sum(1) > 0]
+    if moving.shape[0] < dims:
+        raise ValueError(
+            f"PCA of the trajectory needs at least {dims + 1} checkpoints that differ from the "
+            f"final one for {dims} direction(s); got {moving.shape[0] + 1}. Train with "
+            "checkpoint_every=1 for more epochs, or use random directions"
+        )
+    centred = moving - moving.mean(0)
+    _, s, vh = torch.linalg.svd(centred, full_matrices=False)
+    variance = (s**2) / (s**2).sum()
+    components = vh[:dims]
+    # Fix the sign so the trajectory starts on the negative side of each axis.
+    coords = rows @ components.T
+    signs = torch.where(coords[0] > 0, -1.0, 1.0).to(components)
+    components, coords = components * signs[:, None], coords * signs
+    scale = coords.abs().max(0).values.clamp_min(1e-12)
+    like = {n: final[n] for n in names}
+    directions = [unflatten((components[k] * scale[k]).to(end.dtype), like) for k in range(dims)]
+    directions = [{n: d.to(final[n]) for n, d in dirn.items()} for dirn in directions]
+    return PCADirections(
+        directions=directions,
+        explained_variance=variance[:dims].numpy(),
+        projection=(coords / scale).numpy(),
+        scale=scale.numpy(),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# grid evaluation
+
+
+def grid_axis(steps: int, span: float) -> np.ndarray:
+    """``steps`` evenly spaced coordinates in ``[-span, span]``; the centre is exactly 0."""
+    if steps < 2:
+        raise ValueError(f"steps must be >= 2 (points per axis), got {steps}")
+    if not span > 0:
+        raise ValueError(f"span must be > 0 (the grid covers [-span, span]), got {span}")
+    axis = np.linspace(-span, span, steps)
+    if steps % 2:
+        axis[steps // 2] = 0.0
+    return axis
+
+
+def _accuracy(logits: Tensor, targets: Tensor) -> Tensor:
+    if logits.ndim == 2 and not targets.is_floating_point():
+        return (logits.argmax(-1) == targets).to(logits.dtype).mean()
+    return torch.full((), float("nan"), dtype=logits.dtype, device=logits.device)
+
+
+def _check_directions(directions: Sequence[Mapping[str, Tensor]], model: nn.Module) -> list[str]:
+    names = list(trainable_named_parameters(model))
+    if not 1 <= len(directions) <= 2:
+        raise ValueError(f"need 1 or 2 directions, got {len(directions)}")
+    for k, d in enumerate(directions):
+        missing = [n for n in names if n not in d]
+        if missing:
+            raise KeyError(f"direction {k} lacks parameters {missing[:5]} (of {len(missing)})")
+    return names
+
+
+def _sample_batches(inputs: Mapping[str, Tensor], targets: Tensor, batch_size: int | None):
+    n = int(targets.shape[0])
+    size = n if batch_size is None else int(batch_size)
+    for start in range(0, n, size):
+        yield {m: x[start : start + size] for m, x in inputs.items()}, targets[start : start + size]
+
+
+_AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _affine_input_layers(
+    model: nn.Module, inputs: Mapping[str, Tensor], moving: Sequence[str]
+) -> dict[str, nn.Module]:
+    """Linear / conv modules, called once per forward, whose input depends on no parameter
+    (e.g. each encoder's first layer) and whose own weights move.  Found with one probe
+    forward on one sample: such an input does not require grad."""
+    moving_set = set(moving)
+    candidates = {
+        name: mod
+        for name, mod in model.named_modules()
+        if isinstance(mod, _AFFINE)
+        and any(f"{name}.{p}" in moving_set for p, _ in mod.named_parameters(recurse=False))
+    }
+    calls: dict[str, int] = dict.fromkeys(candidates, 0)
+    raw: dict[str, bool] = {}
+
+    def make_hook(name: str):
+        def hook(module, args):
+            calls[name] += 1
+            raw[name] = not args[0].requires_grad
+
+        return hook
+
+    handles = [mod.register_forward_pre_hook(make_hook(n)) for n, mod in candidates.items()]
+    try:
+        with eval_mode(model), torch.enable_grad():
+            model({m: x[:1] for m, x in inputs.items()})
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: candidates[n] for n in candidates if calls[n] == 1 and raw[n]}
+
+
+def _affine_apply(module: nn.Module, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    if isinstance(module, nn.Linear):
+        return F.linear(x, weight, bias)
+    return module._conv_forward(x, weight, bias)
+
+
+def evaluate_grid(
+    model: nn.Module,
+    inputs: Mapping[str, Tensor],
+    targets: Tensor,
+    directions: Sequence[Mapping[str, Tensor]],
+    coords: Tensor,
+    loss_fn: LossFn = F.cross_entropy,
+    chunk_size: int = 32,
+    batch_size: int | None = None,
+    affine_inputs: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Loss and accuracy at ``θ + Σ_k coords[p, k]·directions[k]`` for every point ``p``.
+
+    ``coords`` ``[P, K]``; returns two ``[P]`` tensors.  ``chunk_size`` points are evaluated
+    per vmapped call (memory grows with it: parameter copies plus activations); ``batch_size``
+    splits the samples (None: all at once; the loss is the sample-weighted mean of batch
+    means).  ``affine_inputs``: a linear / conv layer fed by raw inputs is affine in its
+    weights, so its output at every point is ``y(θ) + Σ_k c_k·y_k`` with ``y_k`` the layer
+    applied with direction ``k``'s weights: ``1 + K`` products per chunk instead of one per
+    point (exact up to rounding).  The model is evaluated in eval mode; its weights are never
+    written.
+    """
+    names = _check_directions(directions, model)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    params = trainable_named_parameters(model)
+    # Parameters moved by no direction stay unbatched: vmap then computes what depends only
+    # on them (e.g. another modality's encoder) once per chunk, not once per point.
+    moving = [n for n in names if any(bool(d[n].abs().sum() > 0) for d in directions)]
+    affine = _affine_input_layers(model, inputs, moving) if affine_inputs else {}
+    affine_params = {
+        f"{m}.{p}" for m, mod in affine.items() for p, _ in mod.named_parameters(recurse=False)
+    }
+    moving = [n for n in moving if n not in affine_params]
+    fixed = {n: t.detach() for n, t in model.named_parameters() if n not in moving}
+    fixed.update({n: b for n, b in model.named_buffers()})
+    stacked = {n: torch.stack([d[n].detach() for d in directions]) for n in moving}  # [K, *shape]
+    n_total = int(targets.shape[0])
+    current: dict[str, Tensor] = {}  # the point's coordinates, set inside the vmapped call
+    shifts: dict[str, Tensor] = {}  # per affine layer: [K, *out] for the current sample batch
+
+    def shift_output(name: str, module: nn.Module):
+        weights = [d[f"{name}.weight"].detach() for d in directions]
+        biases = [
+            d[f"{name}.bias"].detach() if module.bias is not None else None for d in directions
+        ]
+
+        def hook(mod, args, output):
+            if name not in shifts:  # the layer's input is unbatched: computed once per batch
+                shifts[name] = torch.stack(
+                    [
+                        _affine_apply(mod, args[0], w, b)
+                        for w, b in zip(weights, biases, strict=True)
+                    ]
+                )
+            return output + torch.tensordot(current["c"], shifts[name], dims=1)
+
+        return hook
+
+    def point(moved: dict[str, Tensor], c: Tensor, x: dict[str, Tensor], y: Tensor):
+        current["c"] = c
+        logits = functional_call(model, {**fixed, **moved}, (x,))
+        return loss_fn(logits, y), _accuracy(logits, y)
+
+    batched = torch.vmap(point, in_dims=(0, 0, None, None))
+    ref = next(iter(params.values()))
+    loss_total = torch.zeros(coords.shape[0], dtype=ref.dtype, device=ref.device)
+    acc_total = torch.zeros_like(loss_total)
+    handles = [mod.register_forward_hook(shift_output(n, mod)) for n, mod in affine.items()]
+    try:
+        with eval_mode(model), torch.no_grad():
+            # Samples outer, points inner: the affine layers' shifts are computed once per
+            # sample batch and reused by every chunk of points.
+            for x, y in _sample_batches(inputs, targets, batch_size):
+                shifts.clear()
+                weight = y.shape[0] / n_total
+                for start in range(0, coords.shape[0], chunk_size):
+                    chunk = coords[start : start + chunk_size].to(
+                        device=ref.device, dtype=ref.dtype
+                    )
+                    moved = {
+                        n: params[n].detach()
+                        + torch.tensordot(chunk.to(params[n]), stacked[n], dims=1)
+                        for n in moving
+                    }
+                    loss, acc = batched(moved, chunk, x, y)
+                    loss_total[start : start + chunk_size] += loss * weight
+                    acc_total[start : start + chunk_size] += acc * weight
+    finally:
+        current.clear()
+        shifts.clear()
+        for h in handles:
+            h.remove()
+    return loss_total.cpu(), acc_total.cpu()
+
+
+def evaluate_grid_loop(
+    model: nn.Module,
+    inputs: Mapping[str, Tensor],
+    targets: Tensor,
+    directions: Sequence[Mapping[str, Tensor]],
+    coords: Tensor,
+    loss_fn: LossFn = F.cross_entropy,
+    batch_size: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Point-by-point reference for :func:`evaluate_grid`: write each point's weights into
+    the model, evaluate, move on (as loss-landscape tools do); weights restored afterwards."""
+    names = _check_directions(directions, model)
+    params = trainable_named_parameters(model)
+    saved = {n: params[n].detach().clone() for n in names}
+    n_total = int(targets.shape[0])
+    losses, accs = [], []
+    try:
+        with eval_mode(model), torch.no_grad():
+            for row in coords.tolist():
+                for n in names:
+                    step = sum(c * d[n] for c, d in zip(row, directions, strict=True))
+                    params[n].copy_(saved[n] + step)
+                loss_sum = correct = 0.0
+                for x, y in _sample_batches(inputs, targets, batch_size):
+                    logits = model(x)
+                    loss_sum += float(loss_fn(logits, y)) * y.shape[0]
+                    correct += float(_accuracy(logits, y)) * y.shape[0]
+                losses.append(loss_sum / n_total)
+                accs.append(correct / n_total)
+    finally:
+        with torch.no_grad():
+            for n in names:
+                params[n].copy_(saved[n])
+    return torch.tensor(losses, dtype=torch.float64), torch.tensor(accs, dtype=torch.float64)
+
+
+# --------------------------------------------------------------------------------------------
+# the landscape record
+
+
+@dataclass
+class Landscape:
+    """One grid and everything needed to read or redo it.
+
+    ``loss`` / ``acc``: ``[steps]`` (1-D) or ``[steps, steps]`` (2-D) with ``loss[i, j]`` at
+    ``(alphas[i], betas[j])`` (``betas`` is empty for 1-D).  ``subspace``: ``"all"``, a
+    modality name, ``"fusion"`` or ``"pca"``.  ``seeds``: the random directions' seeds (empty
+    for PCA).  ``center_loss`` / ``center_acc``: the model itself on the evaluation subset.
+    PCA landscapes also hold ``trajectory`` ``[T, dims]`` (grid units) with its
+    ``trajectory_epochs``, ``explained_variance`` and ``direction_scale`` (parameter-space
+    length of one grid unit).  ``epoch`` / ``step``: where the weights were taken, if known.
+    """
+
+    alphas: np.ndarray
+    betas: np.ndarray
+    loss: np.ndarray
+    acc: np.ndarray
+    subspace: str = "all"
+    norm: str = "filter"
+    ignore: str = "biasbn"
+    seeds: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    span: float = 1.0
+    center_loss: float = float("nan")
+    center_acc: float = float("nan")
+    n_eval: int = 0
+    split: str = ""
+    epoch: int | None = None
+    step: int | None = None
+    trajectory: np.ndarray | None = None
+    trajectory_epochs: np.ndarray | None = None
+    explained_variance: np.ndarray | None = None
+    direction_scale: np.ndarray | None = None
+
+    @property
+    def dims(self) -> int:
+        return int(self.loss.ndim)
+
+    @property
+    def steps(self) -> int:
+        return int(self.alphas.shape[0])
+
+    def default_name(self) -> str:
+        """File stem: ``epoch0010_audio_2d`` (``<subspace>_<dims>d`` when the epoch is unknown)."""
+        where = f"epoch{self.epoch:04d}_" if self.epoch is not None else ""
+        return f"{where}{self.subspace}_{self.dims}d"
+
+
+def compute_landscape(
+    model: nn.Module,
+    inputs: Mapping[str, Tensor],
+    targets: Tensor,
+    *,
+    steps: int = 41,
+    span: float = 1.0,
+    dims: int = 2,
+    seed: int = 0,
+    norm: str = "filter",
+    ignore: str = "biasbn",
+    modality: str | None = None,
+    directions: Sequence[Mapping[str, Tensor]] | None = None,
+    loss_fn: LossFn = F.cross_entropy,
+    method: str = "vmap",
+    chunk_size: int = 32,
+    batch_size: int | None = None,
+    epoch: int | None = None,
+    step: int | None = None,
+    split: str = "",
+) -> Landscape:
+    """Loss and accuracy of ``model`` on a ``steps``-per-axis grid in ``[-span, span]^dims``.
+
+    Directions: ``directions`` if given (e.g. from :func:`pca_directions`), else random ones
+    with seeds ``seed, seed + 1`` (:func:`random_direction` with ``norm``, ``ignore``,
+    ``modality``).  ``method="vmap"`` evaluates ``chunk_size`` points per vectorised call;
+    ``"loop"`` is the point-by-point reference.  Batch norm and dropout in eval mode.
+    """
+    if dims not in (1, 2):
+        raise ValueError(f"dims must be 1 or 2, got {dims}")
+    _check_choice("method", method, METHODS)
+    axis = grid_axis(steps, span)
+    if directions is None:
+        seeds = np.arange(seed, seed + dims, dtype=np.int64)
+        directions = [random_direction(model, int(s), norm, ignore, modality) for s in seeds]
+        subspace = modality or "all"
+    else:
+        if len(directions) != dims:
+            raise ValueError(f"dims={dims} but {len(directions)} directions were given")
+        seeds = np.zeros(0, dtype=np.int64)
+        subspace = modality or "custom"
+    if dims == 1:
+        coords = torch.tensor(axis)[:, None]
+    else:
+        a, b = torch.meshgrid(torch.tensor(axis), torch.tensor(axis), indexing="ij")
+        coords = torch.stack([a.reshape(-1), b.reshape(-1)], 1)
+    if method == "vmap":
+        loss, acc = evaluate_grid(
+            model, inputs, targets, directions, coords, loss_fn, chunk_size, batch_size
+        )
+    else:
+        loss, acc = evaluate_grid_loop(
+            model, inputs, targets, directions, coords, loss_fn, batch_size
+        )
+    shape = (steps,) * dims
+    with eval_mode(model), torch.no_grad():
+        logits = model(inputs)
+        center_loss, center_acc = float(loss_fn(logits, targets)), float(_accuracy(logits, targets))
+    return Landscape(
+        alphas=axis,
+        betas=axis.copy() if dims == 2 else np.zeros(0),
+        loss=loss.double().numpy().reshape(shape),
+        acc=acc.double().numpy().reshape(shape),
+        subspace=subspace,
+        norm=norm,
+        ignore=ignore,
+        seeds=seeds,
+        span=float(span),
+        center_loss=center_loss,
+        center_acc=center_acc,
+        n_eval=int(targets.shape[0]),
+        split=split,
+        epoch=epoch,
+        step=step,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# storage: RUN/landscapes/<name>.npz (plain arrays, no pickles)
+
+_OPTIONAL = ("trajectory", "trajectory_epochs", "explained_variance", "direction_scale")
+
+
+def save_landscape(
+    landscape: Landscape, run_dir: str | os.PathLike, name: str | None = None
+) -> Path:
+    """Write ``RUN/landscapes/<name>.npz`` atomically (default name from the landscape)."""
+    folder = Path(run_dir) / LANDSCAPES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name or landscape.default_name()}.npz"
+    arrays = {
+        "alphas": landscape.alphas,
+        "betas": landscape.betas,
+        "loss": landscape.loss,
+        "acc": landscape.acc,
+        "seeds": np.asarray(landscape.seeds, dtype=np.int64),
+        "subspace": np.array(landscape.subspace),
+        "norm": np.array(landscape.norm),
+        "ignore": np.array(landscape.ignore),
+        "span": np.array(landscape.span),
+        "dims": np.array(landscape.dims),
+        "center_loss": np.array(landscape.center_loss),
+        "center_acc": np.array(landscape.center_acc),
+        "n_eval": np.array(landscape.n_eval),
+        "split": np.array(landscape.split),
+        # -1 marks "unknown" (npz holds no None)
+        "epoch": np.array(-1 if landscape.epoch is None else landscape.epoch),
+        "step": np.array(-1 if landscape.step is None else landscape.step),
+    }
+    for key in _OPTIONAL:
+        value = getattr(landscape, key)
+        if value is not None:
+            arrays[key] = np.asarray(value)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_landscape(path: str | os.PathLike) -> Landscape:
+    """Read a landscape written by :func:`save_landscape`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no landscape file at {str(path)!r}")
+    with np.load(path, allow_pickle=False) as data:
+        a = {k: data[k] for k in data.files}
+
+    def known(key: str) -> int | None:
+        value = int(a[key])
+        return None if value < 0 else value
+
+    return Landscape(
+        alphas=a["alphas"],
+        betas=a["betas"],
+        loss=a["loss"],
+        acc=a["acc"],
+        subspace=str(a["subspace"]),
+        norm=str(a["norm"]),
+        ignore=str(a["ignore"]),
+        seeds=a["seeds"],
+        span=float(a["span"]),
+        center_loss=float(a["center_loss"]),
+        center_acc=float(a["center_acc"]),
+        n_eval=int(a["n_eval"]),
+        split=str(a["split"]),
+        epoch=known("epoch"),
+        step=known("step"),
+        **{k: a.get(k) for k in _OPTIONAL},
+    )
+
+
+def load_landscapes(run_dir: str | os.PathLike) -> dict[str, Landscape]:
+    """Every ``RUN/landscapes/*.npz`` by file stem (sorted)."""
+    folder = Path(run_dir) / LANDSCAPES_DIR
+    return {p.stem: load_landscape(p) for p in sorted(folder.glob("*.npz"))}

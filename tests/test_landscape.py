@@ -1,0 +1,258 @@
+"""Landscapes: direction normalisation, grids against closed forms and the point loop, storage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from msam_core.landscape import (
+    compute_landscape,
+    evaluate_grid,
+    evaluate_grid_loop,
+    grid_axis,
+    load_landscape,
+    normalize_direction,
+    pca_directions,
+    random_direction,
+    save_landscape,
+)
+from msam_core.param_groups import modality_parameter_names
+
+
+class TinyLateFusion(nn.Module):
+    """Image encoder (conv + batch norm), vector encoder (MLP), concat head with dropout."""
+
+    def __init__(self, classes=3):
+        super().__init__()
+        self.modalities = ["image", "audio"]
+        self.encoders = nn.ModuleDict(
+            {
+                "image": nn.Sequential(
+                    nn.Conv2d(1, 3, 3),
+                    nn.BatchNorm2d(3),
+                    nn.ReLU(),
+                    nn.AdaptiveAvgPool2d(1),
+                    nn.Flatten(),
+                ),
+                "audio": nn.Sequential(nn.Flatten(), nn.Linear(6, 5), nn.Tanh()),
+            }
+        )
+        self.head = nn.Sequential(nn.Dropout(0.5), nn.Linear(8, classes))
+
+    def forward(self, inputs, mask=None):
+        return self.head(torch.cat([self.encoders[m](inputs[m]) for m in self.modalities], -1))
+
+
+class LinearRegression(nn.Module):
+    def __init__(self, dim=3):
+        super().__init__()
+        self.modalities = ["x"]
+        self.w = nn.Parameter(torch.randn(dim, dtype=torch.float64))
+
+    def forward(self, inputs, mask=None):
+        return inputs["x"] @ self.w
+
+
+def _late(n=20, seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    model = TinyLateFusion().to(dtype)
+    # Non-trivial running statistics, so eval mode differs from batch statistics.
+    model.encoders["image"][1].running_mean.fill_(0.3)
+    model.encoders["image"][1].running_var.fill_(2.0)
+    x = {"image": torch.randn(n, 1, 5, 5, dtype=dtype), "audio": torch.randn(n, 2, 3, dtype=dtype)}
+    return model, x, torch.randint(0, 3, (n,))
+
+
+def _grid(steps, span, dims=2):
+    axis = torch.tensor(grid_axis(steps, span))
+    if dims == 1:
+        return axis[:, None]
+    a, b = torch.meshgrid(axis, axis, indexing="ij")
+    return torch.stack([a.reshape(-1), b.reshape(-1)], 1)
+
+
+# -- directions ------------------------------------------------------------------------------
+
+
+def test_filter_normalised_direction_matches_each_weight_filter_norm():
+    model, _, _ = _late()
+    weights = dict(model.named_parameters())
+    d = random_direction(model, seed=3)
+    for name, w in weights.items():
+        if w.ndim >= 2:
+            d_norms = d[name].reshape(w.shape[0], -1).norm(dim=1)
+            w_norms = w.detach().reshape(w.shape[0], -1).norm(dim=1)
+            torch.testing.assert_close(d_norms, w_norms, rtol=1e-5, atol=1e-7, msg=name)
+            assert not torch.allclose(d[name], w), name  # a random direction, not the weights
+        else:  # biases and batch-norm scale/shift are ignored by default
+            assert torch.all(d[name] == 0), name
+
+
+def test_layer_norm_and_ignore_none():
+    model, _, _ = _late()
+    weights = dict(model.named_parameters())
+    raw = {n: torch.randn_like(w) for n, w in weights.items()}
+    layer = normalize_direction(raw, weights, norm="layer", ignore="none")
+    for name, w in weights.items():
+        assert layer[name].norm().item() == pytest.approx(w.norm().item(), rel=1e-5), name
+    none = normalize_direction(raw, weights, norm="none", ignore="biasbn")
+    for name, w in weights.items():
+        expected = raw[name] if w.ndim >= 2 else torch.zeros_like(w)
+        assert torch.equal(none[name], expected), name
+
+
+def test_directions_are_seeded_and_modality_blocks_are_restrictions():
+    model, _, _ = _late()
+    full = random_direction(model, seed=5)
+    assert all(torch.equal(full[n], random_direction(model, seed=5)[n]) for n in full)
+    assert any(not torch.equal(full[n], random_direction(model, seed=6)[n]) for n in full)
+    names = modality_parameter_names(model)
+    audio = random_direction(model, seed=5, modality="audio")
+    for n in full:
+        expected = full[n] if n in names["audio"] else torch.zeros_like(full[n])
+        assert torch.equal(audio[n], expected), n
+
+
+# -- grids -----------------------------------------------------------------------------------
+
+
+def test_grid_centre_equals_model_loss_in_eval_mode():
+    model, x, y = _late(dtype=torch.float64)
+    model.train()
+    result = compute_landscape(model, x, y, steps=5, span=0.5)
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+    expected = F.cross_entropy(logits, y).item()
+    assert result.loss[2, 2] == pytest.approx(expected, rel=1e-12)
+    assert result.center_loss == pytest.approx(expected, rel=1e-12)
+    assert result.acc[2, 2] == pytest.approx((logits.argmax(1) == y).double().mean().item())
+    assert result.loss.shape == (5, 5) and result.alphas[2] == 0.0
+
+
+def test_one_dimensional_curve_of_quadratic_loss_is_the_parabola():
+    torch.manual_seed(0)
+    model = LinearRegression()
+    x, y = torch.randn(40, 3, dtype=torch.float64), torch.randn(40, dtype=torch.float64)
+    d = {"w": torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)}
+    result = compute_landscape(
+        model, {"x": x}, y, steps=9, span=2.0, dims=1, directions=[d], loss_fn=F.mse_loss
+    )
+    # l(w + a d) = l(w) + a gᵀd + a² dᵀAd / 2 with g = 2Xᵀ(Xw - y)/N, A = 2XᵀX/N.
+    w = model.w.detach()
+    g, a_mat = 2 * x.T @ (x @ w - y) / 40, 2 * x.T @ x / 40
+    alphas = torch.tensor(result.alphas)
+    expected = (
+        F.mse_loss(x @ w, y) + alphas * (g @ d["w"]) + alphas**2 * (d["w"] @ a_mat @ d["w"]) / 2
+    )
+    np.testing.assert_allclose(result.loss, expected.numpy(), rtol=1e-10)
+    assert np.isnan(result.acc).all()  # regression targets: no accuracy
+    assert result.betas.shape == (0,)
+
+
+@pytest.mark.parametrize(
+    ("affine_inputs", "chunk_size", "batch_size", "modality"),
+    [
+        (True, 7, None, None),
+        (False, 50, 8, None),
+        (True, 16, 6, "audio"),
+        (True, 4, None, "fusion"),
+    ],
+)
+def test_vmap_grid_equals_point_by_point_loop(affine_inputs, chunk_size, batch_size, modality):
+    model, x, y = _late()
+    dirs = [random_direction(model, s, modality=modality) for s in (0, 1)]
+    coords = _grid(7, 1.0)
+    loss, acc = evaluate_grid(
+        model, x, y, dirs, coords, F.cross_entropy, chunk_size, batch_size, affine_inputs
+    )
+    ref_loss, ref_acc = evaluate_grid_loop(model, x, y, dirs, coords, batch_size=batch_size)
+    np.testing.assert_allclose(loss.double().numpy(), ref_loss.numpy(), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(acc.double().numpy(), ref_acc.numpy(), atol=1e-5)
+    assert len(np.unique(ref_loss.numpy().round(6))) > 10  # the grid really varies
+
+
+def test_grid_evaluation_leaves_weights_and_mode_alone():
+    model, x, y = _late()
+    model.train()
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    compute_landscape(model, x, y, steps=3, method="vmap")
+    compute_landscape(model, x, y, steps=3, method="loop")
+    assert all(torch.equal(before[n], t) for n, t in model.state_dict().items())
+    assert all(m.training for m in model.modules())
+
+
+def test_bad_grid_arguments_are_named():
+    model, x, y = _late()
+    with pytest.raises(ValueError, match="span"):
+        compute_landscape(model, x, y, span=0.0)
+    with pytest.raises(ValueError, match="steps"):
+        compute_landscape(model, x, y, steps=1)
+    with pytest.raises(ValueError, match=r"unknown modality 'depth'.*'image', 'audio', 'fusion'"):
+        compute_landscape(model, x, y, modality="depth")
+    with pytest.raises(ValueError, match="dims"):
+        compute_landscape(model, x, y, dims=3)
+    with pytest.raises(ValueError, match="norm"):
+        compute_landscape(model, x, y, norm="batch")
+    with pytest.raises(ValueError, match="method"):
+        compute_landscape(model, x, y, method="fast")
+
+
+# -- PCA -------------------------------------------------------------------------------------
+
+
+def test_pca_recovers_a_planar_trajectory():
+    torch.manual_seed(0)
+    final = {"a": torch.randn(4, 3), "b": torch.randn(5)}
+    u = {"a": torch.randn(4, 3), "b": torch.randn(5)}
+    v = {"a": torch.randn(4, 3), "b": torch.randn(5)}
+    steps = [(3.0, 1.0), (2.0, -0.5), (1.2, 0.4), (0.5, -0.2), (0.0, 0.0)]
+    trajectory = [{n: final[n] + s * u[n] + t * v[n] for n in final} for s, t in steps]
+    pca = pca_directions(trajectory, final, dims=2)
+    assert pca.explained_variance.sum() == pytest.approx(1.0, abs=1e-6)  # a plane: all of it
+    assert pca.explained_variance[0] >= pca.explained_variance[1]
+    assert np.abs(pca.projection).max(0) == pytest.approx([1.0, 1.0])
+    np.testing.assert_allclose(pca.projection[-1], [0.0, 0.0], atol=1e-7)
+    for point, coords in zip(trajectory, pca.projection, strict=True):  # plane is reconstructed
+        for n in final:
+            rebuilt = final[n] + sum(
+                float(c) * d[n] for c, d in zip(coords, pca.directions, strict=True)
+            )
+            torch.testing.assert_close(rebuilt, point[n], atol=1e-4, rtol=1e-4)
+
+
+def test_pca_needs_enough_checkpoints():
+    final = {"a": torch.zeros(3)}
+    with pytest.raises(ValueError, match="at least 3 checkpoints"):
+        pca_directions([{"a": torch.ones(3)}, final], final, dims=2)
+
+
+# -- storage ---------------------------------------------------------------------------------
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model, x, y = _late()
+    result = compute_landscape(
+        model, x, y, steps=3, seed=4, modality="image", epoch=2, step=30, split="val"
+    )
+    path = save_landscape(result, tmp_path)
+    assert path == tmp_path / "landscapes" / "epoch0002_image_2d.npz"
+    with np.load(path, allow_pickle=False) as data:  # plain arrays only
+        assert set(data.files) >= {"alphas", "betas", "loss", "acc", "seeds", "subspace"}
+    back = load_landscape(path)
+    for key in ("alphas", "betas", "loss", "acc", "seeds"):
+        np.testing.assert_array_equal(getattr(back, key), getattr(result, key))
+    assert (back.subspace, back.norm, back.ignore, back.epoch, back.step, back.split) == (
+        "image",
+        "filter",
+        "biasbn",
+        2,
+        30,
+        "val",
+    )
+    assert back.seeds.tolist() == [4, 5] and back.trajectory is None
+    unknown = save_landscape(compute_landscape(model, x, y, steps=3, dims=1), tmp_path, name="x")
+    assert load_landscape(unknown).epoch is None
