@@ -9,6 +9,13 @@ from msam_core.data.registry import dataset_names, load_dataset, register_datase
 
 # Dataset modules (registered on import), one line each.
 from msam_core.data import synthetic  # noqa: F401  isort: skip
+from msam_core.data import mfeat  # noqa: F401  isort: skip
+from msam_core.data import basic_motions  # noqa: F401  isort: skip
+from msam_core.data import digits_halves  # noqa: F401  isort: skip
+from msam_core.data.av import cremad  # noqa: F401  isort: skip
+from msam_core.data.av import ave  # noqa: F401  isort: skip
+from msam_core.data.av import kinetics_sounds  # noqa: F401  isort: skip
+from msam_core.data.av import avmnist  # noqa: F401  isort: skip
 
 from msam_core.data.synthetic import load_synthetic
 

@@ -27,6 +27,7 @@ from msam_core.models.fusion import (
 )
 
 # Encoder modules beyond encoders.py (registered on import), one line each.
+from msam_core.models import resnet  # noqa: F401  isort: skip
 
 __all__ = [
     "AUTO_ENCODER",
