@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import plotly.graph_objects as go
 import pytest
+import viz_fixtures as vf
 
 from msam_viz.figures import shapley_shares
 from msam_viz.widgets._live import BackgroundJob, LiveFigure, RecordBuffer, sync_figure
+from msam_viz.widgets.run_comparer import RunComparer
 
 # -- sync_figure ----------------------------------------------------------------------------
 
@@ -127,3 +130,58 @@ def test_background_job_keeps_result_and_error():
     assert job.join(10)
     assert isinstance(job.error, ValueError)
     assert "bad strength" in job.error_text
+
+
+# -- RunComparer ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compare_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    for seed in range(2):
+        vf.write_run(root, f"msam_s{seed}", method="msam", seed=seed, with_landscape=False)
+        vf.write_run(root, f"joint_s{seed}", method="joint", seed=seed, with_landscape=False)
+    return root
+
+
+def _line(fig, name):
+    (trace,) = [t for t in fig.data if t.name == name and t.type == "scatter"]
+    return trace
+
+
+def test_run_comparer_draws_the_comparison_figures_and_follows_controls(compare_dir):
+    comparer = RunComparer(str(compare_dir / "*"))
+    assert len(comparer.runs) == 4
+    bars, curves = comparer.bars.widget, comparer.curves.widget
+    msam = _line(curves, "msam")
+    expected = [np.mean([vf.accuracy(e, "val") + 0.01 * s for s in range(2)]) for e in range(4)]
+    np.testing.assert_allclose(msam.y, expected)
+
+    comparer.split.value = "train"  # the control redraws both figures in place
+    assert comparer.curves.widget is curves and comparer.bars.widget is bars
+    expected = [np.mean([vf.accuracy(e, "train") + 0.01 * s for s in range(2)]) for e in range(4)]
+    np.testing.assert_allclose(_line(curves, "msam").y, expected)
+
+    comparer.curve_metric.value = "acc/visual"
+    assert "visual-only accuracy" in curves.layout.yaxis.title.text
+
+    # Untick the seed-1 runs: each method keeps one run, so no sd band is drawn.
+    keep = [i for i, r in enumerate(comparer.runs) if r.seed == 0]
+    comparer.run_select.value = tuple(keep)
+    assert not [t for t in curves.data if t.name.endswith("±1 sd")]
+    assert "2 runs in 2 groups" in comparer.status.value
+
+
+def test_run_comparer_metrics_panels_and_errors(compare_dir):
+    comparer = RunComparer(compare_dir, metrics=["acc"])
+    panels = [a.text for a in comparer.bars.widget.layout.annotations if a.name != "missing"]
+    assert panels == ["accuracy"]
+    comparer.metric_select.value = ("acc", "switches")
+    panels = [a.text for a in comparer.bars.widget.layout.annotations if a.name != "missing"]
+    assert panels == ["accuracy", "dominance switches"]
+    with pytest.raises(ValueError, match="unknown metrics"):
+        RunComparer(compare_dir, metrics=["grad_norm"])
+    with pytest.raises(ValueError, match="split 'test' is not recorded"):
+        RunComparer(compare_dir, split="test")
+    with pytest.raises(FileNotFoundError):
+        RunComparer(compare_dir / "nope")

@@ -99,7 +99,7 @@ class LiveFigure:
     records are missing, and the figure already says so in its annotation.
     """
 
-    def __init__(self, make: Callable[..., go.Figure], run: Run | None = None, **options: Any):
+    def __init__(self, make: Callable[..., go.Figure], run: Any = None, **options: Any):
         self.make = make
         self.options = options
         self._lock = threading.RLock()
@@ -108,14 +108,15 @@ class LiveFigure:
         if run is not None:
             self.update(run)
 
-    def draw(self, run: Run) -> go.Figure:
-        """The figure for ``run`` (not displayed, widget untouched)."""
+    def draw(self, run: Any) -> go.Figure:
+        """The figure for ``run`` (a Run or a list of runs); not displayed, widget untouched."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", MissingRecordsWarning)
             return self.make(run, **self.options)
 
-    def update(self, run: Run) -> go.FigureWidget:
-        """Redraw for ``run`` into the existing widget."""
+    def update(self, run: Any, **options: Any) -> go.FigureWidget:
+        """Redraw for ``run`` into the existing widget; ``options`` change the figure's options."""
+        self.options.update(options)
         fig = self.draw(run)
         with self._lock:
             sync_figure(self.widget, fig)
