@@ -92,6 +92,8 @@ class Style:
     method_overrides: tuple[tuple[str, str], ...] = ()
     fused_color: str = "#222222"  # the fused model / overall quantity, never a modality
     split_dash: tuple[tuple[str, str], ...] = SPLIT_DASH
+    landscape_colorscale: str = "Viridis"  # perceptually uniform, readable in grey print
+    trajectory_color: str = "#FF3864"  # stands out on every Viridis hue
     template: str = "plotly_white"
     font_family: str = "Inter, 'Helvetica Neue', Arial, sans-serif"
     font_size: int = 13
@@ -161,6 +163,10 @@ class Style:
             "x": 0.0,
             "xanchor": "left",
             "xref": "paper",
+            # Pinned to the top, so title and subtitle never run into the legend above the plot.
+            "y": 0.985,
+            "yanchor": "top",
+            "yref": "container",
             "font": {"size": self.title_size},
         }
         if subtitle:
@@ -171,7 +177,7 @@ class Style:
             font={"family": self.font_family, "size": self.font_size},
             width=self.width,
             height=height or self.height,
-            margin={"l": 70, "r": 30, "t": 90 if subtitle else 70, "b": 60},
+            margin={"l": 70, "r": 30, "t": 112 if subtitle else 80, "b": 60},
             legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 1, "xanchor": "right"},
             hoverlabel={"font": {"family": self.font_family}},
         )

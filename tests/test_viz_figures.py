@@ -24,6 +24,9 @@ from msam_viz import (
     compare_runs,
     dominance,
     dominant_switches,
+    landscape_contour,
+    landscape_curves,
+    landscape_surface,
     load_run,
     load_runs,
     run_metrics,
@@ -389,3 +392,97 @@ def test_summary_grid_is_a_static_matplotlib_figure(runs_dir) -> None:
     assert titles == ["accuracy", "audio-only accuracy", "balance"]
     with pytest.raises(ValueError, match="no epoch records"):
         summary_grid(runs, ["acc"], split="dev")
+
+
+# -- landscapes -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def landscape_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("landscape_runs")
+    return load_run(vf.write_run(root, "with_landscapes", epochs=2, steps_per_epoch=5))
+
+
+def test_landscape_curves_one_per_subspace_in_modality_colours(landscape_run) -> None:
+    fig = landscape_curves(landscape_run)
+    curves = [t for t in fig.data if t.mode == "lines"]
+    assert [t.name for t in curves] == [
+        "whole model (epoch 3)",
+        "audio encoder only (epoch 3)",
+        "visual encoder only (epoch 3)",
+    ]
+    for k, t in enumerate(curves):
+        np.testing.assert_allclose(t.y, vf.curve_loss(k, np.asarray(t.x)))
+    colours = DEFAULT_STYLE.modality_colors(MODS)
+    assert curves[1].line.color == colours["audio"]
+    assert curves[2].line.color == colours["visual"]
+    assert curves[0].line.color == DEFAULT_STYLE.fused_color
+    weights = [t for t in fig.data if t.mode == "markers"]
+    assert [(t.x[0], t.y[0]) for t in weights] == [(0.0, 0.5)] * 3
+    assert fig.layout.yaxis.title.text == "loss (nats)"
+    acc = landscape_curves(landscape_run, metric="acc")
+    assert acc.layout.yaxis.tickformat == ".0%"
+
+
+def test_landscape_contour_defaults_to_pca_with_trajectory(landscape_run) -> None:
+    fig = landscape_contour(landscape_run)
+    (contour,) = [t for t in fig.data if t.type == "contour"]
+    a, b = np.meshgrid(contour.x, contour.y, indexing="xy")  # plotly: z[row=β][col=α]
+    np.testing.assert_allclose(contour.z, vf.landscape_loss(a, b))
+    (path,) = traces(fig, "training trajectory")
+    np.testing.assert_allclose(np.stack([path.x, path.y], axis=1), vf.TRAJECTORY)
+    assert list(path.text) == [f"epoch {e}" for e in range(len(vf.TRAJECTORY))]
+    assert fig.layout.xaxis.title.text == "PC1 (80% of trajectory variance)"
+    assert fig.layout.yaxis.scaleanchor == "x"  # equal units on both axes
+    random_dirs = landscape_contour(landscape_run, "epoch0003_all_2d")
+    assert not traces(random_dirs, "training trajectory")
+    assert random_dirs.layout.xaxis.title.text.startswith("α (direction 1")
+    with pytest.raises(KeyError, match="choose one of"):
+        landscape_contour(landscape_run, "epoch0099_pca_2d")
+
+
+def test_landscape_surface_draws_trajectory_on_the_surface(landscape_run) -> None:
+    fig = landscape_surface(landscape_run)
+    (surface,) = [t for t in fig.data if t.type == "surface"]
+    (path,) = [t for t in fig.data if t.type == "scatter3d"]
+    z = np.asarray(surface.z)
+    lift = 0.01 * (z.max() - z.min())
+    expected = vf.landscape_loss(vf.TRAJECTORY[:, 0], vf.TRAJECTORY[:, 1]) + lift
+    np.testing.assert_allclose(path.z, expected)
+    assert fig.layout.scene.zaxis.title.text == "loss (nats)"
+    logged = landscape_surface(landscape_run, log=True)
+    np.testing.assert_allclose(logged.data[0].z, np.log10(z))
+    with pytest.raises(ValueError, match="log scale applies to the loss"):
+        landscape_surface(landscape_run, metric="acc", log=True)
+
+
+def test_landscape_in_memory_and_trajectory_between_grid_points() -> None:
+    from msam_core.landscape import Landscape, grid_axis
+
+    axis = grid_axis(5, 1.0)  # spacing 0.5
+    a, b = np.meshgrid(axis, axis, indexing="ij")
+    loss = vf.landscape_loss(a, b)
+    landscape = Landscape(
+        alphas=axis,
+        betas=axis.copy(),
+        loss=loss,
+        acc=1 - loss / 4,
+        subspace="pca",
+        trajectory=np.array([[0.25, 0.25], [2.0, 0.0], [0.0, 0.0]]),  # middle one off the grid
+    )
+    with pytest.warns(MissingRecordsWarning, match="outside the grid"):
+        fig = landscape_surface(landscape)
+    (path,) = [t for t in fig.data if t.type == "scatter3d"]
+    lift = 0.01 * (loss.max() - loss.min())
+    # Bilinear interpolation: the centre of a grid cell is the mean of its four corners.
+    corners = vf.landscape_loss(np.array([0, 0, 0.5, 0.5]), np.array([0, 0.5, 0, 0.5]))
+    np.testing.assert_allclose(path.z, [corners.mean() + lift, loss[2, 2] + lift])
+    assert "pca" in fig.layout.title.subtitle.text
+
+
+def test_run_without_landscapes_says_so(sparse) -> None:
+    for figure in (landscape_curves, landscape_contour, landscape_surface):
+        with pytest.warns(MissingRecordsWarning, match="landscapes"):
+            fig = figure(sparse)
+        assert not fig.data
+        assert any("landscapes" in note for note in missing_notes(fig))

@@ -171,6 +171,58 @@ def landscape_loss(alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
     return 0.5 + (alpha - 0.1) ** 2 + 2.0 * (beta + 0.2) ** 2
 
 
-def write_landscapes(directory: Path, modalities: tuple[str, ...]) -> None:
-    """Placeholder: replaced by the landscape recorder's own writer once it exists."""
-    directory.mkdir(parents=True, exist_ok=True)
+def curve_loss(subspace_index: int, alpha: np.ndarray) -> np.ndarray:
+    """1-D landscape of subspace ``k`` (0: whole model, then each modality): curvature k+1."""
+    return 0.5 + (subspace_index + 1) * alpha**2
+
+
+#: PCA trajectory in grid units (the final checkpoint at the origin), one row per epoch;
+#: on grid points (spacing 0.2), so the surface height there is exactly ``landscape_loss``.
+TRAJECTORY = np.array([[-0.8, 0.6], [-0.4, 0.4], [-0.2, 0.2], [0.0, 0.0]])
+
+
+def write_landscapes(directory: Path, modalities: tuple[str, ...], epoch: int = 3) -> None:
+    """1-D curves (whole model and each modality), a random 2-D grid and a PCA 2-D grid with
+    its trajectory, written by msam_core's own landscape writer."""
+    from msam_core.landscape import Landscape, grid_axis, save_landscape
+
+    run_dir = directory.parent
+    axis = grid_axis(11, 1.0)
+    for k, subspace in enumerate(("all", *modalities)):
+        loss = curve_loss(k, axis)
+        save_landscape(
+            Landscape(
+                alphas=axis,
+                betas=np.zeros(0),
+                loss=loss,
+                acc=1.0 - loss / 4,
+                subspace=subspace,
+                seeds=np.array([k]),
+                center_loss=float(curve_loss(k, np.array(0.0))),
+                center_acc=float(1.0 - curve_loss(k, np.array(0.0)) / 4),
+                n_eval=64,
+                split="val",
+                epoch=epoch,
+            ),
+            run_dir,
+        )
+    a, b = np.meshgrid(axis, axis, indexing="ij")  # loss[i, j] at (alphas[i], betas[j])
+    grid = landscape_loss(a, b)
+    common = {"alphas": axis, "betas": axis.copy(), "loss": grid, "acc": 1.0 - grid / 4}
+    save_landscape(
+        Landscape(**common, subspace="all", seeds=np.array([0, 1]), epoch=epoch, split="val"),
+        run_dir,
+    )
+    save_landscape(
+        Landscape(
+            **common,
+            subspace="pca",
+            epoch=epoch,
+            split="val",
+            trajectory=TRAJECTORY,
+            trajectory_epochs=np.arange(len(TRAJECTORY)),
+            explained_variance=np.array([0.8, 0.15]),
+            direction_scale=np.array([2.0, 1.0]),
+        ),
+        run_dir,
+    )

@@ -20,6 +20,13 @@ from msam_viz.figures.comparison import (
     run_metrics,
     summary_grid,
 )
+from msam_viz.figures.landscape import (
+    landscape_contour,
+    landscape_curves,
+    landscape_figures,
+    landscape_surface,
+    run_landscapes,
+)
 from msam_viz.figures.sharpness import sharpness_curves
 
 __all__ = [
@@ -31,6 +38,11 @@ __all__ = [
     "dominant_series",
     "dominant_switches",
     "epoch_table",
+    "landscape_contour",
+    "landscape_curves",
+    "landscape_figures",
+    "landscape_surface",
+    "run_landscapes",
     "run_metrics",
     "shapley_share_table",
     "shapley_shares",
