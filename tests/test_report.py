@@ -1,0 +1,105 @@
+"""The HTML report: self-contained (plotly.js inlined), every figure present, honest about
+missing records; PNG export through kaleido when a browser exists, a clear message when not."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+import viz_fixtures as vf
+from plotly.offline import get_plotlyjs
+
+import msam_viz.report as report
+from msam_viz import accuracy_curves, load_runs
+from msam_viz.report import NO_BROWSER_MESSAGE, build_sections, export_png, write_report
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report_runs")
+    vf.write_run(root, "msam_s0", epochs=2, steps_per_epoch=6)
+    vf.write_run(root, "msam_s1", seed=1, epochs=2, steps_per_epoch=6, with_landscape=False)
+    vf.write_sparse_run(root, "joint_sparse")
+    return load_runs(root)
+
+
+def _figure_count(sections) -> int:
+    return sum(len(s.figures) for s in sections)
+
+
+@pytest.fixture(scope="module")
+def written(runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report") / "sub" / "report.html"
+    return out, write_report(runs, out)
+
+
+def test_report_is_self_contained_with_every_figure(runs, written) -> None:
+    out, result = written
+    assert result.html == out and result.png_files == [] and result.png_message is None
+    page = out.read_text(encoding="utf-8")
+    # plotly.js is inlined once; nothing is fetched from a CDN or any other URL.
+    assert page.count(get_plotlyjs()[:2000]) == 1
+    assert not re.search(r"<script[^>]+src=", page)
+    assert "<link" not in page
+    sections = build_sections(runs)
+    assert page.count("Plotly.newPlot") == _figure_count(sections)
+    # Landscapes of the run that has them: a 1-D figure plus contour and surface per 2-D grid.
+    assert 'id="run-msam-s0-landscape_epoch0003_pca_2d_surface"' in page
+    assert "data:image/png;base64," in page  # the seaborn summary grid, embedded
+    for run in runs:
+        assert f"<td>{run.name}</td>" in page
+
+
+def test_report_names_what_each_run_lacks(written) -> None:
+    page = written[0].read_text(encoding="utf-8")
+    sparse_part = page.split('id="run-joint-sparse"')[1].split("<h2")[0]
+    assert "Not recorded:" in sparse_part
+    for missing in ("hessian/top_eig", "landscapes/*.npz", "acc/audio"):
+        assert missing in sparse_part
+    full_part = page.split('id="run-msam-s0"')[1].split("<h2")[0]
+    assert "Not recorded:" not in full_part
+
+
+def test_single_run_report_has_no_comparison(runs, tmp_path) -> None:
+    sections = build_sections(runs[0])
+    assert [s.title for s in sections] == ["Runs", f"Run {runs[0].name}"]
+    out = write_report(runs[0], tmp_path / "one.html").html
+    assert 'id="comparison"' not in out.read_text(encoding="utf-8")
+
+
+def test_report_rejects_bad_input(runs, tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"must end in \.html"):
+        write_report(runs, tmp_path / "report.pdf")
+    with pytest.raises(TypeError, match="load_run"):
+        write_report(str(tmp_path), tmp_path / "r.html")
+    with pytest.raises(ValueError, match="no runs given"):
+        write_report([], tmp_path / "r.html")
+
+
+def test_png_without_browser_writes_html_and_says_why(runs, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(report, "find_browser", lambda: None)
+    with pytest.warns(RuntimeWarning, match="Chrome or Chromium"):
+        result = write_report(runs, tmp_path / "r.html", png_dir=tmp_path / "png")
+    assert result.html.exists()
+    assert result.png_message == NO_BROWSER_MESSAGE
+    assert "apt-get install chromium" in NO_BROWSER_MESSAGE
+    # The static summary needs no browser (matplotlib), so it is still written.
+    assert [p.name for p in result.png_files] == ["summary_grid.png"]
+    with pytest.raises(report.PngExportUnavailable, match="BROWSER_PATH"):
+        export_png({"x": accuracy_curves(runs[1])}, tmp_path / "png2")
+
+
+def test_png_export_with_browser(runs, tmp_path) -> None:
+    if report.find_browser() is None:
+        if os.environ.get("MSAM_REQUIRE_BROWSER") == "1":
+            pytest.fail("MSAM_REQUIRE_BROWSER=1 but no Chrome/Chromium found for kaleido")
+        pytest.skip("no Chrome/Chromium: install one (apt-get install chromium) to test PNGs")
+    from PIL import Image
+
+    fig = accuracy_curves(runs[1])  # msam_s0 (folder order: joint_sparse, msam_s0, …)
+    (path,) = export_png({"msam s0/accuracy": fig}, tmp_path, scale=1.0)
+    assert path.name == "msam_s0_accuracy.png"
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert image.size == (fig.layout.width, fig.layout.height)
