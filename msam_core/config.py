@@ -22,6 +22,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "cosine", "step")
 SHAPLEY_VALUES = ("accuracy", "probability", "neg_loss")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+BASELINES = ("zeros", "mean")
 #: keys a run directory's config.json adds to the config; ignored when reading one back
 RESERVED_KEYS = ("run",)
 
@@ -34,8 +35,15 @@ class TrainConfig:
     Data: ``dataset`` (registry name) with ``dataset_options`` passed to its loader (a
     ``seed`` there defaults to ``seed``).  Model: ``fusion`` (early | concat | sum | gated |
     film), ``encoder`` (``auto`` picks one per modality kind) and ``model_options`` passed to
-    ``build_model``.  Method: ``method`` (joint | sam | msam | ...), ``rho`` and ``adaptive``
-    for the SAM family, ``method_options`` for anything method-specific.
+    ``build_model`` (feature_dim, hidden, dropout); ``baseline`` is what replaces an absent
+    modality (zeros, or the per-value mean of the training inputs).  Method: ``method``
+    (joint | sam | msam | ...), ``rho`` and ``adaptive`` for the SAM family,
+    ``method_options`` for anything method-specific.
+    Measurement: every ``measure_every`` steps (and at each epoch end) per-modality sharpness
+    and Hessian measures on a fixed probe batch of ``probe_size`` training samples
+    (``measure_options`` go to :func:`msam_core.sharpness.periodic_measures`); a loss
+    landscape at each epoch in ``landscape_epochs`` (``landscape_options`` go to
+    :func:`msam_core.landscape.compute_landscape`).
     """
 
     # what to train on, with what
@@ -46,6 +54,7 @@ class TrainConfig:
     fusion: str = "concat"
     encoder: str = "auto"
     model_options: dict[str, Any] = field(default_factory=dict)
+    baseline: str = "zeros"  # absent-modality input: zeros, or the per-value train mean
     # base optimizer and schedule
     optimizer: str = "sgd"
     lr: float = 0.05
@@ -71,7 +80,10 @@ class TrainConfig:
     checkpoint_every: int = 1
     keep_checkpoints: int = 0  # 0 keeps every epoch_XXXX.pt; n keeps the newest n
     measure_every: int = 0  # per-modality sharpness / Hessian every k steps; 0 = never
+    measure_options: dict[str, Any] = field(default_factory=dict)
+    probe_size: int = 256  # samples of the fixed train probe batch the measurements use
     landscape_epochs: list[int] = field(default_factory=list)
+    landscape_options: dict[str, Any] = field(default_factory=dict)
     fsync: bool = False  # force each record to disk (slower; survives power loss)
     name: str | None = None
 
@@ -89,9 +101,10 @@ class TrainConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("shapley_value", self.shapley_value, SHAPLEY_VALUES)
+        _choice("baseline", self.baseline, BASELINES)
         if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
             raise ValueError(f"device={self.device!r}; choose one of {list(DEVICES)} or 'cuda:N'")
-        for key in ("batch_size", "eval_batch_size"):
+        for key in ("batch_size", "eval_batch_size", "probe_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         for key in ("epochs", "eval_every", "checkpoint_every", "keep_checkpoints"):
