@@ -82,6 +82,7 @@ def load_ave(
     visual_dir: str = "visual",
     missing: str = "error",
     class_names: list[str] | None = None,
+    seed: int = 0,
     **options: Any,
 ) -> MultimodalDataset:
     """AVE from ``data_root`` (layout in :data:`LAYOUT`), with its official train/val/test.
@@ -90,8 +91,10 @@ def load_ave(
     and frame options are those of :func:`msam_core.data.av.cremad.load_cremad`
     (``n_frames`` defaults to 3 here, as in the published AVE set-ups).  ``class_names``
     replaces the 28 release categories if your lists use other names.  ``missing``: "error"
-    (default) or "skip" videos whose files are absent.
+    (default) or "skip" videos whose files are absent.  ``seed`` is accepted like every
+    loader's but changes nothing: AVE's splits are official and reading is deterministic.
     """
+    del seed
     options.setdefault("n_frames", 3)
     audio, frames = split_configs(options, NAME)
     root = check_root(data_root, NAME, LAYOUT)

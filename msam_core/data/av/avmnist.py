@@ -107,13 +107,16 @@ def load_avmnist(
     *,
     val_size: int = 5000,
     normalize: bool = True,
+    seed: int = 0,
 ) -> MultimodalDataset:
     """AV-MNIST from ``data_root`` (layout in :data:`LAYOUT`): ``image`` and ``audio``.
 
     ``image`` ``[1, 28, 28]`` (kind image) and ``audio`` ``[1, 112, 112]`` (kind
     spectrogram); 10 classes.  The last ``val_size`` training rows are the validation split
     (MultiBench's 55000 / 5000).  ``normalize`` divides by 255 as MultiBench does.
+    ``seed`` is accepted like every loader's but changes nothing: the splits are fixed.
     """
+    del seed
     root = check_root(data_root, NAME, LAYOUT)
     arrays = {}
     for split in ("train", "test"):
