@@ -89,6 +89,17 @@ def normalize_direction(
     return out
 
 
+def check_subspace(model: nn.Module, modality: str | None) -> None:
+    """ValueError unless ``modality`` is None, ``"all"``, a modality of the model or
+    ``"fusion"`` (and, for a block, the model has per-modality encoders)."""
+    if modality is None or modality == "all":
+        return
+    choices = ["all", *block_choices(model)]
+    if modality not in choices:
+        raise ValueError(f"unknown modality {modality!r}; choose one of {choices}")
+    modality_parameter_names(model)  # early fusion: no blocks, a clear error
+
+
 def restrict_direction(
     direction: Mapping[str, Tensor], model: nn.Module, modality: str | None
 ) -> Direction:
@@ -99,9 +110,7 @@ def restrict_direction(
     """
     if modality is None or modality == "all":
         return dict(direction)
-    choices = ["all", *block_choices(model)]
-    if modality not in choices:
-        raise ValueError(f"unknown modality {modality!r}; choose one of {choices}")
+    check_subspace(model, modality)
     keep = set(modality_parameter_names(model)[modality])
     return {n: d if n in keep else torch.zeros_like(d) for n, d in direction.items()}
 
@@ -623,3 +632,135 @@ def load_landscapes(run_dir: str | os.PathLike) -> dict[str, Landscape]:
     """Every ``RUN/landscapes/*.npz`` by file stem (sorted)."""
     folder = Path(run_dir) / LANDSCAPES_DIR
     return {p.stem: load_landscape(p) for p in sorted(folder.glob("*.npz"))}
+
+
+# --------------------------------------------------------------------------------------------
+# from a run directory
+
+
+def checkpoint_epochs(run_dir: str | os.PathLike) -> dict[int, Path]:
+    """``{epoch: path}`` of the run's ``checkpoints/epoch_XXXX.pt`` files, sorted by epoch."""
+    folder = Path(run_dir) / "checkpoints"
+    found = {}
+    for path in folder.glob("epoch_*.pt"):
+        suffix = path.stem.removeprefix("epoch_")
+        if suffix.isdigit():
+            found[int(suffix)] = path
+    return dict(sorted(found.items()))
+
+
+def _evaluation_subset(split, n_eval: int, seed: int):
+    """A fixed random subset of ``n_eval`` samples (all if the split is smaller), in order."""
+    from msam_core.train import fetch_batch
+
+    n = len(split)
+    if n_eval >= n:
+        indices = torch.arange(n)
+    else:
+        indices = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:n_eval]
+        indices = indices.sort().values
+    return fetch_batch(split, indices)
+
+
+def _parameters_of(state_dict: Mapping[str, Tensor], names: Sequence[str]) -> dict[str, Tensor]:
+    return {n: state_dict[n] for n in names}
+
+
+def landscape_for_run(
+    run_dir: str | os.PathLike,
+    epoch: int | None = None,
+    steps: int = 41,
+    span: float = 1.0,
+    modality: str | None = None,
+    pca: bool = False,
+    dims: int = 2,
+    *,
+    seed: int = 0,
+    norm: str = "filter",
+    ignore: str = "biasbn",
+    split: str = "train",
+    n_eval: int = 1024,
+    chunk_size: int = 32,
+    batch_size: int | None = 256,
+    device: str | torch.device = "cpu",
+    name: str | None = None,
+) -> Path:
+    """Compute a landscape of a run's checkpoint and save it in ``RUN/landscapes/``.
+
+    Rebuilds the model from the checkpoint's config, loads ``checkpoints/epoch_XXXX.pt``
+    (the latest if ``epoch`` is None), and evaluates on a fixed random subset of ``n_eval``
+    samples of ``split`` (drawn with ``seed``).  ``modality`` restricts random directions to
+    one encoder (or ``"fusion"``); ``pca`` uses the PCA of the checkpoints up to ``epoch``
+    instead.  Returns the path of the ``.npz`` written.
+    """
+    from msam_core.config import TrainConfig
+    from msam_core.train import build_dataset, build_run_model, load_checkpoint
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"no run directory at {str(run_dir)!r}")
+    grid_axis(steps, span)  # bad steps / span fail before any loading
+    if dims not in (1, 2):
+        raise ValueError(f"dims must be 1 or 2, got {dims}")
+    if pca and modality not in (None, "all"):
+        raise ValueError("choose either pca or a modality subspace, not both")
+    available = checkpoint_epochs(run_dir)
+    if not available:
+        raise FileNotFoundError(
+            f"run {str(run_dir)!r} has no checkpoints/epoch_XXXX.pt; train it with "
+            "checkpoint_every >= 1 to get landscapes of its weights"
+        )
+    if epoch is None:
+        epoch = max(available)
+    if epoch not in available:
+        raise ValueError(
+            f"run {str(run_dir)!r} has no checkpoint for epoch {epoch}; "
+            f"available epochs: {list(available)}"
+        )
+    checkpoint = load_checkpoint(available[epoch], map_location="cpu")
+    config = TrainConfig.from_dict(checkpoint["config"])
+    dataset = build_dataset(config)
+    model = build_run_model(config, dataset)
+    model.load_state_dict(checkpoint["model"])
+    model.to(device)
+    check_subspace(model, modality)
+    inputs, targets = _evaluation_subset(dataset.split(split), n_eval, seed)
+    inputs = {m: x.to(device) for m, x in inputs.items()}
+    targets = targets.to(device)
+    options = dict(steps=steps, span=span, dims=dims, chunk_size=chunk_size, batch_size=batch_size)
+    where = dict(epoch=epoch, step=checkpoint.get("step"), split=split)
+    if not pca:
+        landscape = compute_landscape(
+            model,
+            inputs,
+            targets,
+            seed=seed,
+            norm=norm,
+            ignore=ignore,
+            modality=modality,
+            **options,
+            **where,
+        )
+    else:
+        names = list(trainable_named_parameters(model))
+        earlier = [e for e in available if e <= epoch]
+        if len(earlier) < dims + 1:
+            raise ValueError(
+                f"PCA directions need at least {dims + 1} checkpoints up to epoch {epoch}; "
+                f"the run has {earlier}. Train with checkpoint_every=1 (and keep_checkpoints=0)"
+            )
+        trajectory = [
+            _parameters_of(load_checkpoint(available[e])["model"], names) for e in earlier
+        ]
+        final = {n: p.detach().cpu() for n, p in trainable_named_parameters(model).items()}
+        found = pca_directions(trajectory, final, dims)
+        directions = [{n: d[n].to(device) for n in d} for d in found.directions]
+        landscape = compute_landscape(
+            model, inputs, targets, directions=directions, **options, **where
+        )
+        landscape.subspace, landscape.norm, landscape.ignore = "pca", "none", "none"
+        landscape.trajectory = found.projection
+        landscape.trajectory_epochs = np.asarray(earlier, dtype=np.int64)
+        landscape.explained_variance = found.explained_variance
+        landscape.direction_scale = found.scale
+    return save_landscape(landscape, run_dir, name)
