@@ -18,6 +18,7 @@ from msam_viz.figures import (
     summary_grid,
 )
 from msam_viz.io import Run, load_run, load_runs
+from msam_viz.report import write_report
 from msam_viz.style import DEFAULT_STYLE, Style
 
 __all__ = [
@@ -39,4 +40,5 @@ __all__ = [
     "shapley_shares",
     "sharpness_curves",
     "summary_grid",
+    "write_report",
 ]

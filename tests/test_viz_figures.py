@@ -146,13 +146,22 @@ def test_shapley_shares_are_the_fixture_shares(run) -> None:
     assert fig.layout.xaxis2.title.text == "iteration (optimiser step)"
 
 
+def band_per_step(band, steps) -> list[str]:
+    """The dominant modality the band shows at each step (cells given by their x edges)."""
+    edges = np.asarray(band.x, dtype=float)
+    names = [row[0] for row in band.customdata[0]]
+    return [names[np.searchsorted(edges, s, side="right") - 1] for s in steps]
+
+
 def test_dominant_band_follows_recorded_dominant_modality(run) -> None:
     fig = shapley_shares(run)
     (band,) = [t for t in fig.data if t.type == "heatmap"]
     expected = [vf.dominant(s, N, MODS) for s in range(N)]
-    assert list(band.customdata[0]) == expected
+    assert band_per_step(band, range(N)) == expected
     codes = np.asarray(band.z[0], dtype=int)
-    assert [MODS[c] for c in codes] == expected
+    assert [MODS[c] for c in codes] == [row[0] for row in band.customdata[0]]
+    # One cell per run of the same dominant modality: switches + 1 cells.
+    assert len(codes) == len(dominant_switches(run)) + 1
     colours = DEFAULT_STYLE.modality_colors(MODS)
     # The colour scale maps code i to modality i's colour.
     scale = dict((round(p * 2), c) for p, c in band.colorscale)
@@ -183,9 +192,11 @@ def test_long_runs_are_bin_averaged_to_max_points(tmp_path) -> None:
     assert np.mean(audio.y) == pytest.approx(table["audio"].mean())
     sharp = sharpness_curves(long_run, max_points=500)
     assert all(len(t.x) <= 500 for t in sharp.data)
-    # The dominant band keeps every step: switches are exact, not averaged away.
+    # The dominant band is exact at every step (no switch averaged away), yet small.
     band = next(t for t in fig.data if t.type == "heatmap")
-    assert len(band.x) == 10_000
+    steps = range(10_000)
+    assert band_per_step(band, steps) == [vf.dominant(s, 10_000, MODS) for s in steps]
+    assert len(band.x) == len(dominant_switches(long_run)) + 2
 
 
 def test_dominant_switches_match_fixture(run) -> None:

@@ -8,6 +8,7 @@ from msam_viz.figures._common import MissingRecordsWarning
 from msam_viz.figures.balance import (
     accuracy_curves,
     dominance,
+    dominant_segments,
     dominant_series,
     dominant_switches,
     shapley_share_table,
@@ -35,6 +36,7 @@ __all__ = [
     "compare_curves",
     "compare_runs",
     "dominance",
+    "dominant_segments",
     "dominant_series",
     "dominant_switches",
     "epoch_table",

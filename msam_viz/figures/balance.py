@@ -158,15 +158,38 @@ def shapley_shares(
     return fig
 
 
-def _dominant_band(fig: go.Figure, run: Any, colours: dict[str, str], style: Style) -> None:
-    """One-row heatmap under the area: the dominant modality at every step (full resolution)."""
+def dominant_segments(run: Any) -> pd.DataFrame:
+    """Runs of one dominant modality: ``[start, end, dominant]``, ``end`` exclusive (the next
+    run's first step; after the last step, one median step gap later)."""
     series = dominant_series(run)
     if series.empty:
+        return pd.DataFrame(columns=["start", "end", "dominant"])
+    steps = series["step"].to_numpy()
+    starts = np.flatnonzero(series["dominant"].ne(series["dominant"].shift()).to_numpy())
+    gap = float(np.median(np.diff(steps))) if len(steps) > 1 else 1.0
+    ends = np.r_[steps[starts[1:]], steps[-1] + gap]
+    return pd.DataFrame(
+        {
+            "start": steps[starts],
+            "end": ends,
+            "dominant": series["dominant"].to_numpy()[starts],
+        }
+    )
+
+
+def _dominant_band(fig: go.Figure, run: Any, colours: dict[str, str], style: Style) -> None:
+    """One-row heatmap under the area: the dominant modality at every step, exactly.
+
+    Cells are the runs of one dominant modality (x = their edges), so the band stays small
+    for 10^4+ steps without averaging any switch away.
+    """
+    segments = dominant_segments(run)
+    if segments.empty:
         note_missing(fig, ["dominant (and no phi/<m> to derive it)"], run)
         return
     names = list(colours)
-    codes = series["dominant"].map({m: i for i, m in enumerate(names)})
-    unknown = series.loc[codes.isna(), "dominant"].unique()
+    codes = segments["dominant"].map({m: i for i, m in enumerate(names)})
+    unknown = segments.loc[codes.isna(), "dominant"].unique()
     if len(unknown):
         raise ValueError(
             f"run records dominant modality {sorted(map(str, unknown))} not among its modalities "
@@ -175,18 +198,22 @@ def _dominant_band(fig: go.Figure, run: Any, colours: dict[str, str], style: Sty
     k = len(names)
     # Discrete colour scale: code i -> colour of modality i, flat over [i/k, (i+1)/k].
     scale = [[pos, colours[m]] for i, m in enumerate(names) for pos in (i / k, (i + 1) / k)]
+    last = segments["end"].to_numpy() - 1
     fig.add_trace(
         go.Heatmap(
-            x=series["step"],
+            x=np.r_[segments["start"].to_numpy(), segments["end"].iloc[-1]],  # cell edges
             y=["dominant"],
             z=[codes.to_numpy(dtype=float)],
-            customdata=[series["dominant"].to_numpy()],
+            customdata=[np.stack([segments["dominant"], segments["start"], last], axis=1)],
             colorscale=scale,
             zmin=-0.5,
             zmax=k - 0.5,
             showscale=False,
             name="dominant",
-            hovertemplate="step %{x}<br>dominant: %{customdata}<extra></extra>",
+            hovertemplate=(
+                "dominant: %{customdata[0]}<br>steps %{customdata[1]}–%{customdata[2]}"
+                "<extra></extra>"
+            ),
         ),
         row=2,
         col=1,
@@ -213,17 +240,13 @@ def dominance(run: Any, *, style: Style | None = None) -> go.Figure:
         return fig
     modalities = run_modalities(run)
     colours = style.modality_colors(modalities)
-    steps = series["step"].to_numpy()
-    # Run-length segments [start, next start): one line per segment, None-separated.
-    starts = np.flatnonzero(series["dominant"].ne(series["dominant"].shift()).to_numpy())
-    ends = np.r_[starts[1:], len(series)]
-    step_gap = float(np.median(np.diff(steps))) if len(steps) > 1 else 1.0
+    segments = dominant_segments(run)
     for m in modalities:
+        mine = segments.loc[segments["dominant"] == m]
+        # One line per run of dominance [start, end), None-separated: one trace per lane.
         xs: list[float | None] = []
-        for s, e in zip(starts, ends, strict=True):
-            if series["dominant"].iat[s] == m:
-                last = steps[e] if e < len(steps) else steps[-1] + step_gap
-                xs += [float(steps[s]), float(last), None]
+        for start, end in zip(mine["start"], mine["end"], strict=True):
+            xs += [float(start), float(end), None]
         total = int((series["dominant"] == m).sum())
         fig.add_trace(
             go.Scatter(
