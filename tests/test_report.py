@@ -103,3 +103,67 @@ def test_png_export_with_browser(runs, tmp_path) -> None:
     with Image.open(path) as image:
         assert image.format == "PNG"
         assert image.size == (fig.layout.width, fig.layout.height)
+
+
+# -- the `msam report` command ----------------------------------------------------------------
+
+
+@pytest.fixture
+def msam(monkeypatch):
+    """``msam_core.cli.main`` with the report plug-in visible, installed or not."""
+    from types import SimpleNamespace
+
+    import msam_viz.commands as commands
+    from msam_core import cli
+
+    monkeypatch.setattr(
+        cli, "_plugin_commands", lambda: {"report": SimpleNamespace(load=lambda: commands)}
+    )
+    return cli.main
+
+
+def test_report_command_is_registered_as_msam_plugin() -> None:
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    plugins = pyproject["project"].get("entry-points", {}).get("msam.commands", {})
+    assert plugins.get("report") == "msam_viz.commands"
+
+
+def test_msam_report_writes_html_from_globs_and_folders(runs, msam, tmp_path, capsys) -> None:
+    root = runs[0].path.parent
+    out = tmp_path / "r.html"
+    assert msam(["report", str(root / "msam_*"), "--out", str(out), "--smooth", "3"]) == 0
+    assert out.exists()
+    assert capsys.readouterr().out.strip() == f"wrote {out} (2 runs)"
+    assert msam(["report", str(root), "--out", str(tmp_path / "all.html"), "--quiet"]) == 0
+    assert capsys.readouterr().out == ""
+    assert msam(["--help"]) == 0
+    listing = capsys.readouterr().out
+    assert re.search(r"^  report +write a self-contained HTML report", listing, re.M)
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty"])
+def test_msam_report_bad_run_is_one_line_error(kind, msam, tmp_path, capsys) -> None:
+    target = tmp_path / "nothing_here"
+    if kind == "empty":
+        target.mkdir()
+    status = msam(["report", str(target), "--out", str(tmp_path / "r.html")])
+    err = capsys.readouterr().err.strip()
+    assert status == 2
+    assert err.startswith("msam report: error:") and "nothing_here" in err
+    assert "\n" not in err
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_msam_report_png_without_browser_exits_1_after_writing_html(
+    runs, msam, tmp_path, capsys, monkeypatch
+) -> None:
+    monkeypatch.setattr(report, "find_browser", lambda: None)
+    out = tmp_path / "r.html"
+    status = msam(["report", str(runs[1].path), "--out", str(out), "--png", str(tmp_path / "p")])
+    assert status == 1
+    assert out.exists()
+    err = capsys.readouterr().err
+    assert "PNGs not written" in err and "apt-get install chromium" in err
