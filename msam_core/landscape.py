@@ -297,18 +297,20 @@ def evaluate_grid(
     coords: Tensor,
     loss_fn: LossFn = F.cross_entropy,
     chunk_size: int = 32,
-    batch_size: int | None = None,
+    batch_size: int | None = 256,
     affine_inputs: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Loss and accuracy at ``θ + Σ_k coords[p, k]·directions[k]`` for every point ``p``.
 
     ``coords`` ``[P, K]``; returns two ``[P]`` tensors.  ``chunk_size`` points are evaluated
-    per vmapped call (memory grows with it: parameter copies plus activations); ``batch_size``
-    splits the samples (None: all at once; the loss is the sample-weighted mean of batch
-    means).  ``affine_inputs``: a linear / conv layer fed by raw inputs is affine in its
-    weights, so its output at every point is ``y(θ) + Σ_k c_k·y_k`` with ``y_k`` the layer
-    applied with direction ``k``'s weights: ``1 + K`` products per chunk instead of one per
-    point (exact up to rounding).  The model is evaluated in eval mode; its weights are never
+    per vmapped call and ``batch_size`` samples per call (None: all at once; the loss is the
+    sample-weighted mean of batch means): memory grows with their product, and on a CPU a
+    working set that fits the cache (the defaults) is fastest.
+
+    ``affine_inputs``: a linear / conv layer fed by raw inputs is affine in its weights, so its
+    output at every point is ``y(θ) + Σ_k c_k·y_k`` with ``y_k`` the layer applied with
+    direction ``k``'s weights: ``1 + K`` products per sample batch instead of one per point
+    (exact up to rounding).  The model is evaluated in eval mode; its weights are never
     written.
     """
     names = _check_directions(directions, model)
@@ -488,7 +490,7 @@ def compute_landscape(
     loss_fn: LossFn = F.cross_entropy,
     method: str = "vmap",
     chunk_size: int = 32,
-    batch_size: int | None = None,
+    batch_size: int | None = 256,
     epoch: int | None = None,
     step: int | None = None,
     split: str = "",
