@@ -12,6 +12,17 @@ from msam_core.data import (
     load_dataset,
     register_dataset,
 )
+from msam_core.hessian import hessian_record, hessian_top_eigenvalue, hutchinson_trace
+from msam_core.landscape import (
+    Landscape,
+    compute_landscape,
+    landscape_for_run,
+    load_landscape,
+    load_landscapes,
+    pca_directions,
+    random_direction,
+    save_landscape,
+)
 from msam_core.models import (
     EarlyFusionModel,
     LateFusionModel,
@@ -20,21 +31,40 @@ from msam_core.models import (
     fusion_names,
     register_encoder,
 )
+from msam_core.param_groups import modality_parameter_groups
+
+# (`sharpness` itself stays in msam_core.sharpness: a package attribute of that name would
+# shadow the submodule for `import msam_core.sharpness as ...`)
+from msam_core.sharpness import modality_sharpness, periodic_measures
 
 __version__ = "0.1.0"
 
 # the flat API: every name imported above (sorted; add new exports here too)
 __all__ = [
     "EarlyFusionModel",
+    "Landscape",
     "LateFusionModel",
     "ModalitySpec",
     "MultimodalDataset",
     "TensorSplit",
     "build_model",
+    "compute_landscape",
     "dataset_names",
     "encoder_names",
     "fusion_names",
+    "hessian_record",
+    "hessian_top_eigenvalue",
+    "hutchinson_trace",
+    "landscape_for_run",
     "load_dataset",
+    "load_landscape",
+    "load_landscapes",
+    "modality_parameter_groups",
+    "modality_sharpness",
+    "pca_directions",
+    "periodic_measures",
+    "random_direction",
     "register_dataset",
     "register_encoder",
+    "save_landscape",
 ]
