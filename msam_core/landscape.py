@@ -173,37 +173,47 @@ def pca_directions(
 ) -> PCADirections:
     """Principal directions of ``θ_t − θ_final`` over the trajectory (Li et al. 2018, §7).
 
-    ``trajectory`` holds the parameters at each checkpoint (the final one may be included;
-    its row is zero); only the names in ``final`` are used.  Needs ``dims`` independent
-    differences, i.e. at least ``dims + 1`` distinct checkpoints.
+    ``trajectory`` holds the parameters at each checkpoint (the final point may be included;
+    it is part of the trajectory either way); only the names in ``final`` are used.  Needs
+    ``dims + 1`` distinct points that span ``dims`` directions.  Memory: the trajectory as a
+    ``[T, n]`` float64 matrix.
     """
     names = list(final)
     end = flatten(final, names).double()
-    rows = torch.stack([flatten(t, names).double() - end for t in trajectory])
-    moving = rows[rows.abs().sum(1) > 0]
-    if moving.shape[0] < dims:
+    rows = torch.stack([flatten(t, names).to(end) - end for t in trajectory])
+    points = rows
+    if not bool((rows.abs().sum(1) == 0).any()):
+        points = torch.cat([rows, torch.zeros_like(rows[:1])])  # the final point itself
+    distinct = int((points.abs().sum(1) > 0).sum()) + 1
+    if distinct < dims + 1:
         raise ValueError(
-            f"PCA of the trajectory needs at least {dims + 1} checkpoints that differ from the "
-            f"final one for {dims} direction(s); got {moving.shape[0] + 1}. Train with "
-            "checkpoint_every=1 for more epochs, or use random directions"
+            f"PCA of the trajectory needs at least {dims + 1} checkpoints for {dims} "
+            f"direction(s); got {distinct} distinct. Train with checkpoint_every=1 for more "
+            "epochs, or use random directions"
         )
-    centred = moving - moving.mean(0)
+    centred = points - points.mean(0)
     _, s, vh = torch.linalg.svd(centred, full_matrices=False)
+    if not s[dims - 1] > 1e-9 * s[0]:
+        raise ValueError(
+            f"the trajectory spans fewer than {dims} directions (it lies on a line); use dims=1"
+        )
     variance = (s**2) / (s**2).sum()
     components = vh[:dims]
     # Fix the sign so the trajectory starts on the negative side of each axis.
     coords = rows @ components.T
     signs = torch.where(coords[0] > 0, -1.0, 1.0).to(components)
     components, coords = components * signs[:, None], coords * signs
-    scale = coords.abs().max(0).values.clamp_min(1e-12)
+    scale = coords.abs().max(0).values
     like = {n: final[n] for n in names}
-    directions = [unflatten((components[k] * scale[k]).to(end.dtype), like) for k in range(dims)]
-    directions = [{n: d.to(final[n]) for n, d in dirn.items()} for dirn in directions]
+    directions = [
+        {n: d.to(final[n]) for n, d in unflatten(components[k] * scale[k], like).items()}
+        for k in range(dims)
+    ]
     return PCADirections(
         directions=directions,
-        explained_variance=variance[:dims].numpy(),
-        projection=(coords / scale).numpy(),
-        scale=scale.numpy(),
+        explained_variance=variance[:dims].cpu().numpy(),
+        projection=(coords / scale).cpu().numpy(),
+        scale=scale.cpu().numpy(),
     )
 
 
