@@ -32,7 +32,8 @@ class ModalitySpec:
     def __post_init__(self) -> None:
         if self.kind not in MODALITY_KINDS:
             raise ValueError(
-                f"modality {self.name!r}: unknown kind {self.kind!r}; choose one of {MODALITY_KINDS}"
+                f"modality {self.name!r}: unknown kind {self.kind!r}; "
+                f"choose one of {MODALITY_KINDS}"
             )
 
 
@@ -46,9 +47,7 @@ class TensorSplit(Dataset):
         n = targets.shape[0]
         for name, x in inputs.items():
             if x.shape[0] != n:
-                raise ValueError(
-                    f"modality {name!r} has {x.shape[0]} samples but targets have {n}"
-                )
+                raise ValueError(f"modality {name!r} has {x.shape[0]} samples but targets have {n}")
         self.inputs: dict[str, Tensor] = dict(inputs)
         self.targets = targets
 
