@@ -20,6 +20,7 @@ from msam_core.methods.base import Method
 
 ENTRY_POINT_GROUP = "msam.methods"
 _METHODS: dict[str, type[Method]] = {}
+_BROKEN: dict[str, str] = {}  # module -> import error, named when a lookup fails
 _discovered = False
 
 
@@ -47,9 +48,17 @@ def _discover() -> None:
     package = importlib.import_module("msam_core.methods")
     for info in pkgutil.iter_modules(package.__path__):
         if info.name not in ("base", "registry") and not info.name.startswith("_"):
-            importlib.import_module(f"msam_core.methods.{info.name}")
+            _import(f"msam_core.methods.{info.name}", importlib.import_module)
     for entry in entry_points(group=ENTRY_POINT_GROUP):
-        entry.load()
+        _import(entry.value, lambda _, entry=entry: entry.load())
+
+
+def _import(name: str, load: Callable[[str], Any]) -> None:
+    # one broken method module must not take the others down; its error is reported on lookup
+    try:
+        load(name)
+    except Exception as err:
+        _BROKEN[name] = f"{type(err).__name__}: {err}"
 
 
 def method_names() -> list[str]:
@@ -62,7 +71,8 @@ def get_method(name: str) -> type[Method]:
     """The Method class registered as ``name``; ValueError listing the choices if unknown."""
     _discover()
     if name not in _METHODS:
-        raise ValueError(f"unknown method {name!r}; choose one of {method_names()}")
+        broken = "".join(f"; {module} failed to import ({err})" for module, err in _BROKEN.items())
+        raise ValueError(f"unknown method {name!r}; choose one of {method_names()}{broken}")
     return _METHODS[name]
 
 

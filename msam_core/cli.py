@@ -1,0 +1,150 @@
+"""The ``msam`` command: ``msam train | demo | compare | landscape | report ...``.
+
+Commands are plug-ins, so each lives in its own module and only the one you run is imported.
+A command module exposes::
+
+    HELP: str                                        # one line for ``msam --help``
+    def add_arguments(parser: argparse.ArgumentParser) -> None: ...
+    def run(args: argparse.Namespace) -> int: ...    # the exit status
+
+Two places provide commands:
+
+- built-in: every module in the package :mod:`msam_core.commands` (``train.py`` gives
+  ``msam train``; an underscore in the module name becomes a dash);
+- other packages: entry points in the group ``msam.commands`` whose value is such a module,
+  e.g. in their ``pyproject.toml``::
+
+      [project.entry-points."msam.commands"]
+      report = "msam_viz.report_command"
+
+  so ``msam report`` works when that package is installed, without msam_core importing it.
+
+A command that sets ``EXTRA_ARGS = True`` receives unparsed ``--key value`` tokens in
+``args.extra`` (``msam train`` uses them as config overrides).
+
+Errors: user errors (bad names, bad values, missing files, an existing run directory) print
+one line ``msam <command>: error: <what was wrong and what to do>`` to stderr and exit with
+status 2, without a traceback; a run whose loss diverged exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+from types import ModuleType
+
+ENTRY_POINT_GROUP = "msam.commands"
+USER_ERRORS = (
+    ValueError,
+    KeyError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    PermissionError,
+)
+
+
+def _builtin_commands() -> dict[str, str]:
+    """``{command: module path}`` of the modules in :mod:`msam_core.commands`."""
+    package = importlib.import_module("msam_core.commands")
+    return {
+        info.name.replace("_", "-"): f"msam_core.commands.{info.name}"
+        for info in pkgutil.iter_modules(package.__path__)
+        if not info.name.startswith("_")
+    }
+
+
+def _plugin_commands() -> dict[str, object]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available_commands() -> list[str]:
+    """Every command name, built-in and plug-in, sorted."""
+    return sorted({*_builtin_commands(), *_plugin_commands()})
+
+
+def load_command(name: str) -> ModuleType:
+    """Import the module behind command ``name`` (built-ins win over plug-ins)."""
+    builtin = _builtin_commands()
+    if name in builtin:
+        return importlib.import_module(builtin[name])
+    plugins = _plugin_commands()
+    if name in plugins:
+        return plugins[name].load()
+    raise ValueError(f"unknown command {name!r}; choose one of {available_commands()}")
+
+
+def _error_text(err: BaseException) -> str:
+    # KeyError's str() adds quotes around its message
+    return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="msam",
+        description="See and fix modality imbalance: train multimodal models with M-SAM and "
+        "baselines, recording every step's Shapley contributions and sharpness.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    return parser
+
+
+def _usage() -> str:
+    lines = ["usage: msam <command> [options]   (msam <command> --help for its options)", ""]
+    lines.append("commands:")
+    for name in available_commands():
+        try:
+            help_text = getattr(load_command(name), "HELP", "")
+        except Exception as err:  # a broken plug-in must not break the listing
+            help_text = f"(unavailable: {_error_text(err)})"
+        lines.append(f"  {name:<12}{help_text}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``msam`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from msam_core import __version__
+
+        print(f"msam {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    try:
+        module = load_command(name)
+    except ValueError as err:
+        print(f"msam: error: {_error_text(err)}", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(prog=f"msam {name}", description=getattr(module, "HELP", ""))
+    module.add_arguments(parser)
+    if getattr(module, "EXTRA_ARGS", False):
+        args, extra = parser.parse_known_args(rest)
+        args.extra = extra
+    else:
+        args = parser.parse_args(rest)  # argparse exits 2 with its own one-line error
+    try:
+        return int(module.run(args) or 0)
+    except USER_ERRORS as err:
+        print(f"msam {name}: error: {_error_text(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"msam {name}: interrupted", file=sys.stderr)
+        return 130
+    except RuntimeError as err:
+        from msam_core.train import TrainingDiverged
+
+        if isinstance(err, TrainingDiverged):
+            print(f"msam {name}: {err}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""``msam train``: one run from a config file, flags and ``--key value`` overrides."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "train one run (--config file.yaml, --key value for any config key)"
+EXTRA_ARGS = True  # unknown --key value pairs are config overrides
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML or JSON config file (a run's config.json works)")
+    parser.add_argument("--dataset", help="dataset name (default: synthetic)")
+    parser.add_argument("--method", help="joint, sam, msam, ... (default: msam)")
+    parser.add_argument("--epochs", help="number of epochs")
+    parser.add_argument("--seed", help="seed for data, initial weights and data order")
+    parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    parser.add_argument("--out", help="run directory (default: runs/<method>_<dataset>_seed<seed>)")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="RUN",
+        help="continue the killed or finished run in RUN (or in --out) from its last checkpoint",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+    parser.epilog = (
+        "Any config key can be set as --key value, e.g. --lr 0.1 --rho 0.05 --fusion gated "
+        "--dataset_options.noise 0.5; see msam_core.config.TrainConfig for every key."
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from msam_core.config import parse_overrides
+    from msam_core.train import train
+
+    overrides = parse_overrides(list(getattr(args, "extra", [])))
+    for key in ("dataset", "method", "epochs", "seed", "device"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides[key] = value
+    out = args.out
+    resume = args.resume is not False
+    if isinstance(args.resume, str):
+        if out is not None and out != args.resume:
+            raise ValueError(f"--resume {args.resume} and --out {out} name different runs")
+        out = args.resume
+    if resume and args.config:
+        raise ValueError("--resume reads the run's own config.json; drop --config")
+    path = train(
+        args.config,
+        out=out,
+        resume=resume,
+        overwrite=args.overwrite,
+        quiet=args.quiet,
+        **overrides,
+    )
+    print(f"run written to {path}")
+    return 0

@@ -1,0 +1,40 @@
+"""``sam``: Sharpness-Aware Minimization (Foret et al. 2021) around the base optimizer.
+
+``rho`` is the ascent radius, ``adaptive`` switches to ASAM's scale-invariant ascent.
+Every step records ``sharpness`` = ℓ(θ+ε) − ℓ(θ) on the batch (free: both losses are
+computed anyway) and the batch's Shapley contributions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor, nn
+
+from msam_core.methods.base import Method, base_optimizer_factory
+from msam_core.methods.registry import register_method
+from msam_core.optim.sam import SAM
+from msam_core.step import sam_step
+
+
+@register_method("sam")
+class Sam(Method):
+    """SAM: both passes at full weight, ``w_d = 1`` in M-SAM's terms."""
+
+    measures_sharpness = True
+
+    def __init__(self, model: nn.Module, config: Any) -> None:
+        super().__init__(model, config)
+        base_cls, kwargs = base_optimizer_factory(config)
+        self.optimizer = SAM(
+            model.parameters(),
+            base_cls,
+            rho=float(config.rho),
+            adaptive=bool(config.adaptive),
+            **kwargs,
+        )
+
+    def step(self, model: nn.Module, inputs: Mapping[str, Tensor], targets: Tensor) -> dict:
+        result = sam_step(model, self.optimizer, inputs, targets, value=self.config.shapley_value)
+        return result.to_record(self.modalities)

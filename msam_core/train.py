@@ -1,0 +1,730 @@
+"""The training loop: one call per step to the method, records on disk, evaluation, resume.
+
+Read top to bottom, :func:`train` does:
+
+1. resolve the config (a :class:`TrainConfig`, a mapping or a file; a resumed run reads its
+   own ``config.json``), and the device;
+2. build the dataset (registry) and the model (``build_model``), and check they agree on
+   modality names, order and shapes;
+3. build the method (registry), which owns its optimizer, and the learning-rate schedule;
+4. open the run directory; when resuming, restore everything from ``checkpoints/last.pt``
+   and drop records written after it;
+5. for each epoch: draw the data order from a seeded generator, call ``method.step`` once
+   per batch and append its record, then evaluate train / val / test, write a checkpoint
+   and the summary.
+
+Resume is exact on CPU: the checkpoint holds parameters, optimizer and method state, the
+learning-rate schedule, every RNG state and the data-order generator, all taken at the end
+of an epoch after evaluation, so a resumed run replays the same steps with the same numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from msam_core.config import TrainConfig, read_config_file, resolve_config, with_overrides
+from msam_core.data import MultimodalDataset, load_dataset
+from msam_core.evaluate import evaluate_split
+from msam_core.methods import build_method
+from msam_core.record import CONFIG_FILE, RunWriter
+
+SPLITS = ("train", "val", "test")
+CHECKPOINT_FORMAT = 1
+#: keys a resumed run may change; anything else would make it a different run
+RESUMABLE_KEYS = (
+    "epochs",
+    "device",
+    "eval_every",
+    "eval_batch_size",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "fsync",
+    "name",
+    "landscape_epochs",
+    "landscape_options",
+)
+Callback = Callable[[dict[str, Any]], "bool | None"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or inf; the run directory keeps every record so far."""
+
+
+class TrainingControl:
+    """Thread-safe pause / stop switches the loop checks between steps.
+
+    Made for notebooks: run :func:`train` in a thread with ``control=TrainingControl()`` and
+    let widget buttons call :meth:`pause`, :meth:`unpause` and :meth:`stop`.  A stopped run
+    keeps its records; its last checkpoint is the last finished epoch, from which
+    ``train(out=RUN, resume=True)`` continues.
+    """
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._running = threading.Event()
+        self._running.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._running.set()  # wake a paused loop so it can stop
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def unpause(self) -> None:
+        self._running.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    def wait(self) -> bool:
+        """Block while paused; return True when the loop should go on, False to stop."""
+        self._running.wait()
+        return not self._stop.is_set()
+
+
+# --------------------------------------------------------------------------------------------
+# set-up helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; a named device must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but CUDA is not available here; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={name!r} but MPS is not available here; use --device cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    # the legacy global numpy RNG is the one user and third-party code draws from
+    np.random.seed(seed % 2**32)  # noqa: NPY002
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),  # noqa: NPY002
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def build_dataset(config: TrainConfig) -> MultimodalDataset:
+    """The configured dataset; its ``seed`` option defaults to the run's seed."""
+    options = {"seed": config.seed, **config.dataset_options}
+    return load_dataset(config.dataset, **options)
+
+
+def build_run_model(config: TrainConfig, dataset: MultimodalDataset) -> nn.Module:
+    """``build_model`` from the dataset's modality specs, initialised from ``config.seed``."""
+    from msam_core.models import build_model
+
+    torch.manual_seed(config.seed)
+    return build_model(
+        dataset.modalities,
+        dataset.num_classes,
+        fusion=config.fusion,
+        encoder=config.encoder,
+        **config.model_options,
+    )
+
+
+def fetch_batch(split: Dataset, indices: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+    """Gather samples ``indices`` of a split: one indexing op for in-memory splits."""
+    if hasattr(split, "take"):
+        return split.take(indices)
+    items = [split[int(i)] for i in indices]
+    inputs = {m: torch.stack([x[m] for x, _ in items]) for m in items[0][0]}
+    return inputs, torch.as_tensor([int(y) for _, y in items])
+
+
+def iterate_batches(
+    split: Dataset, order: Tensor, batch_size: int, device: torch.device
+) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
+    """Batches in ``order`` (the last one may be smaller), moved to ``device``."""
+    for start in range(0, len(order), batch_size):
+        inputs, targets = fetch_batch(split, order[start : start + batch_size])
+        yield {m: x.to(device) for m, x in inputs.items()}, targets.to(device)
+
+
+def check_model_matches_data(model: nn.Module, dataset: MultimodalDataset) -> None:
+    """Modality names (in order), per-sample shapes and class count must agree.
+
+    Raises ValueError naming what the dataset gives and what the model expects.
+    """
+    data_names = dataset.modality_names
+    model_names = list(getattr(model, "modalities", None) or [])
+    if model_names != data_names:
+        how = "in a different order" if sorted(model_names) == sorted(data_names) else ""
+        raise ValueError(
+            f"the model's modalities {model_names} do not match dataset "
+            f"{dataset.name!r}'s modalities {data_names} {how}".rstrip()
+            + "; build the model from dataset.modalities (coalition bit m is modality m)"
+        )
+    data_shapes = {s.name: tuple(s.shape) for s in dataset.modalities}
+    sample, _ = fetch_batch(dataset.train, torch.arange(min(2, len(dataset.train))))
+    for m in data_names:
+        got = tuple(sample[m].shape[1:])
+        if got != data_shapes[m]:
+            raise ValueError(
+                f"dataset {dataset.name!r}, modality {m!r}: its spec says shape "
+                f"{list(data_shapes[m])} but its samples have shape {list(got)}"
+            )
+    specs = getattr(model, "modality_specs", None)
+    if specs:
+        bad = {
+            m: (list(data_shapes[m]), list(specs[m].shape))
+            for m in data_names
+            if tuple(specs[m].shape) != data_shapes[m]
+        }
+        if bad:
+            detail = "; ".join(f"{m!r}: dataset {d}, model {e}" for m, (d, e) in bad.items())
+            raise ValueError(f"per-sample shapes differ between dataset and model: {detail}")
+    num_classes = getattr(model, "num_classes", None)
+    if num_classes is not None and int(num_classes) != int(dataset.num_classes):
+        raise ValueError(
+            f"dataset {dataset.name!r} has {dataset.num_classes} classes but the model "
+            f"outputs {num_classes}"
+        )
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step learning-rate factor: none (1), cosine to 0 over the run, or step decay."""
+    total = max(1, config.epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if config.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+        if config.schedule == "step":
+            return config.step_gamma ** ((step // steps_per_epoch) // max(1, config.step_epochs))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def save_checkpoint(state: Mapping[str, Any], path: Path) -> None:
+    """``torch.save`` through a temporary file and ``os.replace``: never a half-written file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(dict(state), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by the loop.
+
+    ``weights_only=False`` because it holds RNG states (numpy, python); load only checkpoints
+    you trust, as with any pickle.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+# --------------------------------------------------------------------------------------------
+# the loop
+
+
+def train(
+    config: TrainConfig | Mapping[str, Any] | str | os.PathLike | None = None,
+    *,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    callback: Callback | None = None,
+    control: TrainingControl | None = None,
+    quiet: bool = False,
+    dataset: MultimodalDataset | None = None,
+    model: nn.Module | None = None,
+    **overrides: Any,
+) -> Path:
+    """Train one run and record it in ``out``; return the run directory.
+
+    Args:
+        config: a :class:`TrainConfig`, a mapping of its keys, or a YAML/JSON file; ignored
+            when resuming (the run's own ``config.json`` is used).
+        out: run directory (default ``runs/<method>_<dataset>_seed<seed>``).
+        resume: continue the run in ``out`` from ``checkpoints/last.pt``.  Records written
+            after that checkpoint (a killed epoch) are dropped and redone.  Only
+            :data:`RESUMABLE_KEYS` may be overridden (``epochs`` extends a run).
+        overwrite: replace an existing run directory in ``out``.
+        callback: called with every record as it is written (step records, then one per
+            split at each evaluation, those carrying ``"split"``); returning False stops the
+            run after the current step.
+        control: a :class:`TrainingControl` to pause or stop the loop from another thread.
+        quiet: no progress bar and no per-epoch lines.
+        dataset, model: use these instead of building them from the config (your own data
+            or architecture following the protocol); pass them again when resuming.
+        **overrides: config keys to change, e.g. ``epochs=3, lr=0.1``.
+
+    Raises:
+        TrainingDiverged: the loss became NaN/inf; records so far and the last checkpoint
+            stay in the run directory.
+        ValueError / KeyError / FileExistsError / PermissionError: bad input, before any file
+            is written.
+    """
+    # 1. config and device
+    if resume:
+        if out is None:
+            raise ValueError("resume=True needs out=<the run directory to continue>")
+        if not (Path(out) / CONFIG_FILE).is_file():
+            raise FileNotFoundError(
+                f"cannot resume {str(out)!r}: no run there (no {CONFIG_FILE}); "
+                "start it without --resume"
+            )
+        if not (Path(out) / "checkpoints" / "last.pt").is_file():
+            raise FileNotFoundError(
+                f"cannot resume {str(out)!r}: it stopped before its first checkpoint "
+                "(no checkpoints/last.pt); start it again with --overwrite"
+            )
+        stored = read_config_file(Path(out) / CONFIG_FILE)
+        cfg = resolve_config(stored)
+        changed = [k for k in overrides if k.replace("-", "_") not in RESUMABLE_KEYS]
+        if changed:
+            raise ValueError(
+                f"cannot change {changed} when resuming (the run would no longer be one run); "
+                f"resumable keys are {list(RESUMABLE_KEYS)}; start a new run instead"
+            )
+        cfg = with_overrides(cfg, overrides) if overrides else cfg
+    else:
+        cfg = resolve_config(config, **overrides)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+
+    # 2. data and model
+    dataset = dataset if dataset is not None else build_dataset(cfg)
+    model = model if model is not None else build_run_model(cfg, dataset)
+    check_model_matches_data(model, dataset)
+    if cfg.baseline == "mean":
+        model.fit_baselines(_all_inputs(dataset.train, cfg.eval_batch_size))
+    model.to(device)
+    modalities = list(model.modalities)
+
+    # 3. method (owns the optimizer) and the learning-rate schedule
+    method = build_method(cfg.method, model, cfg)
+    n_train = len(dataset.train)
+    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
+    # SAM-family wrappers share param_groups with their base optimizer, whose step() is the
+    # one that runs: the scheduler follows it (so torch's step-order check holds)
+    scheduled = getattr(method.optimizer, "base_optimizer", method.optimizer)
+    scheduler = build_scheduler(scheduled, cfg, steps_per_epoch)
+    data_generator = torch.Generator().manual_seed(cfg.seed)
+    probe = _probe_batch(dataset.train, cfg.probe_size, device)
+
+    # 4. the run directory: fresh, or restored from the last checkpoint
+    if out is None:
+        out = Path("runs") / f"{cfg.method}_{dataset.name}_seed{cfg.seed}"
+    writer = RunWriter(out, resume=resume, overwrite=overwrite, fsync=cfg.fsync)
+    run_dir = writer.path
+    state = _LoopState()
+    if resume:
+        ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location=device)
+        model.load_state_dict(ckpt["model"])
+        method.optimizer.load_state_dict(ckpt["optimizer"])
+        if "base_optimizer" in ckpt:
+            method.optimizer.base_optimizer.load_state_dict(ckpt["base_optimizer"])
+        method.load_state_dict(ckpt["method_state"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        data_generator.set_state(ckpt["data_order"]["generator"])
+        _set_rng_state(ckpt["rng"])
+        state = _LoopState.from_dict(ckpt["loop"])
+        writer.truncate_after(step=state.step, epoch=state.epoch)
+        if cfg.schedule == "cosine" and ckpt["config"].get("epochs") != cfg.epochs:
+            warnings.warn(
+                "resuming a cosine schedule with a different number of epochs changes the "
+                "learning rate of the remaining steps",
+                stacklevel=2,
+            )
+    writer.write_config(
+        cfg.to_dict(),
+        run_info={
+            "device": str(device),
+            "modalities": modalities,
+            "num_classes": int(dataset.num_classes),
+            "dataset_name": dataset.name,
+            "n_train": n_train,
+            "steps_per_epoch": steps_per_epoch,
+            "dataset_info": dataset.info,
+        },
+    )
+
+    loop = _Loop(
+        cfg=cfg,
+        device=device,
+        dataset=dataset,
+        model=model,
+        method=method,
+        scheduler=scheduler,
+        data_generator=data_generator,
+        probe=probe,
+        writer=writer,
+        state=state,
+        callback=callback,
+        control=control,
+        quiet=quiet,
+    )
+    try:
+        loop.run()
+    finally:
+        writer.close()
+    return run_dir
+
+
+def _all_inputs(split: Dataset, batch_size: int):
+    """Every sample's inputs, as one dict (in-memory splits) or batch by batch."""
+    if hasattr(split, "inputs"):
+        return split.inputs
+    order = torch.arange(len(split))
+    return (x for x, _ in iterate_batches(split, order, batch_size, torch.device("cpu")))
+
+
+def _probe_batch(split: Dataset, size: int, device: torch.device):
+    """The first ``size`` training samples: a fixed batch for periodic measurements."""
+    indices = torch.arange(min(size, len(split)))
+    inputs, targets = fetch_batch(split, indices)
+    return {m: x.to(device) for m, x in inputs.items()}, targets.to(device)
+
+
+class _LoopState:
+    """Counters the loop carries across epochs (and checkpoints)."""
+
+    def __init__(self) -> None:
+        self.epoch = 0  # last finished epoch (0 = before training)
+        self.step = 0  # optimisation steps done
+        self.best_epoch: int | None = None
+        self.best_key: tuple[float, float] | None = None
+        self.best_metrics: dict[str, dict[str, Any]] = {}
+        self.sharpness_sum = 0.0
+        self.sharpness_count = 0
+        self.train_time_s = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> _LoopState:
+        state = cls()
+        for key, value in data.items():
+            setattr(state, key, tuple(value) if key == "best_key" and value else value)
+        return state
+
+
+class _Loop:
+    """The epoch/step loop of :func:`train` (a class only to share its many locals)."""
+
+    def __init__(self, **parts: Any) -> None:
+        self.__dict__.update(parts)
+        self.modalities = list(self.model.modalities)
+        self.stop_reason: str | None = None
+        self.epoch_metrics: dict[int, dict[str, dict[str, Any]]] = {}
+        self.autocast = self.cfg.bf16 and self.device.type == "cuda"
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(self) -> None:
+        cfg, state = self.cfg, self.state
+        total = cfg.epochs * self._steps_per_epoch()
+        bar = tqdm(
+            total=total,
+            initial=state.step,
+            disable=self.quiet,
+            desc=f"{cfg.method}",
+            unit="step",
+            dynamic_ncols=True,
+            leave=False,
+        )
+        try:
+            if state.epoch == 0 and state.step == 0:
+                self._end_of_epoch(0)  # evaluate and checkpoint the initial weights
+            for epoch in range(state.epoch + 1, cfg.epochs + 1):
+                if not self._train_epoch(epoch, bar):
+                    break
+                self._end_of_epoch(epoch)
+        finally:
+            bar.close()
+            self._write_summary()
+
+    def _autocast(self):
+        if self.autocast:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _steps_per_epoch(self) -> int:
+        return math.ceil(len(self.dataset.train) / self.cfg.batch_size)
+
+    def _train_epoch(self, epoch: int, bar: tqdm) -> bool:
+        """One pass over the training data; False when the run must stop."""
+        cfg, state, model, method = self.cfg, self.state, self.model, self.method
+        order = torch.randperm(len(self.dataset.train), generator=self.data_generator)
+        model.train()
+        started = time.perf_counter()
+        for inputs, targets in iterate_batches(
+            self.dataset.train, order, cfg.batch_size, self.device
+        ):
+            if self.control is not None and not self.control.wait():
+                self.stop_reason = f"stopped by the user at step {state.step}"
+                return False
+            lr = method.optimizer.param_groups[0]["lr"]
+            t0 = time.perf_counter()
+            with self._autocast():
+                try:
+                    out = method.step(model, inputs, targets)
+                except Exception as err:
+                    if not _is_non_finite_error(err):
+                        raise
+                    out = {"loss": float("nan")}
+            step_s = time.perf_counter() - t0
+            state.step += 1
+            record: dict[str, Any] = {"step": state.step, "epoch": epoch, "lr": lr, **out}
+            record["time/step_s"] = step_s
+            if not _finite(record.get("loss")):
+                self._log(record)
+                self._diverged(record)
+            self.scheduler.step()
+            if cfg.measure_every and state.step % cfg.measure_every == 0:
+                record.update(self._measure(overall=not method.measures_sharpness))
+            if _finite(record.get("sharpness")) and method.measures_sharpness:
+                state.sharpness_sum += record["sharpness"]
+                state.sharpness_count += 1
+            if not self._log(record):
+                self.stop_reason = f"stopped by the callback at step {state.step}"
+                return False
+            bar.update(1)
+            if state.step % 10 == 0 or bar.n == bar.total:
+                bar.set_postfix(
+                    epoch=epoch, loss=f"{record['loss']:.3f}", dominant=record.get("dominant", "-")
+                )
+        state.train_time_s += time.perf_counter() - started
+        return True
+
+    def _log(self, record: dict[str, Any]) -> bool:
+        """Write one record, hand it to the callback; False if the callback asks to stop."""
+        if "split" in record:
+            self.writer.log_epoch(record)
+        else:
+            self.writer.log_iteration(record)
+        if self.callback is not None and self.callback(record) is False:
+            return False
+        return not (self.control is not None and self.control.stopped)
+
+    def _diverged(self, record: Mapping[str, Any]) -> None:
+        last = self.state.epoch
+        self.stop_reason = f"non-finite loss ({record.get('loss')}) at step {record['step']}"
+        self._write_summary()
+        raise TrainingDiverged(
+            f"the loss became {record.get('loss')} at step {record['step']} (epoch "
+            f"{record['epoch']}); the run stopped. Records so far and the last good checkpoint "
+            f"(epoch {last}, checkpoints/last.pt) are kept in {str(self.writer.path)!r}. "
+            f"Try a smaller lr (now {self.cfg.lr}) or rho (now {self.cfg.rho})."
+        )
+
+    def _measure(self, overall: bool) -> dict[str, float]:
+        """Per-modality sharpness and Hessian measures on the fixed probe batch."""
+        from msam_core.sharpness import periodic_measures
+
+        t0 = time.perf_counter()
+        inputs, targets = self.probe
+        out = periodic_measures(
+            self.model,
+            inputs,
+            targets,
+            self.cfg.rho,
+            adaptive=self.cfg.adaptive,
+            overall=overall,
+            **self.cfg.measure_options,
+        )
+        out["time/measure_s"] = time.perf_counter() - t0
+        return out
+
+    # -- end of epoch: evaluate, select on val, checkpoint, summary ------------------------
+
+    def _end_of_epoch(self, epoch: int) -> None:
+        cfg, state = self.cfg, self.state
+        state.epoch = epoch
+        last = epoch == cfg.epochs
+        if epoch == 0 or last or (cfg.eval_every and epoch % cfg.eval_every == 0):
+            self._evaluate(epoch)
+        if epoch in cfg.landscape_epochs:
+            self._landscape(epoch)
+        self._checkpoint(epoch)
+        self._write_summary()
+
+    def _evaluate(self, epoch: int) -> None:
+        metrics: dict[str, dict[str, Any]] = {}
+        extra = self._measure(overall=True) if self.cfg.measure_every else {}
+        extra.pop("time/measure_s", None)
+        for split in SPLITS:
+            result = evaluate_split(
+                self.model,
+                self.dataset.split(split),
+                batch_size=self.cfg.eval_batch_size,
+                value=self.cfg.shapley_value,
+                device=self.device,
+            )
+            record = {"epoch": epoch, "split": split, "step": self.state.step, **result}
+            if split == "train":
+                record.update(extra)  # measured on the train probe batch
+            metrics[split] = record
+            self._log(record)
+        self.epoch_metrics[epoch] = metrics
+        val = metrics["val"]
+        # model selection on val only: higher accuracy, then lower loss, then earlier epoch
+        key = (val.get("acc", -math.inf), -val.get("loss", math.inf))
+        if epoch > 0 and (self.state.best_key is None or key > tuple(self.state.best_key)):
+            self.state.best_key = key
+            self.state.best_epoch = epoch
+            self.state.best_metrics = metrics
+            save_checkpoint(
+                {"model": self.model.state_dict(), "epoch": epoch},
+                self.writer.checkpoints_dir / "best.pt",
+            )
+        if not self.quiet:
+            self._print_epoch(epoch, metrics)
+
+    def _print_epoch(self, epoch: int, metrics: Mapping[str, Mapping[str, Any]]) -> None:
+        val = metrics["val"]
+        uni = ", ".join(f"{m} {val.get(f'acc/{m}', float('nan')):.3f}" for m in self.modalities)
+        tqdm.write(
+            f"epoch {epoch:>3}: train loss {metrics['train'].get('loss', float('nan')):.4f}  "
+            f"val acc {val.get('acc', float('nan')):.3f} ({uni})  "
+            f"balance {val.get('balance', float('nan')):.2f}"
+        )
+
+    def _landscape(self, epoch: int) -> None:
+        from msam_core.landscape import compute_landscape, save_landscape
+
+        options = {"steps": 21, "dims": 2, "seed": self.cfg.seed, **self.cfg.landscape_options}
+        inputs, targets = self.probe
+        landscape = compute_landscape(
+            self.model,
+            inputs,
+            targets,
+            epoch=epoch,
+            step=self.state.step,
+            split="train",
+            **options,
+        )
+        save_landscape(landscape, self.writer.path)
+
+    def _checkpoint(self, epoch: int) -> None:
+        cfg = self.cfg
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.model.state_dict(),
+            "optimizer": self.method.optimizer.state_dict(),
+            "method_state": self.method.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": _rng_state(),
+            "data_order": {"generator": self.data_generator.get_state()},
+            "epoch": epoch,
+            "step": self.state.step,
+            "config": cfg.to_dict(),
+            "loop": self.state.to_dict(),
+        }
+        base = getattr(self.method.optimizer, "base_optimizer", None)
+        if (
+            isinstance(base, torch.optim.Optimizer)
+            and base.state is not self.method.optimizer.state
+        ):
+            # a SAM-style wrapper whose base optimizer keeps its own state (momentum, Adam moments)
+            state["base_optimizer"] = base.state_dict()
+        folder = self.writer.checkpoints_dir
+        last = folder / "last.pt"
+        if cfg.checkpoint_every and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
+            path = folder / f"epoch_{epoch:04d}.pt"
+            save_checkpoint(state, path)
+            tmp = folder / ".last.pt.copy"
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, last)
+            if cfg.keep_checkpoints:
+                for old in sorted(folder.glob("epoch_*.pt"))[: -cfg.keep_checkpoints]:
+                    old.unlink()
+        else:
+            save_checkpoint(state, last)
+
+    def _write_summary(self) -> None:
+        self.writer.write_summary(build_summary(self))
+
+
+def _is_non_finite_error(err: Exception) -> bool:
+    """True for the step helpers' NonFiniteLossError (imported lazily: engine-agnostic)."""
+    try:
+        from msam_core.step import NonFiniteLossError
+    except ImportError:  # pragma: no cover - the step module ships with msam_core
+        return False
+    return isinstance(err, NonFiniteLossError)
+
+
+def build_summary(loop: _Loop) -> dict[str, Any]:
+    """What ``summary.json`` holds: the best-val epoch's metrics, progress, mean sharpness."""
+    cfg, state = loop.cfg, loop.state
+    best = state.best_metrics
+    summary: dict[str, Any] = {
+        "name": cfg.name or loop.writer.path.name,
+        "method": cfg.method,
+        "dataset": cfg.dataset,
+        "seed": cfg.seed,
+        "modalities": loop.modalities,
+        "epochs": cfg.epochs,
+        "epochs_done": state.epoch,
+        "steps": state.step,
+        "finished": state.epoch >= cfg.epochs and loop.stop_reason is None,
+        "stopped": loop.stop_reason,
+        "selection": "best val accuracy (ties: lower val loss, then earlier epoch); never test",
+        "best_epoch": state.best_epoch,
+        "best": {split: dict(best[split]) for split in best},
+        "train_time_s": state.train_time_s,
+    }
+    if state.sharpness_count:
+        summary["mean_sharpness"] = state.sharpness_sum / state.sharpness_count
+    return summary
