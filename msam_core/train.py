@@ -284,7 +284,7 @@ def train(
     callback: Callback | None = None,
     control: TrainingControl | None = None,
     quiet: bool = False,
-    dataset: MultimodalDataset | None = None,
+    data: MultimodalDataset | None = None,
     model: nn.Module | None = None,
     **overrides: Any,
 ) -> Path:
@@ -303,8 +303,9 @@ def train(
             run after the current step.
         control: a :class:`TrainingControl` to pause or stop the loop from another thread.
         quiet: no progress bar and no per-epoch lines.
-        dataset, model: use these instead of building them from the config (your own data
-            or architecture following the protocol); pass them again when resuming.
+        data, model: a :class:`MultimodalDataset` and a model following the protocol, used
+            instead of building them from the config (your own data or architecture); pass
+            them again when resuming.
         **overrides: config keys to change, e.g. ``epochs=3, lr=0.1``.
 
     Raises:
@@ -342,7 +343,7 @@ def train(
     seed_everything(cfg.seed)
 
     # 2. data and model
-    dataset = dataset if dataset is not None else build_dataset(cfg)
+    dataset = data if data is not None else build_dataset(cfg)
     model = model if model is not None else build_run_model(cfg, dataset)
     check_model_matches_data(model, dataset)
     if cfg.baseline == "mean":
