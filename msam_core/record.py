@@ -82,7 +82,10 @@ def to_jsonable(value: Any) -> Any:
 
 def dumps_record(record: Mapping[str, Any]) -> str:
     """One record as one strict-JSON line (no trailing newline)."""
-    return json.dumps(to_jsonable(record), allow_nan=False, separators=(",", ":"))
+    try:  # fast path: a flat record of finite floats, ints and strings (every step's case)
+        return json.dumps(record, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError):  # tensors, numpy scalars, non-finite floats
+        return json.dumps(to_jsonable(record), allow_nan=False, separators=(",", ":"))
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
