@@ -4,6 +4,7 @@ The flat public API re-exports the pieces in data-flow order (DESIGN.md):
 masking -> coalitions -> shapley -> optim -> train -> record.
 """
 
+from msam_core.config import TrainConfig
 from msam_core.data import (
     ModalitySpec,
     MultimodalDataset,
@@ -12,6 +13,7 @@ from msam_core.data import (
     load_dataset,
     register_dataset,
 )
+from msam_core.evaluate import balance_entropy, evaluate_split
 from msam_core.hessian import hessian_record, hessian_top_eigenvalue, hutchinson_trace
 from msam_core.landscape import (
     Landscape,
@@ -23,6 +25,7 @@ from msam_core.landscape import (
     random_direction,
     save_landscape,
 )
+from msam_core.methods import Method, build_method, method_names, register_method
 from msam_core.models import (
     EarlyFusionModel,
     LateFusionModel,
@@ -32,10 +35,15 @@ from msam_core.models import (
     register_encoder,
 )
 from msam_core.param_groups import modality_parameter_groups
+from msam_core.record import Run, RunWriter, load_run
 
 # (`sharpness` itself stays in msam_core.sharpness: a package attribute of that name would
 # shadow the submodule for `import msam_core.sharpness as ...`)
 from msam_core.sharpness import modality_sharpness, periodic_measures
+
+# `train` the function shadows the submodule as a package attribute: import the module's
+# other names with `from msam_core.train import ...`
+from msam_core.train import TrainingControl, TrainingDiverged, train
 
 __version__ = "0.1.0"
 
@@ -44,13 +52,22 @@ __all__ = [
     "EarlyFusionModel",
     "Landscape",
     "LateFusionModel",
+    "Method",
     "ModalitySpec",
     "MultimodalDataset",
+    "Run",
+    "RunWriter",
     "TensorSplit",
+    "TrainConfig",
+    "TrainingControl",
+    "TrainingDiverged",
+    "balance_entropy",
+    "build_method",
     "build_model",
     "compute_landscape",
     "dataset_names",
     "encoder_names",
+    "evaluate_split",
     "fusion_names",
     "hessian_record",
     "hessian_top_eigenvalue",
@@ -59,6 +76,8 @@ __all__ = [
     "load_dataset",
     "load_landscape",
     "load_landscapes",
+    "load_run",
+    "method_names",
     "modality_parameter_groups",
     "modality_sharpness",
     "pca_directions",
@@ -66,5 +85,7 @@ __all__ = [
     "random_direction",
     "register_dataset",
     "register_encoder",
+    "register_method",
     "save_landscape",
+    "train",
 ]
