@@ -1,0 +1,196 @@
+"""Shapley values of the modalities from coalition values (DESIGN.md, "Modality Shapley").
+
+A game over ``M`` players (modalities) is given by its coalition values ``v(S)``, stored in a
+tensor of length ``2**M`` indexed by bitmask (bit ``m`` set = modality ``m`` present, modality
+order = ``model.modalities``; see :mod:`msam_core.masking`).  Then
+
+    φ_m = Σ_{S ⊆ N∖{m}} |S|!(M−|S|−1)!/M! · (v(S ∪ {m}) − v(S)),
+
+which satisfies efficiency: Σ_m φ_m = v(N) − v(∅).
+
+* :func:`exact_shapley` evaluates that sum for ``M <= 10`` as one matrix-vector product with a
+  cached ``[M, 2**M]`` weight matrix.
+* :func:`permutation_shapley` estimates φ for any ``M`` by antithetic permutation sampling
+  (each permutation paired with its reverse), unbiased, with a standard error.
+* :func:`balance_weights` turns φ into M-SAM's loss shares ``w_m``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+from msam_core.masking import coalition_masks, mask_to_index
+
+#: Largest number of players :func:`exact_shapley` enumerates (2**10 = 1024 coalitions).
+MAX_EXACT_PLAYERS = 10
+
+
+# --------------------------------------------------------------------------------------------
+# exact enumeration
+
+
+@lru_cache(maxsize=2 * MAX_EXACT_PLAYERS)
+def _weight_matrix(n_players: int, device: str) -> Tensor:
+    """``W [M, 2**M]`` (float64) with ``φ = W @ v``.
+
+    For coalition T and player m: T contains m -> +w(|T|−1) (T = S ∪ {m}); otherwise
+    −w(|T|) (T = S), where w(s) = s!(M−s−1)!/M!.  Built without a loop over coalitions.
+    """
+    masks = coalition_masks(n_players)  # [2**M, M]
+    size = masks.sum(1)  # [2**M]
+    fact = torch.tensor([math.factorial(k) for k in range(n_players + 1)], dtype=torch.float64)
+    total = float(math.factorial(n_players))
+    with_m = fact[(size - 1).clamp(min=0)] * fact[n_players - size] / total  # |S| = |T| − 1
+    without_m = fact[size] * fact[(n_players - size - 1).clamp(min=0)] / total  # |S| = |T|
+    weights = torch.where(masks, with_m.unsqueeze(1), -without_m.unsqueeze(1))  # [2**M, M]
+    return weights.T.contiguous().to(device)
+
+
+def n_players_of(values: Tensor) -> int:
+    """Number of players ``M`` of a coalition-value vector of length ``2**M``.
+
+    Raises ValueError when ``values`` is not 1-D or its length is not a power of two >= 2.
+    """
+    if values.ndim != 1:
+        raise ValueError(
+            f"coalition values must be a 1-D tensor of length 2**M indexed by bitmask, "
+            f"got shape {list(values.shape)}"
+        )
+    length = int(values.shape[0])
+    if length < 2 or length & (length - 1):
+        raise ValueError(
+            f"coalition values must have length a power of two 2**M (one value per coalition, "
+            f"M >= 1 modalities), got length {length}"
+        )
+    return length.bit_length() - 1
+
+
+def exact_shapley(values: Tensor) -> Tensor:
+    """Exact Shapley values ``φ [M]`` from coalition values ``v [2**M]`` (bitmask-indexed).
+
+    Computed in float64 and returned in ``values``' floating dtype (float64 for integer input),
+    on ``values``' device.  ``M`` may be at most 10; for more players use
+    :func:`permutation_shapley`.
+    """
+    values = torch.as_tensor(values)
+    n_players = n_players_of(values)
+    if n_players > MAX_EXACT_PLAYERS:
+        raise ValueError(
+            f"exact Shapley enumerates 2**M coalitions and is limited to M <= "
+            f"{MAX_EXACT_PLAYERS} players; got M = {n_players}. Use "
+            f"msam_core.shapley.permutation_shapley (antithetic sampling) for more players"
+        )
+    out_dtype = values.dtype if values.is_floating_point() else torch.float64
+    weights = _weight_matrix(n_players, str(values.device))
+    return (weights @ values.to(torch.float64)).to(out_dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# permutation sampling
+
+
+def _marginals(perms: Tensor, prefix_values: Tensor) -> Tensor:
+    """Per-permutation marginal contributions ``[P, M]``.
+
+    ``perms [P, M]`` lists players in arrival order; ``prefix_values [P, M+1]`` holds v of the
+    first k arrivals (k = 0..M).  Player ``perms[p, k]`` gets ``v_{k+1} − v_k``.
+    """
+    gains = prefix_values[:, 1:] - prefix_values[:, :-1]
+    return torch.zeros_like(gains).scatter_(1, perms, gains)
+
+
+def permutation_shapley(
+    value_fn: Callable[[Tensor], Tensor],
+    n_players: int,
+    n_permutations: int,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Estimate Shapley values by antithetic permutation sampling: ``(φ [M], stderr [M])``.
+
+    ``n_permutations`` uniform random permutations are drawn and each is paired with its
+    reverse; φ is the mean over pairs of the pair's average marginal contributions, so it is
+    unbiased, and ``stderr`` is the standard error of that mean (sample std over pairs, ddof=1,
+    divided by sqrt(n_permutations)).
+
+    ``value_fn`` maps a bool coalition mask ``[K, M]`` (CPU, or the generator's device) to ``K``
+    values.  It is called once, on every distinct coalition the sampled permutations visit
+    (all prefixes of all permutations and their reverses, de-duplicated).  float64 results.
+    """
+    if n_players < 1:
+        raise ValueError(f"need at least one player, got n_players = {n_players}")
+    if n_permutations < 2:
+        raise ValueError(
+            f"n_permutations must be >= 2 so a standard error can be estimated, "
+            f"got {n_permutations}"
+        )
+    device = generator.device if generator is not None else torch.device("cpu")
+    # uniform random permutations as argsort of iid uniforms (float64: ties are negligible)
+    keys = torch.rand(
+        n_permutations, n_players, generator=generator, device=device, dtype=torch.float64
+    )
+    perms = keys.argsort(dim=1)
+    perms = torch.cat([perms, perms.flip(1)])  # [2P, M]: rows P.. are the reverses
+    n_rows = perms.shape[0]
+    # prefix masks [2P, M+1, M]: prefix k holds the first k players of the permutation
+    rank = torch.empty_like(perms).scatter_(
+        1, perms, torch.arange(n_players, device=device).expand(n_rows, -1)
+    )
+    steps = torch.arange(n_players + 1, device=device).view(1, -1, 1)
+    prefixes = rank.unsqueeze(1) < steps  # [2P, M+1, M]
+    flat = prefixes.reshape(-1, n_players)
+    if n_players <= 62:  # coalitions fit an int64 bitmask: evaluate each distinct one once
+        unique, inverse = torch.unique(mask_to_index(flat), return_inverse=True)
+        bits = torch.arange(n_players, device=device)
+        queries = (unique.unsqueeze(1) >> bits).bitwise_and(1).bool()
+    else:
+        queries, inverse = flat, torch.arange(flat.shape[0], device=device)
+    answers = torch.as_tensor(value_fn(queries))
+    if answers.shape != (queries.shape[0],):
+        raise ValueError(
+            f"value_fn must map a mask [K, M] = {list(queries.shape)} to K = {queries.shape[0]} "
+            f"values, returned shape {list(answers.shape)}"
+        )
+    answers = answers.to(device=device, dtype=torch.float64)
+    prefix_values = answers[inverse].view(n_rows, n_players + 1)
+    marginals = _marginals(perms, prefix_values)  # [2P, M]
+    pairs = 0.5 * (marginals[:n_permutations] + marginals[n_permutations:])  # [P, M]
+    phi = pairs.mean(0)
+    stderr = pairs.std(0, correction=1) / math.sqrt(n_permutations)
+    return phi, stderr
+
+
+# --------------------------------------------------------------------------------------------
+# from φ to M-SAM's shares
+
+
+def balance_weights(phi: Tensor) -> Tensor:
+    """M-SAM's loss shares (DESIGN.md): ``w_m = max(φ_m, 0) / Σ_k max(φ_k, 0)``.
+
+    When no modality contributes positively (the sum is 0, e.g. at initialisation) every
+    modality gets ``1/M``.  Returns ``[M]`` in ``phi``'s dtype (float64 for integer input).
+    """
+    phi = torch.as_tensor(phi)
+    if phi.ndim != 1 or phi.shape[0] < 1:
+        raise ValueError(f"phi must be a 1-D tensor [M] with M >= 1, got {list(phi.shape)}")
+    if not phi.is_floating_point():
+        phi = phi.to(torch.float64)
+    positive = phi.clamp(min=0)
+    total = positive.sum()
+    if not bool(total > 0):  # also NaN: no usable contribution -> uniform
+        return torch.full_like(phi, 1.0 / phi.shape[0])
+    return positive / total
+
+
+def dominant_index(phi: Tensor) -> int:
+    """Index of the dominant modality: argmax φ, ties broken by the lowest index."""
+    phi = torch.as_tensor(phi)
+    if phi.ndim != 1 or phi.shape[0] < 1:
+        raise ValueError(f"phi must be a 1-D tensor [M] with M >= 1, got {list(phi.shape)}")
+    phi = phi.double()
+    # torch.argmax returns the first maximal index; a NaN never wins
+    return int(torch.where(phi.isnan(), -math.inf, phi).argmax())
