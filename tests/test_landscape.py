@@ -224,10 +224,17 @@ def test_pca_recovers_a_planar_trajectory():
             torch.testing.assert_close(rebuilt, point[n], atol=1e-4, rtol=1e-4)
 
 
-def test_pca_needs_enough_checkpoints():
+def test_pca_needs_enough_checkpoints_spanning_the_directions():
     final = {"a": torch.zeros(3)}
     with pytest.raises(ValueError, match="at least 3 checkpoints"):
         pca_directions([{"a": torch.ones(3)}, final], final, dims=2)
+    line = [{"a": torch.full((3,), float(t))} for t in (3, 2, 1)]
+    with pytest.raises(ValueError, match="lies on a line"):
+        pca_directions(line, final, dims=2)
+    # Without the final point in the list, it still counts as the trajectory's last point.
+    one = pca_directions(line, final, dims=1)
+    np.testing.assert_allclose(one.projection[:, 0], [-1.0, -2 / 3, -1 / 3], rtol=1e-6)
+    assert one.explained_variance[0] == pytest.approx(1.0)
 
 
 # -- storage ---------------------------------------------------------------------------------
@@ -256,3 +263,120 @@ def test_save_and_load_round_trip(tmp_path):
     assert back.seeds.tolist() == [4, 5] and back.trajectory is None
     unknown = save_landscape(compute_landscape(model, x, y, steps=3, dims=1), tmp_path, name="x")
     assert load_landscape(unknown).epoch is None
+
+
+# -- from a run directory --------------------------------------------------------------------
+
+
+def _fake_run(tmp_path, epochs=(0, 1, 2, 3), fusion="concat"):
+    """A run directory with checkpoints along a short SGD trajectory (written as the loop does)."""
+    from msam_core.config import TrainConfig
+    from msam_core.train import build_dataset, build_run_model
+
+    config = TrainConfig(
+        dataset="synthetic",
+        dataset_options={"n_train": 48, "n_val": 16, "n_test": 16, "dims": 6, "n_classes": 4},
+        fusion=fusion,
+        model_options={"feature_dim": 4},
+    )
+    dataset = build_dataset(config)
+    model = build_run_model(config, dataset)
+    x, y = dataset.train.inputs, dataset.train.targets
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.2)
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    for epoch in range(max(epochs) + 1):
+        if epoch > 0:
+            for _ in range(3):
+                optimizer.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                optimizer.step()
+        if epoch in epochs:
+            state = {"model": model.state_dict(), "config": config.to_dict(), "epoch": epoch}
+            torch.save({**state, "step": 3 * epoch}, folder / f"epoch_{epoch:04d}.pt")
+    return tmp_path / "run", model, dataset
+
+
+def test_landscape_for_run_random_and_modality(tmp_path):
+    from msam_core.landscape import landscape_for_run
+
+    run, model, dataset = _fake_run(tmp_path)
+    path = landscape_for_run(run, steps=3, span=0.5, n_eval=20)
+    assert path == run / "landscapes" / "epoch0003_all_2d.npz"
+    result = load_landscape(path)
+    assert (result.epoch, result.step, result.n_eval, result.split) == (3, 9, 20, "train")
+    # The centre is the final weights: the loss of the model trained above on that subset.
+    subset = torch.randperm(48, generator=torch.Generator().manual_seed(0))[:20].sort().values
+    with torch.no_grad():
+        model.eval()
+        expected = F.cross_entropy(
+            model(dataset.train.take(subset)[0]), dataset.train.targets[subset]
+        )
+    assert result.loss[1, 1] == pytest.approx(expected.item(), rel=1e-5)
+    name = dataset.modality_names[0]
+    one = load_landscape(landscape_for_run(run, epoch=1, steps=4, modality=name, dims=1))
+    assert (one.subspace, one.epoch, one.loss.shape) == (name, 1, (4,))
+
+
+def test_landscape_for_run_pca(tmp_path):
+    from msam_core.landscape import landscape_for_run
+
+    run, _, _ = _fake_run(tmp_path)
+    result = load_landscape(landscape_for_run(run, steps=3, pca=True, n_eval=16))
+    assert result.subspace == "pca"
+    assert result.trajectory.shape == (4, 2)
+    assert result.trajectory_epochs.tolist() == [0, 1, 2, 3]
+    np.testing.assert_allclose(result.trajectory[-1], [0, 0], atol=1e-6)
+    assert 0 < result.explained_variance.sum() <= 1 + 1e-9
+    assert result.direction_scale.shape == (2,)
+
+
+def test_landscape_for_run_bad_input(tmp_path):
+    from msam_core.landscape import landscape_for_run
+
+    run, _, dataset = _fake_run(tmp_path, epochs=(0, 2))
+    with pytest.raises(ValueError, match=r"no checkpoint for epoch 5; available epochs: \[0, 2\]"):
+        landscape_for_run(run, epoch=5)
+    with pytest.raises(ValueError, match="unknown modality 'sound'; choose one of"):
+        landscape_for_run(run, modality="sound")
+    with pytest.raises(ValueError, match="span"):
+        landscape_for_run(run, span=-1)
+    with pytest.raises(ValueError, match="steps"):
+        landscape_for_run(run, steps=1)
+    with pytest.raises(
+        ValueError, match=r"at least 3 checkpoints up to epoch 2; the run has \[0, 2\]"
+    ):
+        landscape_for_run(run, pca=True)
+    with pytest.raises(ValueError, match="not both"):
+        landscape_for_run(run, pca=True, modality=dataset.modality_names[0])
+    with pytest.raises(FileNotFoundError, match="no run directory"):
+        landscape_for_run(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="has no checkpoints"):
+        landscape_for_run(tmp_path / "empty")
+
+
+def test_modality_subspace_of_early_fusion_is_refused(tmp_path):
+    from msam_core.landscape import landscape_for_run
+
+    run, _, dataset = _fake_run(tmp_path, epochs=(0, 1), fusion="early")
+    with pytest.raises(ValueError, match="per-modality encoders"):
+        landscape_for_run(run, modality=dataset.modality_names[0], steps=3)
+
+
+def test_msam_landscape_command(tmp_path, capsys):
+    from msam_core.cli import main
+
+    run, _, _ = _fake_run(tmp_path)
+    assert main(["landscape", str(run), "--steps", "3", "--pca", "--n-eval", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "epoch0003_pca_2d.npz" in out and "explain" in out
+    assert (run / "landscapes" / "epoch0003_pca_2d.npz").is_file()
+    assert main(["landscape", str(run), "--epoch", "7"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        f"msam landscape: error: run {str(run)!r} has no checkpoint for epoch 7; "
+        "available epochs: [0, 1, 2, 3]"
+    )
+    assert main(["landscape", str(run), "--span", "0"]) == 2
+    assert "span must be > 0" in capsys.readouterr().err
