@@ -20,7 +20,7 @@ import yaml
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "cosine", "step")
-SHAPLEY_VALUES = ("accuracy", "probability", "neg_loss")
+SHAPLEY_VALUES = ("accuracy", "prob", "neg_loss")  # msam_core.coalitions.VALUE_KINDS
 DEVICES = ("auto", "cpu", "cuda", "mps")
 BASELINES = ("zeros", "mean")
 #: keys a run directory's config.json adds to the config; ignored when reading one back

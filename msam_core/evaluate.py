@@ -51,6 +51,10 @@ def _batches(split: Dataset, batch_size: int, device: torch.device):
     return iterate_batches(split, torch.arange(len(split)), batch_size, device)
 
 
+#: permutations per batch when a model has more modalities than exact Shapley enumerates
+EVAL_PERMUTATIONS = 64
+
+
 @torch.no_grad()
 def evaluate_split(
     model: nn.Module,
@@ -59,48 +63,77 @@ def evaluate_split(
     batch_size: int = 1024,
     value: str = "accuracy",
     device: torch.device | str | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on every sample of ``split`` (eval mode, no grad; mode restored).
 
-    Returns ``loss`` (mean cross-entropy of the fused model), ``acc``, ``acc/<m>``,
-    ``phi/<m>`` (Shapley value of coalition value ``value``: accuracy, probability or
-    neg_loss), ``balance`` (absent when undefined) and ``n`` (samples).
+    Returns ``n`` (samples), ``loss`` (mean cross-entropy of the fused model), ``acc``,
+    ``acc/<m>`` (modality m alone), ``phi/<m>`` (Shapley value of the coalition value
+    ``value``: accuracy, prob or neg_loss, see :mod:`msam_core.coalitions`) and ``balance``
+    (absent when undefined).  Up to 10 modalities φ is exact; beyond, it is estimated by
+    antithetic permutation sampling (``EVAL_PERMUTATIONS`` per batch, seeded by ``seed``) and
+    ``phi_stderr/<m>`` is added.
     """
-    from msam_core.coalitions import coalition_values
-    from msam_core.shapley import modality_shapley
+    from msam_core.coalitions import check_value_kind, coalition_values, masked_values
+    from msam_core.shapley import MAX_EXACT_PLAYERS, exact_shapley, permutation_shapley
 
+    check_value_kind(value)
     modalities: list[str] = list(model.modalities)
+    n_mod = len(modalities)
+    exact = n_mod <= MAX_EXACT_PLAYERS
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)  # never the global RNG: resume stays exact
+    # accuracy of the full coalition (last row) and of each modality alone (rows 0..M-1)
+    probes = torch.cat([torch.eye(n_mod, dtype=torch.bool), torch.ones(1, n_mod, dtype=torch.bool)])
     was_training = model.training
     model.eval()
-    n_total = 0
-    loss_sum = 0.0
-    acc_sum: Tensor | None = None
-    value_sum: Tensor | None = None
+    n_total, loss_sum = 0, 0.0
+    acc_sum = torch.zeros(n_mod + 1, dtype=torch.float64)
+    phi_sum = torch.zeros(n_mod, dtype=torch.float64)
+    var_sum = torch.zeros(n_mod, dtype=torch.float64)
     try:
         for inputs, targets in _batches(split, batch_size, device):
             n = int(targets.shape[0])
             logits = model(inputs)
             loss_sum += float(F.cross_entropy(logits.float(), targets, reduction="sum"))
-            acc = coalition_values(model, inputs, targets, value="accuracy").double().cpu()
-            acc_sum = acc * n if acc_sum is None else acc_sum + acc * n
-            if value != "accuracy":
-                v = coalition_values(model, inputs, targets, value=value).double().cpu()
-                value_sum = v * n if value_sum is None else value_sum + v * n
+            if exact:
+                acc = coalition_values(model, inputs, targets, "accuracy", masking="auto")
+                v = (
+                    acc
+                    if value == "accuracy"
+                    else coalition_values(model, inputs, targets, value, masking="auto")
+                )
+                acc_sum += n * acc[[1 << m for m in range(n_mod)] + [-1]]
+                phi_sum += n * exact_shapley(v)
+            else:
+                acc_sum += n * masked_values(
+                    model, inputs, targets, probes.to(device), "accuracy", masking="auto"
+                )
+                phi, stderr = permutation_shapley(
+                    lambda masks, x=inputs, y=targets: masked_values(
+                        model, x, y, masks.to(device), value, masking="auto"
+                    ),
+                    n_mod,
+                    EVAL_PERMUTATIONS,
+                    generator=generator,
+                )
+                phi_sum += n * phi
+                var_sum += (n * stderr) ** 2
             n_total += n
     finally:
         model.train(was_training)
     if n_total == 0:
         raise ValueError("cannot evaluate an empty split")
-    acc_v = acc_sum / n_total
-    values = acc_v if value == "accuracy" else value_sum / n_total
-    phi = modality_shapley(values)
-    record: dict[str, Any] = {"n": n_total, "loss": loss_sum / n_total}
-    record["acc"] = float(acc_v[-1])  # the full coalition: every bit set
+    acc = acc_sum / n_total
+    phi = phi_sum / n_total
+    record: dict[str, Any] = {"n": n_total, "loss": loss_sum / n_total, "acc": float(acc[-1])}
     for m, name in enumerate(modalities):
-        record[f"acc/{name}"] = float(acc_v[1 << m])
+        record[f"acc/{name}"] = float(acc[m])
     for m, name in enumerate(modalities):
         record[f"phi/{name}"] = float(phi[m])
+    if not exact:
+        for m, name in enumerate(modalities):
+            record[f"phi_stderr/{name}"] = float(var_sum[m].sqrt() / n_total)
     balance = balance_entropy(phi)
     if balance is not None:
         record["balance"] = balance
