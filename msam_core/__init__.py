@@ -4,6 +4,7 @@ The flat public API re-exports the pieces in data-flow order (DESIGN.md):
 masking -> coalitions -> shapley -> optim -> train -> record.
 """
 
+from msam_core.coalitions import coalition_values, coalition_values_from_features
 from msam_core.config import TrainConfig
 from msam_core.data import (
     ModalitySpec,
@@ -36,6 +37,13 @@ from msam_core.models import (
 )
 from msam_core.param_groups import modality_parameter_groups
 from msam_core.record import Run, RunWriter, load_run
+from msam_core.shapley import (
+    ShapleyResult,
+    balance_weights,
+    exact_shapley,
+    modality_shapley,
+    permutation_shapley,
+)
 
 # (`sharpness` itself stays in msam_core.sharpness: a package attribute of that name would
 # shadow the submodule for `import msam_core.sharpness as ...`)
@@ -57,17 +65,22 @@ __all__ = [
     "MultimodalDataset",
     "Run",
     "RunWriter",
+    "ShapleyResult",
     "TensorSplit",
     "TrainConfig",
     "TrainingControl",
     "TrainingDiverged",
     "balance_entropy",
+    "balance_weights",
     "build_method",
     "build_model",
+    "coalition_values",
+    "coalition_values_from_features",
     "compute_landscape",
     "dataset_names",
     "encoder_names",
     "evaluate_split",
+    "exact_shapley",
     "fusion_names",
     "hessian_record",
     "hessian_top_eigenvalue",
@@ -79,9 +92,11 @@ __all__ = [
     "load_run",
     "method_names",
     "modality_parameter_groups",
+    "modality_shapley",
     "modality_sharpness",
     "pca_directions",
     "periodic_measures",
+    "permutation_shapley",
     "random_direction",
     "register_dataset",
     "register_encoder",

@@ -13,17 +13,21 @@ which satisfies efficiency: Σ_m φ_m = v(N) − v(∅).
 * :func:`permutation_shapley` estimates φ for any ``M`` by antithetic permutation sampling
   (each permutation paired with its reverse), unbiased, with a standard error.
 * :func:`balance_weights` turns φ into M-SAM's loss shares ``w_m``.
+* :func:`modality_shapley` does it all for a model and a batch and returns a
+  :class:`ShapleyResult` (coalition values from :mod:`msam_core.coalitions`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from msam_core.coalitions import coalition_values, masked_values
 from msam_core.masking import coalition_masks, mask_to_index
 
 #: Largest number of players :func:`exact_shapley` enumerates (2**10 = 1024 coalitions).
@@ -194,3 +198,99 @@ def dominant_index(phi: Tensor) -> int:
     phi = phi.double()
     # torch.argmax returns the first maximal index; a NaN never wins
     return int(torch.where(phi.isnan(), -math.inf, phi).argmax())
+
+
+# --------------------------------------------------------------------------------------------
+# one result object for a model and a batch
+
+
+@dataclass(frozen=True)
+class ShapleyResult:
+    """Modality Shapley values on one batch (or split), with what M-SAM derives from them.
+
+    ``modalities`` (``model.modalities`` order); ``phi [M]``; ``values [2**M]`` the coalition
+    values by bitmask (None when φ was sampled); ``stderr [M]`` of sampled φ (None when exact).
+    Derived: ``dominant_index`` / ``dominant`` (argmax φ, ties -> lowest index) and
+    ``weights`` (:func:`balance_weights`).
+    """
+
+    modalities: list[str]
+    phi: Tensor
+    values: Tensor | None = None
+    stderr: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.phi.shape != (len(self.modalities),):
+            raise ValueError(
+                f"phi has shape {list(self.phi.shape)} but there are {len(self.modalities)} "
+                f"modalities {self.modalities}"
+            )
+
+    @classmethod
+    def from_values(cls, modalities: Sequence[str], values: Tensor) -> ShapleyResult:
+        """Exact result from coalition values ``[2**M]`` (M = ``len(modalities)``)."""
+        values = torch.as_tensor(values)
+        if n_players_of(values) != len(modalities):
+            raise ValueError(
+                f"{values.shape[0]} coalition values describe {n_players_of(values)} "
+                f"modalities, but {len(modalities)} are named: {list(modalities)}"
+            )
+        return cls(list(modalities), exact_shapley(values), values)
+
+    @property
+    def dominant_index(self) -> int:
+        return dominant_index(self.phi)
+
+    @property
+    def dominant(self) -> str:
+        return self.modalities[self.dominant_index]
+
+    @property
+    def weights(self) -> Tensor:
+        return balance_weights(self.phi)
+
+    def to_record(self) -> dict[str, float | str]:
+        """DESIGN.md keys: ``dominant``, ``phi/<m>``, ``weight/<m>``."""
+        record: dict[str, float | str] = {"dominant": self.dominant}
+        weights = self.weights
+        for m, name in enumerate(self.modalities):
+            record[f"phi/{name}"] = float(self.phi[m])
+        for m, name in enumerate(self.modalities):
+            record[f"weight/{name}"] = float(weights[m])
+        return record
+
+
+#: Permutations :func:`modality_shapley` samples when there are too many modalities to enumerate.
+DEFAULT_PERMUTATIONS = 64
+
+
+def modality_shapley(
+    model: nn.Module,
+    inputs: Mapping[str, Tensor],
+    targets: Tensor,
+    value: str = "accuracy",
+    masking: str = "input",
+    baselines: Mapping[str, Tensor] | None = None,
+    chunk_size: int | None = None,
+    n_permutations: int | None = None,
+    generator: torch.Generator | None = None,
+) -> ShapleyResult:
+    """Shapley value of each modality of ``model`` on the batch ``(inputs, targets)``.
+
+    Coalition values as in :func:`msam_core.coalitions.coalition_values` (same ``value``,
+    ``masking``, ``baselines``, ``chunk_size``).  Exact for ``M <= 10`` unless
+    ``n_permutations`` is given; otherwise antithetic permutation sampling with
+    ``n_permutations`` (default 64) pairs, and the result carries ``stderr``.
+    """
+    modalities = list(getattr(model, "modalities", None) or [])
+    if n_permutations is None and len(modalities) <= MAX_EXACT_PLAYERS:
+        values = coalition_values(model, inputs, targets, value, masking, baselines, chunk_size)
+        return ShapleyResult.from_values(modalities, values)
+
+    def value_fn(masks: Tensor) -> Tensor:
+        return masked_values(model, inputs, targets, masks, value, masking, baselines, chunk_size)
+
+    phi, stderr = permutation_shapley(
+        value_fn, len(modalities), n_permutations or DEFAULT_PERMUTATIONS, generator
+    )
+    return ShapleyResult(modalities, phi, None, stderr)

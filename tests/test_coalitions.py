@@ -1,0 +1,248 @@
+"""Coalition values: batched pass == separate passes, input == feature masking, mode restored."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny_models import TinyEarlyFusion, TinyLateFusion, tiny_batch
+
+from msam_core.coalitions import (
+    VALUE_KINDS,
+    coalition_values,
+    coalition_values_from_features,
+    encode_baselines,
+    masked_values,
+)
+from msam_core.data.base import ModalitySpec
+from msam_core.masking import coalition_masks
+from msam_core.models import build_model
+from msam_core.shapley import ShapleyResult, modality_shapley
+
+DIMS = {"audio": 3, "video": 5}
+DIMS3 = {"a": 2, "b": 3, "c": 4}
+
+
+def reference_values(model, inputs, targets, value):
+    """One forward pass per coalition, the value computed by hand."""
+    out = []
+    with torch.no_grad():
+        model.eval()
+        for mask in coalition_masks(len(model.modalities)):
+            logits = model(inputs, mask)
+            if value == "accuracy":
+                out.append((logits.argmax(1) == targets).double().mean())
+            elif value == "prob":
+                out.append(logits.softmax(1)[torch.arange(len(targets)), targets].double().mean())
+            else:
+                out.append(-F.cross_entropy(logits, targets).double())
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("value", VALUE_KINDS)
+@pytest.mark.parametrize("make", [TinyLateFusion, TinyEarlyFusion])
+def test_batched_pass_equals_one_pass_per_coalition(make, value):
+    torch.manual_seed(0)
+    model = make(DIMS3)
+    inputs, targets = tiny_batch(DIMS3, seed=1)
+    values = coalition_values(model, inputs, targets, value=value)
+    assert values.shape == (8,) and values.dtype == torch.float64
+    torch.testing.assert_close(
+        values, reference_values(model, inputs, targets, value), atol=1e-6, rtol=0
+    )
+
+
+@pytest.mark.parametrize("value", VALUE_KINDS)
+def test_input_and_feature_masking_agree_on_late_fusion(value):
+    torch.manual_seed(1)
+    model = TinyLateFusion(DIMS3)
+    inputs, targets = tiny_batch(DIMS3, batch_size=32, seed=2)
+    by_input = coalition_values(model, inputs, targets, value=value, masking="input")
+    by_feature = coalition_values(model, inputs, targets, value=value, masking="feature")
+    torch.testing.assert_close(by_feature, by_input, atol=1e-6, rtol=0)
+    assert not torch.equal(by_input, by_input[:1].expand(8))  # the game is not constant
+
+
+@pytest.mark.parametrize("fusion", ["concat", "gated", "film"])
+def test_feature_masking_on_library_models_with_mean_baselines(fusion):
+    specs = [ModalitySpec("audio", "vector", (6,)), ModalitySpec("video", "vector", (4,))]
+    torch.manual_seed(2)
+    model = build_model(specs, num_classes=3, fusion=fusion, feature_dim=8)
+    inputs, targets = tiny_batch({"audio": 6, "video": 4}, batch_size=24, seed=3)
+    model.fit_baselines(inputs, kind="mean")  # non-zero baselines: features of the mean input
+    by_input = coalition_values(model, inputs, targets, value="prob", masking="input")
+    by_feature = coalition_values(model, inputs, targets, value="prob", masking="auto")
+    torch.testing.assert_close(by_feature, by_input, atol=1e-6, rtol=0)
+
+
+def test_explicit_baselines_replace_absent_inputs_in_both_modes():
+    torch.manual_seed(3)
+    model = TinyLateFusion(DIMS)
+    inputs, targets = tiny_batch(DIMS, seed=4)
+    baselines = {"audio": torch.full((3,), 0.5), "video": torch.linspace(-1, 1, 5)}
+    by_input = coalition_values(model, inputs, targets, "neg_loss", "input", baselines)
+    by_feature = coalition_values(model, inputs, targets, "neg_loss", "feature", baselines)
+    torch.testing.assert_close(by_feature, by_input, atol=1e-6, rtol=0)
+    # the same baselines held by the model give the same numbers
+    model.baselines = baselines
+    torch.testing.assert_close(coalition_values(model, inputs, targets, "neg_loss"), by_input)
+    zeros = coalition_values(TinyLateFusion(DIMS), inputs, targets, "neg_loss")
+    assert not torch.allclose(zeros, by_input)
+
+
+def test_values_from_features_reuse_a_forward_pass():
+    torch.manual_seed(4)
+    model = TinyLateFusion(DIMS3)
+    inputs, targets = tiny_batch(DIMS3, seed=5)
+    features = model.encode(inputs)  # with grad, as a training step's first pass
+    base = encode_baselines(model, inputs)
+    assert all(base[m].shape == (1, 4) for m in DIMS3)
+    values = coalition_values_from_features(model, features, base, targets, "prob")
+    torch.testing.assert_close(values, coalition_values(model, inputs, targets, "prob"))
+    # per-sample baseline features [B, F] broadcast the same way
+    wide = {m: b.expand(16, -1) for m, b in base.items()}
+    torch.testing.assert_close(
+        coalition_values_from_features(model, features, wide, targets, "prob"), values
+    )
+
+
+@pytest.mark.parametrize("value", VALUE_KINDS)
+@pytest.mark.parametrize("masking", ["input", "feature"])
+def test_ignored_modality_has_zero_shapley_value(value, masking):
+    torch.manual_seed(5)
+    model = TinyLateFusion(DIMS3, ignore=["b"])
+    inputs, targets = tiny_batch(DIMS3, seed=6)
+    result = modality_shapley(model, inputs, targets, value=value, masking=masking)
+    assert result.phi[1].item() == 0.0
+    assert result.phi.abs().sum() > 0
+    assert result.weights[1].item() == 0.0 or result.weights.eq(1 / 3).all()
+
+
+def test_modality_shapley_result():
+    torch.manual_seed(6)
+    model = TinyLateFusion(DIMS3)
+    inputs, targets = tiny_batch(DIMS3, seed=7)
+    result = modality_shapley(model, inputs, targets, value="prob")
+    assert isinstance(result, ShapleyResult)
+    assert result.modalities == list(DIMS3)
+    values = result.values
+    assert float(result.phi.sum()) == pytest.approx(float(values[-1] - values[0]), abs=1e-12)
+    assert result.dominant == list(DIMS3)[int(result.phi.argmax())]
+    assert float(result.weights.sum()) == pytest.approx(1.0)
+    assert result.stderr is None
+    record = result.to_record()
+    assert set(record) == {
+        "dominant",
+        *(f"phi/{m}" for m in DIMS3),
+        *(f"weight/{m}" for m in DIMS3),
+    }
+
+
+def test_many_modalities_are_sampled_and_still_efficient():
+    dims = {f"m{i}": 1 for i in range(11)}
+    torch.manual_seed(7)
+    model = TinyLateFusion(dims, feature_dim=2)
+    inputs, targets = tiny_batch(dims, batch_size=8, seed=8)
+    result = modality_shapley(model, inputs, targets, value="prob", n_permutations=4)
+    assert result.values is None and result.stderr.shape == (11,)
+    full = masked_values(model, inputs, targets, torch.tensor([[True] * 11, [False] * 11]), "prob")
+    # every permutation's marginals sum to v(N) - v(∅), so the estimate does too
+    assert float(result.phi.sum()) == pytest.approx(float(full[0] - full[1]), abs=1e-9)
+
+
+def test_chunked_passes_give_the_same_values():
+    torch.manual_seed(8)
+    model = TinyEarlyFusion(DIMS3)
+    inputs, targets = tiny_batch(DIMS3, seed=9)
+    whole = coalition_values(model, inputs, targets, "neg_loss")
+    torch.testing.assert_close(
+        coalition_values(model, inputs, targets, "neg_loss", chunk_size=3), whole
+    )
+
+
+def test_train_mode_and_batchnorm_statistics_are_left_alone():
+    torch.manual_seed(9)
+    model = TinyLateFusion(DIMS, batchnorm=True, dropout=0.5)
+    model.train()
+    model.encoders["video"].eval()  # a deliberately frozen submodule keeps its own flag
+    flags = {name: module.training for name, module in model.named_modules()}
+    stats = {k: v.clone() for k, v in model.state_dict().items()}
+    inputs, targets = tiny_batch(DIMS, seed=10)
+    values = coalition_values(model, inputs, targets, "prob", masking="feature")
+    assert {name: module.training for name, module in model.named_modules()} == flags
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, stats[k]), k
+    # eval mode: no dropout, running statistics -> the same numbers as separate eval passes
+    torch.testing.assert_close(
+        values, reference_values(model, inputs, targets, "prob"), atol=1e-6, rtol=0
+    )
+
+
+def test_modes_are_restored_when_the_model_raises():
+    class Exploding(TinyEarlyFusion):
+        def forward(self, inputs, mask=None):
+            raise RuntimeError("boom")
+
+    model = Exploding(DIMS)
+    model.train()
+    inputs, targets = tiny_batch(DIMS)
+    with pytest.raises(RuntimeError, match="boom"):
+        coalition_values(model, inputs, targets)
+    assert all(module.training for module in model.modules())
+
+
+# --------------------------------------------------------------------------------------------
+# bad input
+
+
+def test_missing_modality_key_is_named():
+    model = TinyLateFusion(DIMS)
+    inputs, targets = tiny_batch(DIMS)
+    del inputs["video"]
+    with pytest.raises(KeyError, match="video"):
+        coalition_values(model, inputs, targets)
+
+
+def test_wrong_mask_shape_is_named():
+    model = TinyEarlyFusion(DIMS)
+    inputs, targets = tiny_batch(DIMS)
+    with pytest.raises(ValueError, match=r"\[K, M\] = \[K, 2\]"):
+        masked_values(model, inputs, targets, torch.ones(4, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"mask must have shape \[2\] or \[16, 2\]"):
+        model(inputs, torch.ones(3, dtype=torch.bool))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "needle"),
+    [
+        ({"value": "f1"}, ValueError, "accuracy"),
+        ({"masking": "pixels"}, ValueError, "feature"),
+        ({"chunk_size": 0}, ValueError, "chunk_size"),
+    ],
+)
+def test_bad_options_are_named(kwargs, error, needle):
+    model = TinyLateFusion(DIMS)
+    inputs, targets = tiny_batch(DIMS)
+    with pytest.raises(error, match=needle):
+        coalition_values(model, inputs, targets, **kwargs)
+
+
+def test_feature_masking_needs_encode_and_fuse():
+    model = TinyEarlyFusion(DIMS)
+    inputs, targets = tiny_batch(DIMS)
+    with pytest.raises(ValueError, match="masking='input'"):
+        coalition_values(model, inputs, targets, masking="feature")
+
+
+def test_bad_targets_are_named():
+    model = TinyEarlyFusion(DIMS)
+    inputs, targets = tiny_batch(DIMS)
+    with pytest.raises(ValueError, match=r"shape \[B\] = \[16\]"):
+        coalition_values(model, inputs, targets[:5])
+    with pytest.raises(ValueError, match="integer class indices"):
+        coalition_values(model, inputs, targets.float())
+
+
+def test_model_without_protocol_is_named():
+    with pytest.raises(ValueError, match="modalities"):
+        coalition_values(torch.nn.Linear(2, 2), {"x": torch.zeros(2, 2)}, torch.zeros(2).long())
