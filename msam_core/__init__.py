@@ -35,6 +35,7 @@ from msam_core.models import (
     fusion_names,
     register_encoder,
 )
+from msam_core.optim import MSAM, SAM
 from msam_core.param_groups import modality_parameter_groups
 from msam_core.record import Run, RunWriter, load_run
 from msam_core.shapley import (
@@ -57,6 +58,8 @@ __version__ = "0.1.0"
 
 # the flat API: every name imported above (sorted; add new exports here too)
 __all__ = [
+    "MSAM",
+    "SAM",
     "EarlyFusionModel",
     "Landscape",
     "LateFusionModel",
