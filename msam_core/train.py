@@ -372,8 +372,6 @@ def train(
         ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location=device)
         model.load_state_dict(ckpt["model"])
         method.optimizer.load_state_dict(ckpt["optimizer"])
-        if "base_optimizer" in ckpt:
-            method.optimizer.base_optimizer.load_state_dict(ckpt["base_optimizer"])
         method.load_state_dict(ckpt["method_state"])
         scheduler.load_state_dict(ckpt["scheduler"])
         data_generator.set_state(ckpt["data_order"]["generator"])
@@ -672,13 +670,6 @@ class _Loop:
             "config": cfg.to_dict(),
             "loop": self.state.to_dict(),
         }
-        base = getattr(self.method.optimizer, "base_optimizer", None)
-        if (
-            isinstance(base, torch.optim.Optimizer)
-            and base.state is not self.method.optimizer.state
-        ):
-            # a SAM-style wrapper whose base optimizer keeps its own state (momentum, Adam moments)
-            state["base_optimizer"] = base.state_dict()
         folder = self.writer.checkpoints_dir
         last = folder / "last.pt"
         if cfg.checkpoint_every and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
