@@ -49,6 +49,14 @@ from msam_core.shapley import (
 # (`sharpness` itself stays in msam_core.sharpness: a package attribute of that name would
 # shadow the submodule for `import msam_core.sharpness as ...`)
 from msam_core.sharpness import modality_sharpness, periodic_measures
+from msam_core.step import (
+    NonFiniteLossError,
+    StepResult,
+    frozen_batchnorm_stats,
+    msam_step,
+    plain_step,
+    sam_step,
+)
 
 # `train` the function shadows the submodule as a package attribute: import the module's
 # other names with `from msam_core.train import ...`
@@ -66,9 +74,11 @@ __all__ = [
     "Method",
     "ModalitySpec",
     "MultimodalDataset",
+    "NonFiniteLossError",
     "Run",
     "RunWriter",
     "ShapleyResult",
+    "StepResult",
     "TensorSplit",
     "TrainConfig",
     "TrainingControl",
@@ -84,6 +94,7 @@ __all__ = [
     "encoder_names",
     "evaluate_split",
     "exact_shapley",
+    "frozen_batchnorm_stats",
     "fusion_names",
     "hessian_record",
     "hessian_top_eigenvalue",
@@ -97,13 +108,16 @@ __all__ = [
     "modality_parameter_groups",
     "modality_shapley",
     "modality_sharpness",
+    "msam_step",
     "pca_directions",
     "periodic_measures",
     "permutation_shapley",
+    "plain_step",
     "random_direction",
     "register_dataset",
     "register_encoder",
     "register_method",
+    "sam_step",
     "save_landscape",
     "train",
 ]

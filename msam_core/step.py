@@ -1,0 +1,424 @@
+"""One optimisation step in one call: plain, SAM or M-SAM, each recording modality Shapley.
+
+Every helper returns a :class:`StepResult` whose :meth:`StepResult.to_record` gives the
+DESIGN.md iteration keys, so a training loop treats all methods alike.  The pieces are public
+so other methods (OGM-GE, AGM, M-SAM variants) reuse them instead of copying a step:
+
+1. :func:`forward_pass`: the forward with grad, through ``encode`` / ``fuse`` when the model
+   has them (so the features can be reused), loss checked for NaN/inf;
+2. :func:`batch_shapley`: coalition values of the batch -> :class:`ShapleyResult`
+   (from the detached first-pass features when possible, else a no-grad input-masking pass;
+   averaged over ranks under ``torch.distributed``);
+3. :func:`perturbed_backward`: ``first_step``, the second forward/backward at ``θ + ε`` with
+   batch-norm running statistics frozen; parameters restored if anything fails.
+
+M-SAM step (DESIGN.md): g = ∇ℓ(θ); φ on the batch; d = argmax φ, w from
+:func:`~msam_core.shapley.balance_weights`; ε = ρ·g/‖g‖; g' = ∇ℓ(θ+ε); base step on
+w_d·g' + (1 − w_d)·g.  Cost: one SAM step plus the no-grad coalition pass.
+
+Reused first-pass features come from the training-mode forward (dropout / batch statistics
+as in training); pass ``reuse_features=False`` for eval-mode coalition values instead (one
+extra no-grad encoder pass).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from msam_core.coalitions import (
+    check_targets,
+    coalition_values,
+    coalition_values_from_features,
+    encode_baselines,
+    has_feature_path,
+    resolve_masking,
+)
+from msam_core.masking import check_inputs
+from msam_core.optim.sam import MSAM, SAM
+from msam_core.shapley import MAX_EXACT_PLAYERS, ShapleyResult, modality_shapley
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+#: Buffers that batch-norm-like layers update in a training-mode forward.
+_RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss of a step is NaN or infinite; raised before the bad gradients reach the model."""
+
+
+# --------------------------------------------------------------------------------------------
+# small pieces
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The protocol model inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper."""
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    return model.module if isinstance(model, wrappers) else model
+
+
+@contextmanager
+def frozen_batchnorm_stats(model: nn.Module) -> Iterator[nn.Module]:
+    """Leave batch-norm running statistics exactly as they were after the block.
+
+    Training-mode forwards inside still normalise with batch statistics (as SAM's second pass
+    should); only ``running_mean`` / ``running_var`` / ``num_batches_tracked`` of every module
+    that has them are copied back on exit, also on error.
+    """
+    saved = []
+    for module in model.modules():
+        for name in _RUNNING_STATS:
+            buffer = getattr(module, name, None)
+            if isinstance(buffer, Tensor):
+                saved.append((buffer, buffer.detach().clone()))
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
+def _non_finite_facts(model: nn.Module, inputs: Mapping[str, Tensor]) -> list[str]:
+    facts = []
+    bad_inputs = [m for m, x in inputs.items() if x.is_floating_point() and not x.isfinite().all()]
+    if bad_inputs:
+        facts.append(f"the inputs of modalities {bad_inputs} contain NaN/inf")
+    bad_params = [n for n, p in model.named_parameters() if not p.detach().isfinite().all()]
+    if bad_params:
+        shown = ", ".join(bad_params[:3]) + (" ..." if len(bad_params) > 3 else "")
+        facts.append(f"{len(bad_params)} parameter tensors are already non-finite ({shown})")
+    return facts
+
+
+def check_finite_loss(
+    loss: Tensor, where: str, model: nn.Module, inputs: Mapping[str, Tensor]
+) -> None:
+    """Raise :class:`NonFiniteLossError` naming the loss value and what to try."""
+    if bool(torch.isfinite(loss.detach()).all()):
+        return
+    facts = _non_finite_facts(model, inputs)
+    raise NonFiniteLossError(
+        f"the loss {where} is {float(loss.detach()):g} on this batch; the step was stopped "
+        f"before updating the parameters. "
+        + (("Found: " + "; ".join(facts) + ". ") if facts else "")
+        + "Try a lower learning rate (lr) or ascent radius (rho), or check the data for NaN/inf."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# the first pass and the Shapley record
+
+
+@dataclass
+class FirstPass:
+    """The forward at ``θ``: ``logits [B, C]``, ``loss`` (scalar, with grad) and the
+    per-modality ``features`` when the model was run as ``fuse(encode(x))`` (else None)."""
+
+    logits: Tensor
+    loss: Tensor
+    features: dict[str, Tensor] | None
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.logits.shape[0])
+
+
+def forward_pass(
+    model: nn.Module,
+    inputs: Mapping[str, Tensor],
+    targets: Tensor,
+    loss_fn: LossFn = F.cross_entropy,
+) -> FirstPass:
+    """Forward with grad at the current parameters; raises NonFiniteLossError on NaN/inf loss.
+
+    A late-fusion model runs as ``fuse(encode(inputs), None)`` (its ``forward`` with every
+    modality present) so the features are kept; a wrapped (DDP) or early-fusion model runs
+    through ``model(inputs)``.
+    """
+    core = unwrap(model)
+    modalities = getattr(core, "modalities", None)
+    if not modalities:
+        raise ValueError(
+            f"{type(core).__name__} does not follow the model protocol: it needs a "
+            f"`modalities` list"
+        )
+    check_targets(targets, check_inputs(inputs, modalities))
+    features = None
+    if core is model and has_feature_path(core):
+        features = dict(core.encode(inputs))
+        logits = core.fuse(features, None)
+    else:
+        logits = model(inputs)
+    loss = loss_fn(logits, targets)
+    if loss.ndim != 0:
+        raise ValueError(
+            f"loss_fn must return a scalar (the batch mean), got shape {list(loss.shape)}"
+        )
+    check_finite_loss(loss, "at θ (first pass)", core, inputs)
+    return FirstPass(logits, loss, features)
+
+
+def _reduce_values(values: Tensor, batch_size: int, device: torch.device) -> Tensor:
+    """Sample-weighted mean of ``values`` over ``torch.distributed`` ranks (identity alone)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    packed = torch.cat([values * batch_size, values.new_tensor([batch_size])]).to(device)
+    dist.all_reduce(packed)
+    packed = packed.cpu()
+    return packed[:-1] / packed[-1]
+
+
+def batch_shapley(
+    model: nn.Module,
+    inputs: Mapping[str, Tensor],
+    targets: Tensor,
+    first: FirstPass | None = None,
+    value: str = "accuracy",
+    masking: str = "auto",
+    baselines: Mapping[str, Tensor] | None = None,
+    chunk_size: int | None = None,
+    reuse_features: bool = True,
+) -> ShapleyResult:
+    """Shapley values of the batch, from ``first``'s features when the model allows.
+
+    Feature masking with reuse evaluates only ``fuse`` on the detached first-pass features (the
+    baseline features are one eval-mode encoder pass on one sample); otherwise a no-grad
+    coalition pass as :func:`~msam_core.coalitions.coalition_values`.  Under
+    ``torch.distributed`` the coalition values are averaged over ranks (weighted by batch
+    size), so every rank picks the same dominant modality.
+    """
+    core = unwrap(model)
+    resolved = resolve_masking(core, masking)
+    modalities = list(core.modalities)
+    if len(modalities) > MAX_EXACT_PLAYERS:  # sampled; φ averaged over ranks instead
+        result = modality_shapley(core, inputs, targets, value, resolved, baselines, chunk_size)
+        batch_size = int(targets.shape[0])
+        phi = _reduce_values(result.phi, batch_size, targets.device)
+        return ShapleyResult(modalities, phi, None, result.stderr)
+    if resolved == "feature" and reuse_features and first is not None and first.features:
+        base = encode_baselines(core, inputs, baselines)
+        values = coalition_values_from_features(
+            core, first.features, base, targets, value, chunk_size=chunk_size
+        )
+    else:
+        values = coalition_values(core, inputs, targets, value, resolved, baselines, chunk_size)
+    values = _reduce_values(values, int(targets.shape[0]), targets.device)
+    return ShapleyResult.from_values(modalities, values)
+
+
+# --------------------------------------------------------------------------------------------
+# the second pass
+
+
+def perturbed_backward(
+    model: nn.Module,
+    optimizer: MSAM | SAM,
+    inputs: Mapping[str, Tensor],
+    targets: Tensor,
+    loss_fn: LossFn = F.cross_entropy,
+) -> float:
+    """``optimizer.first_step``, then loss and gradients at ``θ + ε`` (running stats frozen).
+
+    Returns ``ℓ(θ+ε)``.  The caller finishes with ``optimizer.second_step``; if the second pass
+    fails (e.g. NonFiniteLossError) the parameters are restored to ``θ`` before re-raising.
+    """
+    optimizer.first_step(zero_grad=True)
+    try:
+        with frozen_batchnorm_stats(model):
+            loss = loss_fn(model(inputs), targets)
+            check_finite_loss(loss, "at θ+ε (second, perturbed pass)", unwrap(model), inputs)
+            loss.backward()
+    except BaseException:
+        optimizer.restore()
+        raise
+    return float(loss.detach())
+
+
+@torch.no_grad()
+def _loss_after_ascent(
+    model: nn.Module,
+    inputs: Mapping[str, Tensor],
+    targets: Tensor,
+    loss_fn: LossFn,
+    rho: float,
+) -> float:
+    """``ℓ(θ+ε)`` from the gradients already in ``.grad`` (θ, grads, running stats untouched)."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        raise RuntimeError("sharpness needs the gradients of the first pass; none were found")
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    saved = [p.detach().clone() for p in params]
+    try:
+        for p in params:
+            p.add_(p.grad * (rho / (norm + 1e-12)))
+        with frozen_batchnorm_stats(model):
+            return float(loss_fn(model(inputs), targets))
+    finally:
+        for p, theta in zip(params, saved, strict=True):
+            p.copy_(theta)
+
+
+# --------------------------------------------------------------------------------------------
+# results and the three steps
+
+
+@dataclass
+class StepResult:
+    """What one step measured.
+
+    ``loss`` = ℓ(θ) on the batch (before the update); ``loss_perturbed`` = ℓ(θ+ε) (SAM family,
+    or plain steps asked for sharpness); ``shapley`` the batch's :class:`ShapleyResult` (None
+    when not computed); ``dominant_weight`` the w_d the descent used (M-SAM; 1.0 for SAM);
+    ``time_s`` the wall time of the whole step in seconds.
+    """
+
+    loss: float
+    shapley: ShapleyResult | None = None
+    loss_perturbed: float | None = None
+    dominant_weight: float | None = None
+    time_s: float = 0.0
+
+    @property
+    def sharpness(self) -> float | None:
+        """ℓ(θ+ε) − ℓ(θ) on the batch, or None when there was no ascent."""
+        return None if self.loss_perturbed is None else self.loss_perturbed - self.loss
+
+    @property
+    def phi(self) -> Tensor | None:
+        return None if self.shapley is None else self.shapley.phi
+
+    @property
+    def weights(self) -> Tensor | None:
+        return None if self.shapley is None else self.shapley.weights
+
+    @property
+    def dominant(self) -> str | None:
+        return None if self.shapley is None else self.shapley.dominant
+
+    @property
+    def values(self) -> Tensor | None:
+        return None if self.shapley is None else self.shapley.values
+
+    def to_record(self, modalities: Sequence[str] | None = None) -> dict[str, Any]:
+        """DESIGN.md iteration keys: ``loss``, ``dominant``, ``phi/<m>``, ``weight/<m>``,
+        ``sharpness``, ``time/step_s``; what was not measured is absent (never zero)."""
+        record: dict[str, Any] = {"loss": self.loss}
+        if self.shapley is not None:
+            if modalities is not None and list(modalities) != self.shapley.modalities:
+                raise ValueError(
+                    f"record asked for modalities {list(modalities)} but the step measured "
+                    f"{self.shapley.modalities}"
+                )
+            record.update(self.shapley.to_record())
+        if self.sharpness is not None and math.isfinite(self.sharpness):
+            record["sharpness"] = self.sharpness
+        record["time/step_s"] = self.time_s
+        return record
+
+
+def plain_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: Mapping[str, Tensor],
+    targets: Tensor,
+    loss_fn: LossFn = F.cross_entropy,
+    value: str | None = "accuracy",
+    masking: str = "auto",
+    baselines: Mapping[str, Tensor] | None = None,
+    chunk_size: int | None = None,
+    reuse_features: bool = True,
+    sharpness_rho: float | None = None,
+) -> StepResult:
+    """One step of the base optimizer, recording the batch's Shapley values (``value=None``:
+    none).  ``sharpness_rho`` adds ℓ(θ+ε) − ℓ(θ) for ε = ρ·g/‖g‖ (one more no-grad forward)."""
+    start = time.perf_counter()
+    first = forward_pass(model, inputs, targets, loss_fn)
+    optimizer.zero_grad()
+    first.loss.backward()
+    shapley = None
+    if value is not None:
+        shapley = batch_shapley(
+            model, inputs, targets, first, value, masking, baselines, chunk_size, reuse_features
+        )
+    perturbed = None
+    if sharpness_rho is not None:
+        perturbed = _loss_after_ascent(model, inputs, targets, loss_fn, sharpness_rho)
+    optimizer.step()
+    loss = float(first.loss.detach())
+    return StepResult(loss, shapley, perturbed, None, time.perf_counter() - start)
+
+
+def sam_step(
+    model: nn.Module,
+    optimizer: SAM | MSAM,
+    inputs: Mapping[str, Tensor],
+    targets: Tensor,
+    loss_fn: LossFn = F.cross_entropy,
+    value: str | None = "accuracy",
+    masking: str = "auto",
+    baselines: Mapping[str, Tensor] | None = None,
+    chunk_size: int | None = None,
+    reuse_features: bool = True,
+) -> StepResult:
+    """One SAM step (``w_d = 1``), recording the batch's Shapley values and sharpness."""
+    start = time.perf_counter()
+    first = forward_pass(model, inputs, targets, loss_fn)
+    optimizer.zero_grad()
+    first.loss.backward()
+    shapley = None
+    if value is not None:
+        shapley = batch_shapley(
+            model, inputs, targets, first, value, masking, baselines, chunk_size, reuse_features
+        )
+    perturbed = perturbed_backward(model, optimizer, inputs, targets, loss_fn)
+    if isinstance(optimizer, MSAM):
+        optimizer.second_step(1.0)
+    else:
+        optimizer.second_step()
+    loss = float(first.loss.detach())
+    return StepResult(loss, shapley, perturbed, 1.0, time.perf_counter() - start)
+
+
+def msam_step(
+    model: nn.Module,
+    optimizer: MSAM,
+    inputs: Mapping[str, Tensor],
+    targets: Tensor,
+    loss_fn: LossFn = F.cross_entropy,
+    value: str = "accuracy",
+    masking: str = "auto",
+    baselines: Mapping[str, Tensor] | None = None,
+    chunk_size: int | None = None,
+    reuse_features: bool = True,
+) -> StepResult:
+    """One M-SAM step (module docstring); the descent uses the dominant modality's weight."""
+    if not isinstance(optimizer, MSAM):
+        raise TypeError(
+            f"msam_step needs an msam_core.MSAM optimizer (its second_step takes the dominant "
+            f"weight), got {type(optimizer).__name__}; use sam_step for SAM"
+        )
+    if value is None:
+        raise ValueError("msam_step needs Shapley values: value must be accuracy, prob or neg_loss")
+    start = time.perf_counter()
+    first = forward_pass(model, inputs, targets, loss_fn)
+    optimizer.zero_grad()
+    first.loss.backward()
+    shapley = batch_shapley(
+        model, inputs, targets, first, value, masking, baselines, chunk_size, reuse_features
+    )
+    weight = float(shapley.weights[shapley.dominant_index])
+    perturbed = perturbed_backward(model, optimizer, inputs, targets, loss_fn)
+    optimizer.second_step(weight)
+    loss = float(first.loss.detach())
+    return StepResult(loss, shapley, perturbed, weight, time.perf_counter() - start)
