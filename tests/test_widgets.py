@@ -13,7 +13,10 @@ import plotly.graph_objects as go
 import pytest
 import viz_fixtures as vf
 
+from msam_core import train
+from msam_viz import DEFAULT_STYLE, load_run
 from msam_viz.figures import shapley_shares
+from msam_viz.widgets import ImbalanceLab, LandscapeExplorer, TrainingMonitor
 from msam_viz.widgets._live import BackgroundJob, LiveFigure, RecordBuffer, sync_figure
 from msam_viz.widgets.run_comparer import RunComparer
 
@@ -185,3 +188,199 @@ def test_run_comparer_metrics_panels_and_errors(compare_dir):
         RunComparer(compare_dir, split="test")
     with pytest.raises(FileNotFoundError):
         RunComparer(compare_dir / "nope")
+
+
+# -- training dashboards (real msam_core.train on a tiny synthetic set) ----------------------
+
+TINY = {"n_train": 64, "n_val": 32, "n_test": 32, "dims": 8}
+FAST = {"dataset_options": TINY, "batch_size": 32, "eval_batch_size": 64, "probe_size": 32}
+
+
+def _xs(fig, name):
+    return [list(t.x) for t in fig.data if t.name == name]
+
+
+def test_monitor_trains_to_the_end_and_live_figures_equal_the_figures_of_the_run(tmp_path):
+    monitor = TrainingMonitor(method="msam", epochs=2, out=tmp_path / "m", refresh_s=0.05, **FAST)
+    widgets = {name: f.widget for name, f in monitor.figures.items()}
+    assert set(widgets) == {"loss", "shapley", "accuracy", "sharpness"}
+    assert all(len(w.data) == 0 for w in widgets.values())  # nothing recorded yet
+
+    monitor.start_button.click()  # what the Start button does in the browser
+    run_dir = monitor.wait(timeout=120)
+    assert run_dir == tmp_path / "m"
+    assert {name: f.widget for name, f in monitor.figures.items()} == widgets  # never re-created
+
+    stored = load_run(run_dir)
+    steps = stored.iterations["step"].tolist()
+    assert len(steps) == 4  # 2 epochs x 64 samples / batches of 32
+    assert _xs(widgets["loss"], "loss per batch") == [steps]
+    static = shapley_shares(stored)  # the figure drawn from disk equals the live one
+    for name in stored.modalities:
+        (live,) = [t for t in widgets["shapley"].data if t.name == name]
+        (ref,) = [t for t in static.data if t.name == name]
+        np.testing.assert_allclose(live.y, ref.y)
+    fused = [t for t in widgets["accuracy"].data if t.name.startswith("fused")]
+    assert fused and all(list(t.x) == [0, 1, 2] for t in fused)
+    assert monitor.progress.value == monitor.progress.max == 4
+    assert "finished" in monitor.status.value
+    assert monitor.start_button.disabled and monitor.stop_button.disabled
+    assert monitor.draw_error is None
+
+
+def test_monitor_pause_holds_the_loop_and_stop_ends_it(tmp_path):
+    monitor = TrainingMonitor(method="joint", epochs=200, out=tmp_path / "m", **FAST)
+    assert monitor.figures.keys() == {"loss", "shapley", "accuracy"}  # joint: no sharpness
+    monitor.start()
+    while monitor.live.steps_done < 2:
+        assert monitor.running, monitor.error
+        threading.Event().wait(0.02)
+    monitor.pause_button.click()
+    assert monitor.paused and monitor.pause_button.description == "Resume"
+    threading.Event().wait(0.3)  # a step in flight may still finish
+    held = monitor.live.steps_done
+    threading.Event().wait(0.3)
+    assert monitor.live.steps_done == held and monitor.running
+    monitor.pause_button.click()
+    assert not monitor.paused
+    monitor.stop_button.click()
+    monitor.wait(timeout=120)
+    summary = load_run(tmp_path / "m").summary
+    assert "stopped by the user" in summary["stopped"]
+    assert summary["steps"] < 200 * 2
+    assert "stopped" in monitor.status.value
+
+
+def test_monitor_reports_bad_input_and_training_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown figures"):
+        TrainingMonitor(figures=["loss", "landscape"], out=tmp_path / "a")
+    with pytest.raises(ValueError, match="refresh_s"):
+        TrainingMonitor(refresh_s=0, out=tmp_path / "a")
+    with pytest.raises(KeyError, match="lrate"):
+        TrainingMonitor(lrate=0.1, out=tmp_path / "a")
+    monitor = TrainingMonitor(method="no_such_method", epochs=1, out=tmp_path / "b", **FAST)
+    with pytest.raises(RuntimeError, match="not been started"):
+        monitor.wait()
+    monitor.start()
+    with pytest.raises(ValueError, match="no_such_method"):
+        monitor.wait(timeout=120)
+    assert "failed" in monitor.status.value and "no_such_method" in monitor.status.value
+    with pytest.raises(RuntimeError, match="already started"):
+        monitor.start()
+
+
+def test_imbalance_lab_sliders_preview_and_configs(tmp_path):
+    lab = ImbalanceLab(strengths=[4.0, 2.0], noise=1.0, epochs=1, out=tmp_path, **FAST)
+    (bars,) = lab.preview.widget.data
+    np.testing.assert_allclose(bars.y, [4.0 * np.sqrt(2), 2.0 * np.sqrt(2)])
+    lab.strength["audio"].value = 1.0
+    lab.noise.value = 2.0
+    (bars,) = lab.preview.widget.data
+    np.testing.assert_allclose(bars.y, [1.0 * np.sqrt(2) / 2, 2.0 * np.sqrt(2) / 2])
+    assert [c.color for c in [bars.marker]] and list(bars.marker.color) == [
+        DEFAULT_STYLE.modality_color("audio"),
+        DEFAULT_STYLE.modality_color("visual"),
+    ]
+    lab.method.value = "ogm_ge"
+    assert lab.rho.disabled
+    lab.method.value = "sam"
+    lab.rho.value = 0.1
+    configs = lab.configs()
+    assert list(configs) == ["joint", "sam"]
+    assert configs["sam"].rho == 0.1 and configs["sam"].method == "sam"
+    assert configs["joint"].dataset_options["strengths"] == [1.0, 2.0]
+    assert configs["joint"].dataset_options["noise"] == 2.0
+    assert configs["joint"].dataset_options["n_train"] == TINY["n_train"]
+
+
+def test_imbalance_lab_bad_input():
+    with pytest.raises(ValueError, match="at least two modalities"):
+        ImbalanceLab(modalities=1)
+    with pytest.raises(ValueError, match="3 strengths for 2 modalities"):
+        ImbalanceLab(strengths=[1, 2, 3])
+    with pytest.raises(ValueError, match="strength of 'audio'"):
+        ImbalanceLab(strengths=[9.0, 1.0])
+    with pytest.raises(ValueError, match="method must be one of"):
+        ImbalanceLab(method="joint")
+    with pytest.raises(ValueError, match="lab's own arguments"):
+        ImbalanceLab(dataset_options={"strengths": [1, 1]})
+
+
+def test_imbalance_lab_runs_joint_and_msam_and_compares(tmp_path):
+    lab = ImbalanceLab(epochs=1, out=tmp_path, refresh_s=0.05, **FAST)
+    figures = [lab.shares["joint"].widget, lab.shares["method"].widget, lab.comparison.widget]
+    lab.run_button.click()
+    dirs = lab.wait(timeout=300)
+    assert dirs == [tmp_path / "trial_001" / "joint", tmp_path / "trial_001" / "msam"]
+    assert [lab.shares["joint"].widget, lab.shares["method"].widget] == figures[:2]
+    for key, run_dir in zip(("joint", "method"), dirs, strict=True):
+        steps = load_run(run_dir).iterations["step"].tolist()
+        area = [t for t in lab.shares[key].widget.data if t.name in ("audio", "visual")]
+        assert [list(t.x) for t in area] == [steps, steps]
+    lines = {t.name for t in lab.comparison.widget.data}
+    assert {"joint", "msam"} <= lines
+    assert "visual-only" in lab.comparison.widget.layout.yaxis.title.text  # the weak one
+    assert "<th>joint</th>" in lab.summary.value and "<th>msam</th>" in lab.summary.value
+    assert "done" in lab.status.value and lab.draw_error is None
+    lab.run(wait=True)
+    assert lab.trial == tmp_path / "trial_002"
+
+
+# -- landscape explorer ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("landscape") / "run"
+    train(method="msam", epochs=2, out=out, quiet=True, **FAST)
+    return out
+
+
+def test_landscape_explorer_computes_caches_and_switches_views(trained_run):
+    explorer = LandscapeExplorer(trained_run, steps=5, span=0.5, n_eval=32)
+    assert explorer.epoch.options == (0, 1, 2) and explorer.epoch.value == 2
+    assert "pca" in [v for _, v in explorer.subspace.options]
+    widget = explorer.figure.widget
+    explorer.compute_button.click()
+    explorer.compute(wait=True)
+    ls = explorer.landscape
+    assert (ls.dims, ls.steps, ls.epoch, ls.span) == (2, 5, 2, 0.5)
+    (contour,) = [t for t in widget.data if t.type == "contour"]
+    # plotly rows are y (β): z[j, i] is the loss at (α_i, β_j)
+    np.testing.assert_allclose(np.asarray(contour.z, dtype=float), ls.loss.T, rtol=1e-6)
+    path = explorer.path
+    assert path.parent == trained_run / "landscapes" and path.exists()
+    job = explorer.job
+
+    explorer.view.value = "3-D surface"  # same grid, new view: no computation
+    assert explorer.job is job
+    assert [t.type for t in widget.data if t.type == "surface"] == ["surface"]
+    assert explorer.figure.widget is widget
+
+    explorer.metric.value = "acc"
+    (surface,) = [t for t in widget.data if t.type == "surface"]
+    assert np.nanmax(np.asarray(surface.z, dtype=float)) <= 1.0
+
+    explorer.view.value = "1-D curve"  # needs a 1-D grid: computed in the background
+    explorer.compute(wait=True)
+    assert explorer.landscape.dims == 1
+    assert [len(t.x) for t in widget.data if t.type == "scatter" and len(t.x) > 1] == [5]
+
+    explorer.subspace.value = "visual"
+    explorer.compute(wait=True)
+    assert explorer.landscape.subspace == "visual"
+    assert "visual" in explorer.status.value or "visual" in str(explorer.path)
+    mtime = path.stat().st_mtime_ns
+    explorer.view.value = "2-D contour"
+    explorer.subspace.value = "all"
+    explorer.metric.value = "loss"
+    explorer.compute(wait=True)
+    assert explorer.path == path and path.stat().st_mtime_ns == mtime  # read back, not redone
+
+
+def test_landscape_explorer_errors(trained_run, tmp_path):
+    vf.write_run(tmp_path, "nockpt", with_landscape=False)
+    with pytest.raises(FileNotFoundError, match="no checkpoints"):
+        LandscapeExplorer(tmp_path / "nockpt")
+    with pytest.raises(ValueError, match="view must be one of"):
+        LandscapeExplorer(trained_run, view="4-D")

@@ -198,6 +198,7 @@ class BackgroundJob:
         self.result: Any = None
         self.error: BaseException | None = None
         self.error_text: str | None = None
+        self._done = threading.Event()  # set before on_done runs, so it sees the job ended
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> BackgroundJob:
@@ -211,6 +212,7 @@ class BackgroundJob:
             self.error = err
             self.error_text = "".join(traceback.format_exception(err))
         finally:
+            self._done.set()
             if self.on_done is not None:
                 self.on_done(self)
 
@@ -220,7 +222,8 @@ class BackgroundJob:
 
     @property
     def running(self) -> bool:
-        return self._thread.is_alive()
+        """True from :meth:`start` until ``target`` has returned or raised."""
+        return self.started and not self._done.is_set()
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the job; True when it has finished."""
