@@ -273,18 +273,55 @@ def masked_values(
             return coalition_values_from_features(
                 model, features, base, targets, value, masks=masks, chunk_size=chunk_size
             )
-        out = []
-        for rows in _rows(masks.shape[0], chunk_size):
-            chunk = masks[rows]
-            k = chunk.shape[0]
-            repeated = {m: _repeat(inputs[m], k) for m in modalities}
-            row_mask = chunk.repeat_interleave(batch_size, dim=0)  # [k*B, M]
-            if baselines is None:  # the model replaces absent inputs by its own baselines
-                logits = model(repeated, row_mask)
-            else:  # the protocol: model(x, mask) == model(apply_input_mask(x, mask))
-                logits = model(apply_input_mask(repeated, row_mask, modalities, baselines))
-            out.append(values_from_logits(logits, targets, k, value))
-        return torch.cat(out)
+        return _input_masked_values(
+            model, inputs, targets, masks, value, baselines, chunk_size, batch_size
+        )
+
+
+def _input_masked_values(
+    model: nn.Module,
+    inputs: Mapping[str, Tensor],
+    targets: Tensor,
+    masks: Tensor,
+    value: str,
+    baselines: Mapping[str, Tensor] | None,
+    chunk_size: int | None,
+    batch_size: int,
+) -> Tensor:
+    """Input masking, ``chunk_size`` coalitions per pass (callers hold no_grad + eval mode).
+
+    The empty coalition gets one row instead of B: every sample is then the same baseline
+    input, so one row's logits are every sample's (rows never interact in eval mode).
+    """
+    modalities = _modalities(model)
+    device = masks.device
+    out = torch.empty(masks.shape[0], dtype=torch.float64)
+    for rows in _rows(masks.shape[0], chunk_size):
+        chunk = masks[rows]
+        index = torch.arange(rows.start, rows.stop)
+        present = chunk.any(1).cpu()
+        k, n_empty = int(present.sum()), int(not present.all())
+        # rows: B per non-empty coalition (copy j of the batch), then one row for the empty one
+        samples = torch.cat(
+            [torch.arange(batch_size, device=device).repeat(k), torch.zeros(n_empty, device=device)]
+        ).long()
+        row_mask = torch.cat(
+            [
+                chunk[present.to(device)].repeat_interleave(batch_size, dim=0),
+                chunk.new_zeros(n_empty, chunk.shape[1]),
+            ]
+        )
+        stacked = {m: inputs[m].index_select(0, samples) for m in modalities}
+        if baselines is None:  # the model replaces absent inputs by its own baselines
+            logits = model(stacked, row_mask)
+        else:  # the protocol: model(x, mask) == model(apply_input_mask(x, mask))
+            logits = model(apply_input_mask(stacked, row_mask, modalities, baselines))
+        if k:
+            out[index[present]] = values_from_logits(logits[: k * batch_size], targets, k, value)
+        if n_empty:
+            empty = logits[k * batch_size :].expand(batch_size, -1)
+            out[index[~present]] = values_from_logits(empty, targets, 1, value)
+    return out
 
 
 def coalition_values(

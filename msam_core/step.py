@@ -16,9 +16,11 @@ M-SAM step (DESIGN.md): g = ∇ℓ(θ); φ on the batch; d = argmax φ, w from
 :func:`~msam_core.shapley.balance_weights`; ε = ρ·g/‖g‖; g' = ∇ℓ(θ+ε); base step on
 w_d·g' + (1 − w_d)·g.  Cost: one SAM step plus the no-grad coalition pass.
 
-Reused first-pass features come from the training-mode forward (dropout / batch statistics
-as in training); pass ``reuse_features=False`` for eval-mode coalition values instead (one
-extra no-grad encoder pass).
+Reusing the first pass: a late-fusion model's coalition values come from the training-mode
+features of the first forward (dropout / batch statistics as in training; only the head runs
+again, in eval mode); for other models the first pass's logits are the full coalition's when
+train and eval mode compute the same (:func:`same_in_train_and_eval`), so 2**M − 1 coalitions
+remain.  ``reuse_first_pass=False`` gives eval-mode values from a fresh no-grad pass.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.dropout import _DropoutNd
 
 from msam_core.coalitions import (
     check_targets,
@@ -40,9 +44,11 @@ from msam_core.coalitions import (
     coalition_values_from_features,
     encode_baselines,
     has_feature_path,
+    masked_values,
     resolve_masking,
+    values_from_logits,
 )
-from msam_core.masking import check_inputs
+from msam_core.masking import check_inputs, coalition_masks
 from msam_core.optim.sam import MSAM, SAM
 from msam_core.shapley import MAX_EXACT_PLAYERS, ShapleyResult, modality_shapley
 
@@ -168,6 +174,20 @@ def forward_pass(
     return FirstPass(logits, loss, features)
 
 
+def same_in_train_and_eval(model: nn.Module) -> bool:
+    """True when no module would compute differently in eval mode: no active dropout
+    (p > 0) and no batch norm in training mode.  Then a training forward's outputs are the
+    eval-mode outputs, and the step may reuse them as coalition values."""
+    for module in model.modules():
+        if not module.training:
+            continue
+        if isinstance(module, _DropoutNd) and module.p > 0:
+            return False
+        if isinstance(module, _BatchNorm):
+            return False
+    return True
+
+
 def _reduce_values(values: Tensor, batch_size: int, device: torch.device) -> Tensor:
     """Sample-weighted mean of ``values`` over ``torch.distributed`` ranks (identity alone)."""
     dist = torch.distributed
@@ -188,13 +208,15 @@ def batch_shapley(
     masking: str = "auto",
     baselines: Mapping[str, Tensor] | None = None,
     chunk_size: int | None = None,
-    reuse_features: bool = True,
+    reuse_first_pass: bool = True,
 ) -> ShapleyResult:
-    """Shapley values of the batch, from ``first``'s features when the model allows.
+    """Shapley values of the batch, reusing the first pass ``first`` where the model allows.
 
-    Feature masking with reuse evaluates only ``fuse`` on the detached first-pass features (the
-    baseline features are one eval-mode encoder pass on one sample); otherwise a no-grad
-    coalition pass as :func:`~msam_core.coalitions.coalition_values`.  Under
+    Late fusion (feature masking): only ``fuse`` runs, on the detached first-pass features (the
+    baseline features are one eval-mode encoder pass on one sample).  Otherwise a no-grad
+    coalition pass as :func:`~msam_core.coalitions.coalition_values`, minus the full coalition
+    when ``first.logits`` already are its eval-mode logits (:func:`same_in_train_and_eval`).
+    ``reuse_first_pass=False`` (or ``first=None``) always runs the full coalition pass.  Under
     ``torch.distributed`` the coalition values are averaged over ranks (weighted by batch
     size), so every rank picks the same dominant modality.
     """
@@ -206,11 +228,19 @@ def batch_shapley(
         batch_size = int(targets.shape[0])
         phi = _reduce_values(result.phi, batch_size, targets.device)
         return ShapleyResult(modalities, phi, None, result.stderr)
-    if resolved == "feature" and reuse_features and first is not None and first.features:
+    if resolved == "feature" and reuse_first_pass and first is not None and first.features:
         base = encode_baselines(core, inputs, baselines)
         values = coalition_values_from_features(
             core, first.features, base, targets, value, chunk_size=chunk_size
         )
+    elif reuse_first_pass and first is not None and same_in_train_and_eval(core):
+        # the full coalition is the first pass itself: only the 2**M - 1 others are evaluated
+        others = coalition_masks(len(modalities), targets.device)[:-1]
+        partial = masked_values(
+            core, inputs, targets, others, value, resolved, baselines, chunk_size
+        )
+        full = values_from_logits(first.logits.detach(), targets, 1, value)
+        values = torch.cat([partial, full])
     else:
         values = coalition_values(core, inputs, targets, value, resolved, baselines, chunk_size)
     values = _reduce_values(values, int(targets.shape[0]), targets.device)
@@ -337,7 +367,7 @@ def plain_step(
     masking: str = "auto",
     baselines: Mapping[str, Tensor] | None = None,
     chunk_size: int | None = None,
-    reuse_features: bool = True,
+    reuse_first_pass: bool = True,
     sharpness_rho: float | None = None,
 ) -> StepResult:
     """One step of the base optimizer, recording the batch's Shapley values (``value=None``:
@@ -349,7 +379,7 @@ def plain_step(
     shapley = None
     if value is not None:
         shapley = batch_shapley(
-            model, inputs, targets, first, value, masking, baselines, chunk_size, reuse_features
+            model, inputs, targets, first, value, masking, baselines, chunk_size, reuse_first_pass
         )
     perturbed = None
     if sharpness_rho is not None:
@@ -369,7 +399,7 @@ def sam_step(
     masking: str = "auto",
     baselines: Mapping[str, Tensor] | None = None,
     chunk_size: int | None = None,
-    reuse_features: bool = True,
+    reuse_first_pass: bool = True,
 ) -> StepResult:
     """One SAM step (``w_d = 1``), recording the batch's Shapley values and sharpness."""
     start = time.perf_counter()
@@ -379,7 +409,7 @@ def sam_step(
     shapley = None
     if value is not None:
         shapley = batch_shapley(
-            model, inputs, targets, first, value, masking, baselines, chunk_size, reuse_features
+            model, inputs, targets, first, value, masking, baselines, chunk_size, reuse_first_pass
         )
     perturbed = perturbed_backward(model, optimizer, inputs, targets, loss_fn)
     if isinstance(optimizer, MSAM):
@@ -400,7 +430,7 @@ def msam_step(
     masking: str = "auto",
     baselines: Mapping[str, Tensor] | None = None,
     chunk_size: int | None = None,
-    reuse_features: bool = True,
+    reuse_first_pass: bool = True,
 ) -> StepResult:
     """One M-SAM step (module docstring); the descent uses the dominant modality's weight."""
     if not isinstance(optimizer, MSAM):
@@ -415,7 +445,7 @@ def msam_step(
     optimizer.zero_grad()
     first.loss.backward()
     shapley = batch_shapley(
-        model, inputs, targets, first, value, masking, baselines, chunk_size, reuse_features
+        model, inputs, targets, first, value, masking, baselines, chunk_size, reuse_first_pass
     )
     weight = float(shapley.weights[shapley.dominant_index])
     perturbed = perturbed_backward(model, optimizer, inputs, targets, loss_fn)

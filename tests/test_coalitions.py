@@ -246,3 +246,16 @@ def test_bad_targets_are_named():
 def test_model_without_protocol_is_named():
     with pytest.raises(ValueError, match="modalities"):
         coalition_values(torch.nn.Linear(2, 2), {"x": torch.zeros(2, 2)}, torch.zeros(2).long())
+
+
+def test_one_pass_with_a_single_row_for_the_empty_coalition():
+    model = TinyEarlyFusion(DIMS)
+    inputs, targets = tiny_batch(DIMS)
+    rows = []
+    model.network.register_forward_hook(lambda module, args, out: rows.append(out.shape[0]))
+    values = coalition_values(model, inputs, targets, "prob")
+    assert rows == [3 * 16 + 1]  # {audio}, {video}, {audio, video}: B rows each; ∅: one row
+    torch.testing.assert_close(values, reference_values(model, inputs, targets, "prob"))
+    rows.clear()
+    coalition_values(model, inputs, targets, "prob", chunk_size=2)
+    assert rows == [16 + 1, 2 * 16]  # chunks {∅, {audio}} and {{video}, {audio, video}}

@@ -171,7 +171,7 @@ def test_reused_features_give_the_eval_mode_values_without_dropout_or_batchnorm(
     first = forward_pass(model, inputs, targets)
     assert first.features is not None and first.loss.requires_grad
     reused = batch_shapley(model, inputs, targets, first, value="neg_loss")
-    fresh = batch_shapley(model, inputs, targets, first, value="neg_loss", reuse_features=False)
+    fresh = batch_shapley(model, inputs, targets, first, value="neg_loss", reuse_first_pass=False)
     expected = coalition_values(model, inputs, targets, "neg_loss", masking="input")
     torch.testing.assert_close(reused.values, expected, atol=1e-6, rtol=0)
     torch.testing.assert_close(fresh.values, expected, atol=1e-6, rtol=0)
@@ -229,3 +229,19 @@ def test_bad_inputs_are_named():
         )
     with pytest.raises(ValueError, match="modalities"):
         forward_pass(torch.nn.Linear(2, 2), {"x": torch.zeros(2, 2)}, torch.zeros(2).long())
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_early_fusion_reuses_the_first_pass_only_when_train_equals_eval(batchnorm):
+    model = make("early", batchnorm=batchnorm)
+    model.train()
+    inputs, targets = batch()
+    rows = []
+    model.network.register_forward_hook(lambda module, args, out: rows.append(out.shape[0]))
+    first = forward_pass(model, inputs, targets)
+    result = batch_shapley(model, inputs, targets, first, value="prob")
+    expected = coalition_values(model, inputs, targets, "prob")
+    torch.testing.assert_close(result.values, expected, atol=1e-6, rtol=0)
+    # first pass B rows; then the coalitions: B per non-empty one, 1 for the empty one
+    n_coalitions = 8 if batchnorm else 7  # with batch norm the full coalition is re-evaluated
+    assert rows[:2] == [24, (n_coalitions - 1) * 24 + 1]
