@@ -1,0 +1,126 @@
+"""The ``msam`` command: train, resume, demo, plug-in commands and one-line user errors."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+
+import pytest
+import yaml
+
+import msam_core.cli as cli
+from msam_core.cli import main
+from msam_core.record import load_run
+
+SMALL = ["--dataset_options", "{n_train: 128, n_val: 32, n_test: 32}", "--batch_size", "32"]
+
+
+def test_train_with_flags_and_overrides(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--method", "joint", "--epochs", "1", "--device", "cpu", *SMALL]
+    status = main([*args, "--lr", "0.1", "--fusion=sum", "--out", str(out), "--quiet"])
+    assert status == 0, capsys.readouterr().err
+    run = load_run(out)
+    assert run.config["lr"] == 0.1 and run.config["fusion"] == "sum"
+    assert run.config["dataset_options"]["n_train"] == 128
+    assert len(run.iterations) == 4  # 128 / 32
+
+
+def test_train_from_a_config_file_then_resume(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "method": "msam",
+                "epochs": 1,
+                "batch_size": 32,
+                "device": "cpu",
+                "dataset_options": {"n_train": 64, "n_val": 32, "n_test": 32},
+            }
+        )
+    )
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--out", str(out), "--quiet"]) == 0
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--quiet"]) == 0
+    run = load_run(out)
+    assert run.summary["finished"] and list(run.iterations["step"]) == [1, 2, 3, 4]
+    assert "run written to" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "nope"], "unknown method 'nope'; choose one of"),
+        (["--dataset", "nope"], "unknown dataset 'nope'; choose one of"),
+        (["--fusion", "nope"], "unknown fusion 'nope'; choose one of"),
+        (["--lrr", "1"], "unknown config key(s) ['lrr']; valid keys are"),
+        (["--epochs", "two"], "config key 'epochs': cannot read 'two' as int"),
+        (["--config", "missing.yaml"], "config file 'missing.yaml' does not exist"),
+    ],
+)
+def test_user_errors_are_one_line_with_status_2(tmp_path, capsys, args, message):
+    status = main(["train", *args, "--out", str(tmp_path / "run"), "--quiet", *SMALL])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_run_dir_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    common = ["train", "--method", "joint", "--epochs", "1", "--out", str(out), "--quiet", *SMALL]
+    assert main(common) == 0
+    assert main(common) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main([*common, "--overwrite"]) == 0
+
+
+def test_demo_prints_both_methods_side_by_side(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--epochs", "1", "--out", str(out), "--quiet", "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    header = next(line for line in text.splitlines() if "joint" in line)
+    assert header.split() == ["joint", "msam"]
+    for row in ("test acc, fused", "test acc, visual alone", "Shapley share, audio", "sharpness"):
+        assert row in text
+    assert load_run(out / "joint").method == "joint" and load_run(out / "msam").method == "msam"
+
+
+def test_help_lists_builtin_commands(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert "train" in text and "demo" in text
+
+
+def test_unknown_command(capsys):
+    assert main(["nope"]) == 2
+    assert "unknown command 'nope'; choose one of" in capsys.readouterr().err
+
+
+def test_plugin_commands_come_from_entry_points(monkeypatch, capsys):
+    plugin = types.ModuleType("fake_plugin")
+    plugin.HELP = "a plug-in"
+    plugin.add_arguments = lambda parser: parser.add_argument("--times", type=int, default=1)
+    plugin.run = lambda args: print("hello " * args.times) or 0
+    monkeypatch.setitem(sys.modules, "fake_plugin", plugin)
+
+    class EntryPoint:
+        name = "hello"
+
+        def load(self):
+            return plugin
+
+    monkeypatch.setattr(cli, "entry_points", lambda group: [EntryPoint()])
+    assert "hello" in cli.available_commands()
+    assert main(["hello", "--times", "2"]) == 0
+    assert capsys.readouterr().out.strip() == "hello hello"
+
+
+def test_every_builtin_command_follows_the_convention():
+    for name in cli._builtin_commands():
+        module = cli.load_command(name)
+        assert isinstance(module.HELP, str) and module.HELP
+        module.add_arguments(argparse.ArgumentParser())
+        assert callable(module.run)
