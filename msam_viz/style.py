@@ -91,6 +91,7 @@ class Style:
     method_colors: tuple[tuple[str, str], ...] = METHOD_COLORS
     method_overrides: tuple[tuple[str, str], ...] = ()
     fused_color: str = "#222222"  # the fused model / overall quantity, never a modality
+    fusion_color: str = "#8C8C8C"  # the fusion head's own block (sharpness, Hessian)
     split_dash: tuple[tuple[str, str], ...] = SPLIT_DASH
     landscape_colorscale: str = "Viridis"  # perceptually uniform, readable in grey print
     trajectory_color: str = "#FF3864"  # stands out on every Viridis hue

@@ -209,13 +209,23 @@ def test_dominant_switches_match_fixture(run) -> None:
     assert list(zip(switches["step"], switches["from"], switches["to"], strict=True)) == expected
 
 
-def test_dominance_figure_lanes_and_switches_per_epoch(run) -> None:
+def test_dominance_figure_lanes_and_steps_per_epoch(run) -> None:
     fig = dominance(run)
     n_switches = len(dominant_switches(run))
     assert fig.layout.title.text == f"Dominant modality: {n_switches} switches over {N} iterations"
-    (bars,) = [t for t in fig.data if t.type == "bar"]
-    assert list(bars.x) == list(range(EPOCHS))
-    assert sum(bars.y) == n_switches
+    # Bottom panel: per epoch, the share of steps each modality dominated (stacks sum to 1).
+    bars = {t.legendgroup: t for t in fig.data if t.type == "bar"}
+    for m in MODS:
+        expected = [
+            np.mean(
+                [vf.dominant(s, N, MODS) == m for s in range(e * PER_EPOCH, (e + 1) * PER_EPOCH)]
+            )
+            for e in range(EPOCHS)
+        ]
+        np.testing.assert_allclose(bars[m].y, expected)
+    (counts,) = traces(fig, "switches")
+    assert sum(counts.customdata) == n_switches
+    assert list(counts.text) == [f"{n} sw." for n in counts.customdata]
     # Each lane covers exactly the steps its modality dominated.
     for m in MODS:
         (lane,) = traces(fig, m)
@@ -253,6 +263,11 @@ def test_accuracy_curves_fused_and_unimodal_per_split(run) -> None:
     assert fig.layout.yaxis.tickformat == ".0%"
     only_val = accuracy_curves(run, splits=("val",))
     assert [t.name for t in only_val.data] == ["fused", *MODS]
+    # The test split (recorded too) is drawn only on request.
+    with_test = accuracy_curves(run, splits=("val", "test"))
+    (test_audio,) = traces(with_test, "audio (test)")
+    assert test_audio.line.dash == "dash"
+    assert list(test_audio.y) == pytest.approx([vf.accuracy(e, "test", 0) for e in range(EPOCHS)])
     with pytest.raises(ValueError, match="none of splits"):
         accuracy_curves(run, splits=("dev",))
 
@@ -278,9 +293,17 @@ def test_sharpness_curves_overall_per_modality_and_hessian(run) -> None:
         (t,) = traces(fig, m)
         assert list(t.x) == measured
         np.testing.assert_allclose(t.y, [vf.sharpness_of(i, s) for s in measured])
+    (fusion,) = traces(fig, "fusion head")
+    assert fusion.line.color == DEFAULT_STYLE.fusion_color
+    np.testing.assert_allclose(fusion.y, [vf.sharpness_of(len(MODS), s) for s in measured])
     (eig,) = traces(fig, "Hessian λ_max")
     assert eig.yaxis == "y2"
     np.testing.assert_allclose(eig.y, [vf.top_eig(s) for s in measured])
+    colours = DEFAULT_STYLE.modality_colors(MODS)
+    for i, m in enumerate(MODS):
+        (block,) = traces(fig, f"λ_max, {m} block")
+        assert block.yaxis == "y2" and block.line.color == colours[m]
+        np.testing.assert_allclose(block.y, [vf.top_eig(s) / (i + 2) for s in measured])
     assert "nats" in fig.layout.yaxis.title.text
     assert fig.layout.yaxis2.title.text == "λ_max of ∇²ℓ"
     assert not missing_notes(fig)
@@ -306,18 +329,30 @@ def test_sharpness_of_run_without_hessian_draws_what_it_has(sparse) -> None:
     assert any("hessian/top_eig" in note for note in missing_notes(fig))
 
 
-def test_hessian_from_epoch_records_drawn_at_epoch_end(tmp_path) -> None:
-    path = vf.write_run(tmp_path, "epoch_hessian", with_landscape=False)
-    lines = (path / "iterations.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines]
+def _rewrite_jsonl(path, edit) -> None:
+    records = [json.loads(line) for line in path.read_text().splitlines()]
     for record in records:
-        record.pop("hessian/top_eig", None)
-    (path / "iterations.jsonl").write_text("\n".join(map(json.dumps, records)) + "\n")
+        edit(record)
+    path.write_text("\n".join(map(json.dumps, records)) + "\n")
+
+
+def _drop_hessian(record: dict) -> None:
+    for key in [k for k in record if k.startswith("hessian/")]:
+        record.pop(key)
+
+
+def test_hessian_from_epoch_records_drawn_at_their_step(tmp_path) -> None:
+    path = vf.write_run(tmp_path, "epoch_hessian", with_landscape=False)
+    _rewrite_jsonl(path / "iterations.jsonl", _drop_hessian)
     fig = sharpness_curves(load_run(path))
     (eig,) = traces(fig, "Hessian λ_max")
-    last_steps = [(e + 1) * PER_EPOCH - 1 for e in range(EPOCHS)]
-    assert list(eig.x) == last_steps
-    np.testing.assert_allclose(eig.y, [vf.top_eig(s) for s in last_steps])
+    recorded_steps = [(e + 1) * PER_EPOCH for e in range(EPOCHS)]  # the epoch rows' "step"
+    assert list(eig.x) == recorded_steps
+    np.testing.assert_allclose(eig.y, [vf.top_eig(s) for s in recorded_steps])
+    # Without a step in the epoch rows: at each epoch's last iteration.
+    _rewrite_jsonl(path / "epochs.jsonl", lambda r: r.pop("step"))
+    (eig,) = traces(sharpness_curves(load_run(path)), "Hessian λ_max")
+    assert list(eig.x) == [(e + 1) * PER_EPOCH - 1 for e in range(EPOCHS)]
 
 
 def test_run_without_any_records_gives_empty_figures_not_errors(tmp_path) -> None:

@@ -28,7 +28,7 @@ def test_load_run_reads_fixture_records(tmp_path) -> None:
     # Sparse records are absent (NaN) between measurements, never zeros.
     eig = run.iterations["hessian/top_eig"]
     assert eig.notna().tolist() == [s % 5 == 0 for s in range(20)]
-    assert set(run.epochs["split"]) == {"train", "val"}
+    assert set(run.epochs["split"]) == {"train", "val", "test"}
 
 
 def test_run_killed_mid_line_loads_complete_records_with_warning(tmp_path) -> None:

@@ -58,7 +58,7 @@ def top_eig(step: int) -> float:
 def accuracy(epoch: int, split: str, modality_index: int | None = None) -> float:
     """Fused (``modality_index=None``) or unimodal accuracy at ``epoch`` on ``split``."""
     base = 0.5 if modality_index is None else 0.4 - 0.1 * modality_index
-    return base + 0.05 * epoch + (0.03 if split == "train" else 0.0)
+    return base + 0.05 * epoch + {"train": 0.03, "test": -0.02}.get(split, 0.0)
 
 
 def final_accuracy_for_seed(seed: int, epochs: int) -> float:
@@ -120,17 +120,22 @@ def write_run(
                 if with_modality_sharpness:
                     for i, m in enumerate(modalities):
                         record[f"sharpness/{m}"] = sharpness_of(i, step)
+                    record["sharpness/fusion"] = sharpness_of(len(modalities), step)
                 if with_hessian:
                     record["hessian/top_eig"] = top_eig(step)
                     record["hessian/trace"] = 5 * top_eig(step)
+                    for i, m in enumerate(modalities):
+                        record[f"hessian/top_eig/{m}"] = top_eig(step) / (i + 2)
                 record["time/step_s"] = 0.01
             writer.log_iteration(record)
         for epoch in range(epochs):
-            for split in ("train", "val"):
+            for split in ("train", "val", "test"):
                 shift = 0.01 * seed
                 row: dict = {
                     "epoch": epoch,
                     "split": split,
+                    # as the training loop records it: optimiser steps taken so far
+                    "step": (epoch + 1) * steps_per_epoch,
                     "loss": 1.0 / (epoch + 1),
                     "acc": accuracy(epoch, split) + shift,
                     "balance": 0.5 + 0.1 * epoch,
@@ -142,7 +147,7 @@ def write_run(
                 for m, v in phi(step, n_steps, modalities).items():
                     row[f"phi/{m}"] = v
                 if with_hessian and split == "val":
-                    row["hessian/top_eig"] = top_eig(step)
+                    row["hessian/top_eig"] = top_eig(row["step"])
                 writer.log_epoch(row)
     if with_landscape:
         write_landscapes(path / "landscapes", modalities)

@@ -262,19 +262,43 @@ def dominance(run: Any, *, style: Style | None = None) -> go.Figure:
             col=1,
         )
     per_epoch = _switches_per_epoch(series, switches)
+    fractions = (
+        series.groupby("epoch")["dominant"].value_counts(normalize=True).unstack(fill_value=0.0)
+    ).reindex(per_epoch["epoch"], fill_value=0.0)
+    for m in modalities:
+        if m not in fractions.columns:
+            continue
+        fig.add_trace(
+            go.Bar(
+                x=fractions.index,
+                y=fractions[m],
+                name=f"{m} share of steps",
+                legendgroup=m,
+                showlegend=False,
+                marker_color=colours[m],
+                hovertemplate=f"epoch %{{x}}: {m} dominant in %{{y:.0%}} of steps<extra></extra>",
+            ),
+            row=2,
+            col=1,
+        )
+    # Switches per epoch written above each stack.
     fig.add_trace(
-        go.Bar(
+        go.Scatter(
             x=per_epoch["epoch"],
-            y=per_epoch["switches"],
+            y=[1.0] * len(per_epoch),
+            mode="text",
+            text=[f"{n} sw." for n in per_epoch["switches"]],
+            textposition="top center",
+            textfont={"size": 11, "color": "#444444"},
+            customdata=per_epoch["switches"],
             name="switches",
-            marker_color=style.fused_color,
-            opacity=0.75,
             showlegend=False,
-            hovertemplate="epoch %{x}: %{y} switches<extra></extra>",
+            hovertemplate="epoch %{x}: %{customdata} switches<extra></extra>",
         ),
         row=2,
         col=1,
     )
+    fig.update_layout(barmode="stack", bargap=0.25)
     # Lanes half a category from the edges, so two modalities do not sit at the panel's rims.
     fig.update_yaxes(
         title_text="dominant",
@@ -284,10 +308,8 @@ def dominance(run: Any, *, style: Style | None = None) -> go.Figure:
         row=1,
     )
     fig.update_xaxes(title_text="iteration (optimiser step)", row=1, col=1)
-    most = int(per_epoch["switches"].max()) if len(per_epoch) else 0
-    # Counts: integer ticks (no "0.5 switches") while they are few.
     fig.update_yaxes(
-        title_text="switches", rangemode="tozero", dtick=1 if most <= 8 else None, row=2
+        title_text="share of steps", tickformat=".0%", range=[0, 1.18], dtick=0.25, row=2
     )
     fig.update_xaxes(title_text="epoch", dtick=1 if len(per_epoch) <= 30 else None, row=2, col=1)
     return fig
@@ -307,7 +329,9 @@ def accuracy_curves(
     """Fused accuracy and each modality's unimodal accuracy (others masked) per epoch.
 
     One colour per modality (fused: ``style.fused_color``), one dash per split
-    (train dotted, val solid, test dashed).  ``splits`` selects splits; default all recorded.
+    (train dotted, val solid, test dashed).  ``splits`` selects splits; default every
+    recorded split but ``test`` (watching the test set while training invites choosing on
+    it; pass ``splits=("val", "test")`` to draw it).
     """
     check_run(run)
     style = style or DEFAULT_STYLE
@@ -319,7 +343,10 @@ def accuracy_curves(
         note_missing(fig, ["epochs.jsonl acc"], run)
         return fig
     available = list(epochs["split"].dropna().unique()) if "split" in epochs else [None]
-    chosen = available if splits is None else [s for s in available if s in splits]
+    if splits is None:
+        chosen = [s for s in available if s != "test"] or available
+    else:
+        chosen = [s for s in available if s in splits]
     if splits is not None and not chosen:
         raise ValueError(f"none of splits {list(splits)} recorded; this run has {available}")
     modalities = run_modalities(run)

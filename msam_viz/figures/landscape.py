@@ -113,7 +113,7 @@ def _subspace_colour(subspace: str, style: Style, modalities: list[str]) -> str:
     if subspace in ("all", "custom", "pca"):
         return style.fused_color
     if subspace == "fusion":
-        return "#999999"
+        return style.fusion_color
     return style.modality_colors([*modalities, subspace])[subspace]
 
 

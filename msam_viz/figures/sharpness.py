@@ -29,6 +29,7 @@ from msam_viz.figures._common import (
 from msam_viz.style import DEFAULT_STYLE, Style, rgba
 
 TOP_EIG = "hessian/top_eig"
+FUSION = "fusion"  # the block name msam_core records for the fusion head
 
 
 def sharpness_curves(
@@ -52,7 +53,12 @@ def sharpness_curves(
     colours = style.modality_colors(modalities)
     has_overall = present(frame, "sharpness")
     per_modality = [m for m in modalities if present(frame, SHARP + m)]
-    eig = _top_eigenvalue(run)
+    # Block colours: each modality its own, the fusion head (recorded as "fusion") grey.
+    blocks = [*per_modality, *([FUSION] if present(frame, SHARP + FUSION) else [])]
+    block_colour = {**colours, FUSION: style.fusion_color}
+    block_label = {**{m: m for m in modalities}, FUSION: "fusion head"}
+    eig_columns = [TOP_EIG] + [f"{TOP_EIG}/{b}" for b in (*modalities, FUSION)]
+    eig = _curvature(run, eig_columns)
     missing: list[str] = []
     if not has_overall:
         missing.append("sharpness (the method takes no SAM step)")
@@ -119,41 +125,51 @@ def sharpness_curves(
                 col=1,
             )
 
-    for m in per_modality:
-        rows = rows_with(frame, [SHARP + m])[["step", SHARP + m]].dropna()
+    for b in blocks:
+        rows = rows_with(frame, [SHARP + b])[["step", SHARP + b]].dropna()
         # Sparse (every k steps) and less noisy: drawn as measured, smoothed only on request.
-        rows = rows.assign(**{SHARP + m: smooth(rows[SHARP + m], smooth_steps)})
-        rows = bin_mean(rows, "step", [SHARP + m], cap)
+        rows = rows.assign(**{SHARP + b: smooth(rows[SHARP + b], smooth_steps)})
+        rows = bin_mean(rows, "step", [SHARP + b], cap)
         fig.add_trace(
             go.Scatter(
                 x=rows["step"],
-                y=rows[SHARP + m],
+                y=rows[SHARP + b],
                 mode="lines+markers" if len(rows) <= 200 else "lines",
-                name=m,
-                legendgroup=m,
-                line={"color": colours[m], "width": 2},
+                name=block_label[b],
+                legendgroup=b,
+                line={"color": block_colour[b], "width": 2},
                 marker={"size": 5},
-                hovertemplate=f"{m}: %{{y:.4g}}<extra>step %{{x:.0f}}</extra>",
+                hovertemplate=f"{block_label[b]}: %{{y:.4g}}<extra>step %{{x:.0f}}</extra>",
             ),
             row=1,
             col=1,
         )
 
     if eig is not None:
-        eig = bin_mean(eig, "step", [TOP_EIG], cap)
-        fig.add_trace(
-            go.Scatter(
-                x=eig["step"],
-                y=eig[TOP_EIG],
-                mode="lines+markers" if len(eig) <= 200 else "lines",
-                name="Hessian λ_max",
-                line={"color": style.fused_color, "width": 2, "dash": "dot"},
-                marker={"size": 6, "symbol": "diamond"},
-                hovertemplate="λ_max: %{y:.4g}<extra>step %{x:.0f}</extra>",
-            ),
-            row=eig_row,
-            col=1,
-        )
+        for column in [c for c in eig_columns if c in eig.columns]:
+            part = bin_mean(eig[["step", column]].dropna(), "step", [column], cap)
+            block = column[len(TOP_EIG) + 1 :] or None
+            overall = block is None
+            label = "Hessian λ_max" if overall else f"λ_max, {block_label[block]} block"
+            fig.add_trace(
+                go.Scatter(
+                    x=part["step"],
+                    y=part[column],
+                    mode="lines+markers" if len(part) <= 200 else "lines",
+                    name=label,
+                    legendgroup=block or "hessian",
+                    showlegend=overall,  # block curves share their modality's legend entry
+                    line={
+                        "color": style.fused_color if overall else block_colour[block],
+                        "width": 2 if overall else 1.6,
+                        "dash": "dot",
+                    },
+                    marker={"size": 6 if overall else 5, "symbol": "diamond"},
+                    hovertemplate=f"{label}: %{{y:.4g}}<extra>step %{{x:.0f}}</extra>",
+                ),
+                row=eig_row,
+                col=1,
+            )
         fig.update_yaxes(title_text="λ_max of ∇²ℓ", row=eig_row, col=1)
     if top:
         fig.update_yaxes(title_text="ℓ(θ+ε) − ℓ(θ)  (nats)", row=1, col=1)
@@ -162,19 +178,28 @@ def sharpness_curves(
     return fig
 
 
-def _top_eigenvalue(run: Any) -> pd.DataFrame | None:
-    """``[step, hessian/top_eig]`` from iterations, else from epochs at each epoch's last step."""
+def _curvature(run: Any, columns: list[str]) -> pd.DataFrame | None:
+    """``[step, *columns]`` of Hessian measures: from the iteration records where measured,
+    else from the epoch records, at their recorded ``step`` (or the epoch's last step)."""
     frame = run.iterations
-    if present(frame, TOP_EIG):
-        return rows_with(frame, [TOP_EIG])[["step", TOP_EIG]].dropna()
+    found = [c for c in columns if present(frame, c)]
+    if found:
+        return rows_with(frame, found)[["step", *found]]
     epochs = run.epochs
-    if not present(epochs, TOP_EIG) or not present(frame, "epoch"):
+    found = [c for c in columns if present(epochs, c)]
+    if not found:
         return None
-    last_step = frame.groupby("epoch")["step"].max()
-    rows = epochs.loc[epochs[TOP_EIG].notna(), ["epoch", TOP_EIG]]
-    if "split" in epochs:
+    rows = epochs.loc[epochs[found].notna().any(axis=1)]
+    if "split" in rows:
         # One value per epoch: prefer the validation measurement when several splits hold one.
-        order = epochs.loc[rows.index, "split"].map({"val": 0, "train": 1}).fillna(2)
-        rows = rows.assign(_order=order).sort_values("_order").drop_duplicates("epoch")
-    rows = rows.assign(step=rows["epoch"].map(last_step)).dropna(subset=["step"])
-    return rows[["step", TOP_EIG]].sort_values("step").reset_index(drop=True)
+        order = rows["split"].map({"val": 0, "train": 1}).fillna(2)
+        rows = rows.assign(_order=order).sort_values(["epoch", "_order"])
+        rows = rows.drop_duplicates("epoch")
+    if present(rows, "step"):
+        steps = rows["step"]
+    elif present(frame, "epoch"):
+        steps = rows["epoch"].map(frame.groupby("epoch")["step"].max())
+    else:
+        return None
+    out = rows[found].assign(step=steps.to_numpy()).dropna(subset=["step"])
+    return out[["step", *found]].sort_values("step").reset_index(drop=True)
