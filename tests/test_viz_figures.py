@@ -425,7 +425,7 @@ def test_compare_curves_mean_and_sd_band(runs_dir) -> None:
     expected = [np.mean([vf.accuracy(e, "val") + 0.01 * s for s in range(3)]) for e in range(4)]
     np.testing.assert_allclose(line.y, expected)
     (band,) = traces(fig, "msam ±1 sd")
-    assert band.fill == "toself"
+    assert band.fill == "toself" and band.mode == "lines"
 
 
 def test_summary_grid_is_a_static_matplotlib_figure(runs_dir) -> None:

@@ -286,7 +286,8 @@ def dominance(run: Any, *, style: Style | None = None) -> go.Figure:
         go.Scatter(
             x=per_epoch["epoch"],
             y=[1.0] * len(per_epoch),
-            mode="text",
+            # Labels only while they fit; the hover always has the count.
+            mode="text" if len(per_epoch) <= 25 else "none",
             text=[f"{n} sw." for n in per_epoch["switches"]],
             textposition="top center",
             textfont={"size": 11, "color": "#444444"},

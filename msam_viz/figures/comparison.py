@@ -295,6 +295,7 @@ def compare_curves(
                     x=np.r_[stats["epoch"], stats["epoch"][::-1]],
                     y=np.r_[upper, lower[::-1]],
                     fill="toself",
+                    mode="lines",  # plotly's default adds markers below 20 points
                     fillcolor=rgba(colour, 0.18),
                     line={"width": 0},
                     hoverinfo="skip",
@@ -320,7 +321,8 @@ def compare_curves(
         )
     if table.empty:
         note_missing(fig, [f"{metric} on split {split!r}"])
-    fig.update_xaxes(title_text="epoch")
+    n_epochs = table["epoch"].nunique()
+    fig.update_xaxes(title_text="epoch", dtick=1 if 0 < n_epochs <= 20 else None)
     fig.update_yaxes(title_text=metric_label(metric))
     if metric == "acc" or metric.startswith(ACC):
         fig.update_yaxes(tickformat=".0%")
