@@ -444,10 +444,12 @@ class Landscape:
     ``loss`` / ``acc``: ``[steps]`` (1-D) or ``[steps, steps]`` (2-D) with ``loss[i, j]`` at
     ``(alphas[i], betas[j])`` (``betas`` is empty for 1-D).  ``subspace``: ``"all"``, a
     modality name, ``"fusion"`` or ``"pca"``.  ``seeds``: the random directions' seeds (empty
-    for PCA).  ``center_loss`` / ``center_acc``: the model itself on the evaluation subset.
-    PCA landscapes also hold ``trajectory`` ``[T, dims]`` (grid units) with its
-    ``trajectory_epochs``, ``explained_variance`` and ``direction_scale`` (parameter-space
-    length of one grid unit).  ``epoch`` / ``step``: where the weights were taken, if known.
+    for PCA); ``random_direction(model, seed, norm, ignore, subspace)`` on the same weights
+    (the checkpoint at ``epoch``) gives the directions again, exactly.  ``center_loss`` /
+    ``center_acc``: the model itself on the evaluation subset.  PCA landscapes also hold
+    ``trajectory`` ``[T, dims]`` (grid units) with its ``trajectory_epochs``,
+    ``explained_variance`` and ``direction_scale`` (parameter-space length of one grid unit).
+    ``epoch`` / ``step``: where the weights were taken, if known.
     """
 
     alphas: np.ndarray
