@@ -28,10 +28,10 @@ Modulation")
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
+
+from msam_core.shapley import MAX_EXACT_PLAYERS, exact_shapley
 
 OGM_FORMS = ("continuous", "published")
 
@@ -61,9 +61,15 @@ def _check_scores(scores: Tensor) -> None:
         )
 
 
+def _as_float(values: Tensor) -> Tensor:
+    """Floating tensors as they are (float64 stays float64); others as float32."""
+    return values if values.is_floating_point() else values.float()
+
+
 def _true_class_probability(logits: Tensor, targets: Tensor) -> Tensor:
     """softmax(logits)[..., y] for ``[M, B, C]`` logits: ``[M, B]``."""
-    probs = logits.float().softmax(dim=-1)
+    # at least float32 (bf16 logits under autocast), float64 kept
+    probs = logits.softmax(dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
     index = targets.to(logits.device).long().view(1, -1, 1).expand(probs.shape[0], -1, 1)
     return probs.gather(-1, index).squeeze(-1)
 
@@ -106,8 +112,8 @@ def discrepancy_ratios(scores: Tensor) -> Tensor:
         ``[M]`` ratios.
     """
     _check_scores(scores)
-    others = _mean_of_others(scores.float())
-    return scores.float() / others
+    scores = _as_float(scores)
+    return scores / _mean_of_others(scores)
 
 
 def ogm_coefficients(ratios: Tensor, alpha: float, form: str = "continuous") -> Tensor:
@@ -128,7 +134,7 @@ def ogm_coefficients(ratios: Tensor, alpha: float, form: str = "continuous") -> 
         raise ValueError(f"alpha must be >= 0, got {alpha}")
     if form not in OGM_FORMS:
         raise ValueError(f"unknown OGM form {form!r}; choose one of {list(OGM_FORMS)}")
-    ratios = ratios.float()
+    ratios = _as_float(ratios)
     if form == "continuous":
         return 1.0 - torch.tanh(alpha * torch.relu(ratios - 1.0))
     return torch.where(ratios > 1.0, 1.0 - torch.tanh(alpha * ratios), torch.ones_like(ratios))
@@ -169,24 +175,18 @@ def shapley_weight_matrix(n_modalities: int, device: torch.device | str | None =
     """The linear map from coalition values to Shapley values: ``φ = W @ v``, ``W`` ``[M, 2**M]``.
 
     Coalition ``S`` is the bitmask index into ``v`` (bit m set = modality m present), as in
-    :mod:`msam_core.masking`.  ``W[m, S ∪ {m}] += w(|S|)`` and ``W[m, S] −= w(|S|)`` for every
-    ``S`` without ``m``, where ``w(s) = s! (M − s − 1)! / M!``.
+    :mod:`msam_core.masking`.  ``W[m, S ∪ {m}] = w(|S|)`` and ``W[m, S] = −w(|S|)`` for every
+    ``S`` without ``m``, where ``w(s) = s! (M − s − 1)! / M!``.  Column ``S`` is the Shapley
+    value of the game that is 1 on ``S`` and 0 elsewhere, so the one definition in
+    :func:`msam_core.shapley.exact_shapley` is reused.
     """
-    if n_modalities < 1:
-        raise ValueError(f"need at least one modality, got {n_modalities}")
-    size = 2**n_modalities
-    weights = torch.zeros(n_modalities, size, dtype=torch.float64)
-    fact = math.factorial
-    for m in range(n_modalities):
-        bit = 1 << m
-        for s in range(size):
-            if s & bit:
-                continue
-            k = bin(s).count("1")
-            w = fact(k) * fact(n_modalities - k - 1) / fact(n_modalities)
-            weights[m, s | bit] += w
-            weights[m, s] -= w
-    return weights.to(device)
+    if not 1 <= n_modalities <= MAX_EXACT_PLAYERS:
+        raise ValueError(
+            f"exact Shapley responses need 1 <= M <= {MAX_EXACT_PLAYERS} modalities, "
+            f"got {n_modalities}"
+        )
+    unit_games = torch.eye(2**n_modalities, dtype=torch.float64)
+    return torch.stack([exact_shapley(game) for game in unit_games], dim=1).to(device)
 
 
 def mono_modal_responses(coalition_outputs: Tensor) -> Tensor:
@@ -249,7 +249,7 @@ def agm_ratios(scores: Tensor) -> Tensor:
         ``[M]`` positive ratios.
     """
     _check_scores(scores)
-    scores = scores.float()
+    scores = _as_float(scores)
     return torch.exp(_mean_of_others(scores) - scores)
 
 
@@ -279,7 +279,7 @@ def agm_coefficients(
             f"ratios {list(ratios.shape)} and target_ratios {list(target_ratios.shape)} "
             "must have the same shape [M]"
         )
-    gap = (target_ratios.float() - ratios.float()).clamp_max(clamp)
+    gap = (_as_float(target_ratios) - _as_float(ratios)).clamp_max(clamp)
     return torch.exp(alpha * gap)
 
 
