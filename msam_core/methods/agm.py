@@ -1,0 +1,154 @@
+"""``agm``: Adaptive Gradient Modulation (Li et al., ICCV 2023, "Boosting Multi-modal Model
+Performance with Adaptive Gradient Modulation").
+
+Each step, after the ordinary backward pass:
+
+1. mono-modal responses: the logits of every coalition (no-grad, eval-mode passes with the
+   absent modalities at their baselines; feature masking at the fusion head), turned into each
+   modality's Shapley share of the logits with the empty coalition valued 0, so the responses
+   add up to the fused logits (the authors' formulas for two and three modalities, for any M);
+2. score s_m = mean_b −log max(softmax(r_m[b])[y_b], 1e-8), a loss: lower is stronger;
+3. ratio ρ_m = exp(mean_{k≠m} s_k − s_m) = exp(M/(M−1)·(s̄ − s_m)) (two modalities: the paper's
+   exp(s_v − s_a)); target ratio η_m, the same formula on the running averages of the scores
+   over all steps so far (before this step's; all 1 at the first step);
+4. coefficient c_m = exp(α · min(η_m − ρ_m, clamp)): a modality stronger now than its running
+   average is slowed, one weaker is sped up;
+5. each modality's encoder gradients are multiplied by c_m (fusion-head gradients unchanged),
+   then the base optimizer steps.
+
+Where the coefficient acts: the authors scale the gradient flowing back through each
+mono-modal response with backward hooks; since the masked passes carry no gradient, that
+scaling reaches the parameters only through the fused output.  Here, as in BalanceBenchmark's
+AGM, the coefficient scales each modality's encoder gradients, so it is modality-specific by
+construction.  The authors also clip gradient norms when the head's gradients grow; that is
+left to the base optimizer settings.
+
+Options (``--method_options.<key> value``): ``agm_alpha`` (α, default 0.1), ``agm_clamp``
+(upper bound on η − ρ, default 10), ``agm_start`` / ``agm_end`` (epochs, inclusive, in which
+to modulate; default every epoch; the running averages are updated at every step).
+
+Records, besides loss and the batch's Shapley contributions (phi, weight, dominant):
+``score/<m>``, ``ratio/<m>``, ``target/<m>`` (η) and ``coef/<m>`` (applied; 1 outside the
+window).  The running averages are method state, so a resumed run continues them exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from msam_core.methods._readouts import (
+    ModulationWindow,
+    all_masks,
+    coalition_logits,
+    encoder_parameters,
+    mean_over_ranks,
+    require_modality_encoders,
+)
+from msam_core.methods.base import Method
+from msam_core.methods.registry import register_method
+from msam_core.optim.modulation import (
+    agm_coefficients,
+    agm_ratios,
+    agm_scores,
+    mono_modal_responses,
+    running_mean,
+)
+from msam_core.step import StepResult, batch_shapley, forward_pass
+
+
+@register_method("agm")
+class Agm(Method):
+    """AGM around the base optimizer (module docstring)."""
+
+    def __init__(self, model: nn.Module, config: Any) -> None:
+        super().__init__(model, config)
+        require_modality_encoders(model, "agm")
+        self.alpha = float(self.option("agm_alpha", 0.1))
+        self.clamp = float(self.option("agm_clamp", 10.0))
+        if self.alpha < 0:
+            raise ValueError(f"agm_alpha must be >= 0, got {self.alpha}")
+        self.window = ModulationWindow(
+            "agm", self.option("agm_start", None), self.option("agm_end", None)
+        )
+        self.encoders = encoder_parameters(model)
+        self.score_mean = torch.zeros(len(self.modalities), dtype=torch.float64)
+        self.count = 0
+        self.epoch: int | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """The loop reports the epoch about to start (for ``agm_start`` / ``agm_end``)."""
+        self.epoch = int(epoch)
+
+    def scores(
+        self, model: nn.Module, inputs: Mapping[str, Tensor], targets: Tensor, features=None
+    ) -> Tensor:
+        """``[M]`` AGM scores of the batch (no grad; float64, CPU)."""
+        masks = all_masks(len(self.modalities), targets.device)
+        logits = coalition_logits(model, inputs, masks, features=features)
+        responses = mono_modal_responses(logits.double())
+        scores = agm_scores(responses, targets)
+        return mean_over_ranks(scores, int(targets.shape[0])).cpu()
+
+    def update(self, scores: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(ratios, targets, coefficients)`` for this step's scores; advances the averages."""
+        ratios = agm_ratios(scores)
+        targets = agm_ratios(self.score_mean)
+        coefs = agm_coefficients(ratios, targets, self.alpha, self.clamp)
+        self.count += 1
+        self.score_mean = running_mean(self.score_mean, scores.double(), self.count)
+        return ratios, targets, coefs
+
+    @torch.no_grad()
+    def modulate(self, coefficients: Tensor) -> None:
+        """Multiply each modality's encoder gradients by its coefficient, in place."""
+        for m, name in enumerate(self.modalities):
+            k = float(coefficients[m])
+            for p in self.encoders[name]:
+                if p.grad is not None:
+                    p.grad.mul_(k)
+
+    def step(self, model: nn.Module, inputs: Mapping[str, Tensor], targets: Tensor) -> dict:
+        start = time.perf_counter()
+        first = forward_pass(model, inputs, targets)
+        self.optimizer.zero_grad()
+        first.loss.backward()
+        shapley = batch_shapley(model, inputs, targets, first, self.config.shapley_value)
+        scores = self.scores(model, inputs, targets, first.features)
+        ratios, target_ratios, coefs = self.update(scores)
+        active = self.window.active(self.epoch)
+        if active:
+            self.modulate(coefs)
+        self.optimizer.step()
+        result = StepResult(float(first.loss.detach()), shapley, time_s=time.perf_counter() - start)
+        record = result.to_record(self.modalities)
+        for m, name in enumerate(self.modalities):
+            record[f"score/{name}"] = float(scores[m])
+            record[f"ratio/{name}"] = float(ratios[m])
+            record[f"target/{name}"] = float(target_ratios[m])
+            record[f"coef/{name}"] = float(coefs[m]) if active else 1.0
+        return record
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The running score averages and the number of steps they average."""
+        return {"score_mean": self.score_mean.tolist(), "count": self.count}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if set(state) != {"score_mean", "count"}:
+            raise ValueError(
+                f"agm state must hold 'score_mean' and 'count', got keys {sorted(state)}"
+            )
+        mean = torch.as_tensor(state["score_mean"], dtype=torch.float64)
+        if mean.shape != (len(self.modalities),):
+            raise ValueError(
+                f"agm state has {list(mean.shape)} running scores for modalities "
+                f"{self.modalities}; was the checkpoint written for another model?"
+            )
+        self.score_mean = mean
+        self.count = int(state["count"])
