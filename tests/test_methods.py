@@ -123,7 +123,7 @@ def test_ogm_unimodal_readout_works_for_every_late_fusion_head():
         scores, _, coefs = method.coefficients(model, inputs, targets)
         # the readout of modality m is the model with every other input at its baseline
         with torch.no_grad():
-            for i, m in enumerate("abc"):
+            for i in range(3):
                 mask = torch.tensor([j == i for j in range(3)])
                 probs = model.eval()(inputs, mask).softmax(1)
                 assert scores[i] == pytest.approx(float(probs[range(5), targets].sum()), abs=1e-5)
