@@ -1,0 +1,68 @@
+"""``msam compare``: every (method, seed) on one dataset, then one results table (resumable)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "train every (method, seed) on one dataset and tabulate them; re-run to resume"
+EXTRA_ARGS = True  # unknown --key value pairs are config overrides for every run
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", help="dataset name (default: synthetic, or --config's)")
+    parser.add_argument(
+        "--methods",
+        default="joint,sam,ogm_ge,agm,msam",
+        help="comma list of methods (default: joint,sam,ogm_ge,agm,msam)",
+    )
+    parser.add_argument(
+        "--seeds",
+        default="3",
+        help="a count N (seeds 0..N-1, default 3) or a comma list of seeds, e.g. 0,5,7",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="comparison folder; each run goes to OUT/<method>/seed<k>, tables to OUT/results.*",
+    )
+    parser.add_argument("--config", help="YAML or JSON config file shared by every run")
+    parser.add_argument("--epochs", help="number of epochs of every run")
+    parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="train every run again, even those in --out"
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="show each run's progress bar and epoch lines"
+    )
+    parser.epilog = (
+        "Runs already finished in --out are reused and interrupted ones resumed, so re-running "
+        "the same command after an interruption trains only what is missing. Any config key "
+        "can be set as --key value for every run, e.g. --lr 0.1 --fusion gated "
+        "--method_options.alpha 0.5."
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from msam_core.compare import RESULTS_CSV, RESULTS_MD, compare, markdown_table
+    from msam_core.config import parse_overrides
+
+    overrides = parse_overrides(list(getattr(args, "extra", [])))
+    for key in ("epochs", "device"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides[key] = value
+    summary = compare(
+        args.dataset,
+        args.methods,
+        args.seeds,
+        args.out,
+        config=args.config,
+        overwrite=args.overwrite,
+        quiet=not args.verbose,
+        progress=True,
+        **overrides,
+    )
+    print()
+    print(markdown_table(summary), end="")
+    print(f"\nresults written to {args.out}/{RESULTS_CSV} and {args.out}/{RESULTS_MD}")
+    return 0

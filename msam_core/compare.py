@@ -1,0 +1,410 @@
+"""Compare methods on one dataset, one loop and one set of seeds: ``msam compare``.
+
+:func:`compare` trains every (method, seed) as its own run directory ``OUT/<method>/seed<k>``
+(each an ordinary run that ``msam_viz.load_run`` reads), then tabulates them:
+
+``OUT/runs.csv``
+    one row per run: the metrics of its best-val epoch (the epoch the loop selects on
+    validation accuracy, never on test) and its mean seconds per step.
+``OUT/results.csv`` and ``OUT/results.md``
+    one row per method: mean and sample standard deviation over seeds of the test accuracy,
+    each modality's unimodal test accuracy (``acc/<m>``: the others replaced by their
+    baselines), each modality's Shapley share on test (``share/<m>`` = max(φ_m, 0) /
+    Σ_k max(φ_k, 0), equal shares when no φ is positive, as M-SAM weighs modalities), the
+    balance measure (normalised entropy of those shares, :mod:`msam_core.evaluate`) and the
+    seconds per optimisation step.
+``OUT/compare.json``
+    the request (dataset, methods, seeds, overrides), so the table can be reproduced.
+
+Resuming: a run whose ``summary.json`` says it finished is reused as it is; a run that was
+interrupted is resumed from its last checkpoint (``train(resume=True)``), one killed before
+its first checkpoint is started again.  So re-running the same command after an interruption
+trains only what is missing.  A stored run is reused only if its config is the one asked
+for; a difference in any key that changes the result is an error naming the keys (choose
+another ``out`` or pass ``overwrite=True``).  A larger ``epochs`` extends stored runs.
+A run whose loss diverged counts as done: its best-val epoch before divergence enters the
+table and the ``diverged`` column counts it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from msam_core.config import TrainConfig, read_config_file, resolve_config
+from msam_core.methods import get_method
+from msam_core.record import CONFIG_FILE, SUMMARY_FILE, load_run, write_json_atomic
+from msam_core.train import RESUMABLE_KEYS, TrainingDiverged, train
+
+DEFAULT_METHODS = ("joint", "sam", "ogm_ge", "agm", "msam")
+#: keys compare sets itself for every run
+PER_RUN_KEYS = ("dataset", "method", "seed", "name")
+REQUEST_FILE = "compare.json"
+RUNS_CSV = "runs.csv"
+RESULTS_CSV = "results.csv"
+RESULTS_MD = "results.md"
+_DIVERGED_PREFIX = "non-finite loss"  # how the loop's summary names a diverged run
+
+
+# --------------------------------------------------------------------------------------------
+# the request
+
+
+def parse_methods(methods: str | Sequence[str]) -> list[str]:
+    """``"joint,sam"`` or ``["joint", "sam"]`` -> checked, de-duplicated method names."""
+    names = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else list(methods)
+    names = [m for m in names if m]
+    if not names:
+        raise ValueError(f"no methods given; choose some of {list(DEFAULT_METHODS)} (comma list)")
+    duplicates = sorted({m for m in names if names.count(m) > 1})
+    if duplicates:
+        raise ValueError(f"methods {duplicates} are listed more than once")
+    for name in names:
+        get_method(name)  # ValueError listing the registered methods
+    return names
+
+
+def parse_seeds(seeds: int | str | Sequence[int]) -> list[int]:
+    """Seeds to run: an integer ``N`` means ``0 .. N-1``; a list (or ``"4,7"``) means exactly those.
+
+    A string without a comma is read as a count (``"3"`` -> 0, 1, 2).
+    """
+    if isinstance(seeds, str):
+        text = seeds.strip()
+        try:
+            if "," in text:
+                seeds = [int(s) for s in text.split(",") if s.strip()]
+            else:
+                seeds = int(text)
+        except ValueError:
+            raise ValueError(
+                f"seeds={seeds!r}: give a count (3 -> seeds 0, 1, 2) or a comma list (0,5,7)"
+            ) from None
+    if isinstance(seeds, bool):
+        raise ValueError(f"seeds must be a count or a list of integers, got {seeds!r}")
+    if isinstance(seeds, int | np.integer):
+        if seeds < 1:
+            raise ValueError(f"need at least one seed, got seeds={seeds}")
+        return list(range(int(seeds)))
+    out = [int(s) for s in seeds]
+    if not out:
+        raise ValueError("need at least one seed, got an empty list")
+    if len(set(out)) != len(out):
+        raise ValueError(f"seeds {out} repeat a seed")
+    return out
+
+
+def run_path(out: str | os.PathLike, method: str, seed: int) -> Path:
+    """Where the run of ``method`` with ``seed`` lives: ``OUT/<method>/seed<seed>``."""
+    return Path(out).expanduser() / method / f"seed{seed}"
+
+
+# --------------------------------------------------------------------------------------------
+# one run: reuse, resume or train
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads((path / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def run_state(path: str | os.PathLike) -> str:
+    """``"missing"``, ``"finished"``, ``"diverged"``, ``"resumable"`` or ``"restart"``.
+
+    ``restart``: the directory holds files but no checkpoint to resume from (killed before
+    the first epoch ended).
+    """
+    path = Path(path)
+    if not path.is_dir() or not any(path.iterdir()):
+        return "missing"
+    summary = _read_summary(path)
+    if summary.get("finished"):
+        return "finished"
+    if str(summary.get("stopped") or "").startswith(_DIVERGED_PREFIX):
+        return "diverged"
+    if (path / "checkpoints" / "last.pt").is_file() and (path / CONFIG_FILE).is_file():
+        return "resumable"
+    return "restart"
+
+
+def _config_differences(stored: Mapping[str, Any], wanted: TrainConfig) -> dict[str, tuple]:
+    """Keys (other than resumable ones) whose stored value differs from the wanted one."""
+    stored_cfg = resolve_config(stored).to_dict()
+    wanted_cfg = wanted.to_dict()
+    return {
+        key: (stored_cfg[key], wanted_cfg[key])
+        for key in wanted_cfg
+        if key not in RESUMABLE_KEYS and stored_cfg.get(key) != wanted_cfg[key]
+    }
+
+
+def ensure_run(cfg: TrainConfig, path: Path, *, overwrite: bool = False, quiet: bool = True) -> str:
+    """Make sure ``path`` holds the finished run of ``cfg``; return what was done.
+
+    Returns ``"reused"``, ``"resumed"``, ``"trained"`` or ``"diverged"`` (the run stopped on
+    a non-finite loss, now or before).
+    """
+    state = "missing" if overwrite else run_state(path)
+    if state in ("finished", "diverged", "resumable"):
+        stored = read_config_file(path / CONFIG_FILE)
+        diff = _config_differences(stored, cfg)
+        if diff:
+            details = ", ".join(f"{k}: stored {a!r}, asked {b!r}" for k, (a, b) in diff.items())
+            raise ValueError(
+                f"{str(path)!r} holds a run with a different config ({details}); choose "
+                "another --out, or pass --overwrite to train it again"
+            )
+        stored_epochs = int(stored.get("epochs", cfg.epochs))
+        if cfg.epochs < stored_epochs and state != "diverged":
+            raise ValueError(
+                f"{str(path)!r} holds a run of {stored_epochs} epochs but {cfg.epochs} are asked "
+                "for; its best-val epoch may lie beyond that. Choose another --out, or pass "
+                "--overwrite"
+            )
+        if state == "diverged":
+            return "diverged"
+        if state == "finished" and stored_epochs == cfg.epochs:
+            return "reused"
+        state = "resumable"  # a finished run with fewer epochs is extended
+    try:
+        if state == "resumable":
+            resumable = {k: getattr(cfg, k) for k in RESUMABLE_KEYS if hasattr(cfg, k)}
+            train(out=path, resume=True, quiet=quiet, **resumable)
+            return "resumed"
+        train(cfg, out=path, overwrite=state != "missing" or overwrite, quiet=quiet)
+        return "trained"
+    except TrainingDiverged as err:
+        warnings.warn(f"{cfg.method} seed {cfg.seed}: {err}", RuntimeWarning, stacklevel=2)
+        return "diverged"
+
+
+# --------------------------------------------------------------------------------------------
+# tabulating
+
+
+def _shares(phi: Sequence[float]) -> list[float]:
+    positive = [max(float(v), 0.0) if math.isfinite(float(v)) else 0.0 for v in phi]
+    total = sum(positive)
+    if total <= 0:
+        return [1.0 / len(positive)] * len(positive)
+    return [v / total for v in positive]
+
+
+def run_row(path: str | os.PathLike) -> dict[str, Any]:
+    """One run's line of ``runs.csv``: best-val epoch metrics on test, val accuracy, s/step."""
+    path = Path(path)
+    summary = _read_summary(path)
+    if not summary.get("best"):
+        raise ValueError(
+            f"{str(path)!r} has no evaluated epoch after training (summary.json lacks 'best'); "
+            "train it for at least one epoch"
+        )
+    modalities = list(summary.get("modalities") or [])
+    test = summary["best"].get("test", {})
+    val = summary["best"].get("val", {})
+    row: dict[str, Any] = {
+        "method": summary.get("method"),
+        "seed": summary.get("seed"),
+        "best_epoch": summary.get("best_epoch"),
+        "epochs": summary.get("epochs_done"),
+        "diverged": int(str(summary.get("stopped") or "").startswith(_DIVERGED_PREFIX)),
+        "val_acc": val.get("acc", np.nan),
+        "test_acc": test.get("acc", np.nan),
+    }
+    for m in modalities:
+        row[f"acc/{m}"] = test.get(f"acc/{m}", np.nan)
+    phi = [test.get(f"phi/{m}", np.nan) for m in modalities]
+    for m, share in zip(modalities, _shares(phi), strict=True):
+        row[f"share/{m}"] = share
+    row["balance"] = test.get("balance", np.nan)
+    row["sec_per_step"] = _seconds_per_step(path, summary)
+    row["path"] = str(path)
+    return row
+
+
+def _seconds_per_step(path: Path, summary: Mapping[str, Any]) -> float:
+    """Mean of the recorded ``time/step_s``; else training time over steps."""
+    iterations = load_run(path).iterations
+    if "time/step_s" in iterations.columns and iterations["time/step_s"].notna().any():
+        return float(iterations["time/step_s"].mean())
+    steps = summary.get("steps") or 0
+    return float(summary.get("train_time_s", np.nan)) / steps if steps else np.nan
+
+
+def collect_runs(
+    out: str | os.PathLike, methods: Sequence[str], seeds: Sequence[int]
+) -> pd.DataFrame:
+    """The per-run table (``runs.csv``) of the finished runs in ``out``, methods in order."""
+    rows = [run_row(run_path(out, m, s)) for m in methods for s in seeds]
+    return pd.DataFrame(rows)
+
+
+def metric_columns(runs: pd.DataFrame) -> list[str]:
+    """The numeric columns aggregated over seeds, in table order."""
+    first = ["test_acc", "val_acc"]
+    per_modality = [c for c in runs.columns if c.startswith("acc/")]
+    shares = [c for c in runs.columns if c.startswith("share/")]
+    return [c for c in [*first, *per_modality, *shares, "balance", "sec_per_step"] if c in runs]
+
+
+def summarise(runs: pd.DataFrame, methods: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per method: ``seeds``, ``diverged`` and ``<metric>_mean`` / ``<metric>_std`` columns.
+
+    Standard deviations are sample deviations (ddof 1) over seeds, NaN for a single seed.
+    """
+    order = list(methods) if methods is not None else list(dict.fromkeys(runs["method"]))
+    columns = metric_columns(runs)
+    rows = []
+    for method in order:
+        part = runs.loc[runs["method"] == method]
+        row: dict[str, Any] = {
+            "method": method,
+            "seeds": len(part),
+            "diverged": int(part["diverged"].sum()),
+        }
+        for c in columns:
+            values = part[c].astype(float)
+            row[f"{c}_mean"] = values.mean()
+            row[f"{c}_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _pm(mean: float, std: float, scale: float = 1.0, digits: int = 3) -> str:
+    if not math.isfinite(mean):
+        return "–"
+    text = f"{mean * scale:.{digits}f}"
+    if math.isfinite(std):
+        text += f" ± {std * scale:.{digits}f}"
+    return text
+
+
+def markdown_table(summary: pd.DataFrame) -> str:
+    """``summary`` (from :func:`summarise`) as a Markdown table of ``mean ± std`` cells."""
+    stems = [c[: -len("_mean")] for c in summary.columns if c.endswith("_mean")]
+    labels = {
+        "test_acc": "test acc",
+        "val_acc": "val acc",
+        "balance": "balance",
+        "sec_per_step": "ms / step",
+    }
+    header = ["method", "seeds", *[labels.get(s, s.replace("acc/", "acc ")) for s in stems]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in summary.iterrows():
+        seeds = str(row["seeds"])
+        if row.get("diverged"):
+            seeds += f" ({row['diverged']} diverged)"
+        cells = [str(row["method"]), seeds]
+        for s in stems:
+            if s == "sec_per_step":
+                cells.append(_pm(row[f"{s}_mean"], row[f"{s}_std"], scale=1000.0, digits=2))
+            else:
+                cells.append(_pm(row[f"{s}_mean"], row[f"{s}_std"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(
+    out: str | os.PathLike, runs: pd.DataFrame, summary: pd.DataFrame, header: str = ""
+) -> None:
+    """Write ``runs.csv``, ``results.csv`` and ``results.md`` into ``out``."""
+    out = Path(out)
+    runs.to_csv(out / RUNS_CSV, index=False)
+    summary.to_csv(out / RESULTS_CSV, index=False)
+    (out / RESULTS_MD).write_text(header + markdown_table(summary), encoding="utf-8")
+
+
+# --------------------------------------------------------------------------------------------
+# the entry point
+
+
+def compare(
+    dataset: str | None = None,
+    methods: str | Sequence[str] = DEFAULT_METHODS,
+    seeds: int | str | Sequence[int] = 3,
+    out: str | os.PathLike = "runs/compare",
+    *,
+    config: TrainConfig | Mapping[str, Any] | str | os.PathLike | None = None,
+    overwrite: bool = False,
+    quiet: bool = True,
+    progress: bool = False,
+    **overrides: Any,
+) -> pd.DataFrame:
+    """Train (or reuse) every (method, seed) run in ``out`` and tabulate them.
+
+    Args:
+        dataset: registered dataset name; None takes it from ``config`` (default synthetic).
+        methods: method names, a list or a comma string (default joint, sam, ogm_ge, agm, msam).
+        seeds: a count ``N`` (seeds 0 .. N-1) or the seeds themselves.
+        out: the comparison folder; run ``(m, k)`` lives in ``out/m/seed<k>``.
+        config: base config shared by every run (object, mapping or YAML/JSON file).
+        overwrite: train every run again even if ``out`` holds it.
+        quiet: no progress bar or epoch lines from the training loop.
+        progress: print one line per run (what was done with it).
+        **overrides: config keys for every run, e.g. ``epochs=5, lr=0.1``.
+
+    Returns:
+        The per-method summary (the content of ``results.csv``): ``method``, ``seeds``,
+        ``diverged`` and ``<metric>_mean`` / ``<metric>_std`` for test_acc, val_acc,
+        ``acc/<m>``, ``share/<m>``, balance and sec_per_step.  The per-run table is
+        ``OUT/runs.csv`` (:func:`collect_runs` rebuilds it).
+
+    Raises:
+        ValueError / KeyError: unknown method, dataset or config key, bad seeds, or a stored
+            run whose config differs from the one asked for.
+    """
+    forbidden = sorted(k for k in overrides if k.replace("-", "_") in PER_RUN_KEYS)
+    if forbidden:
+        raise ValueError(
+            f"compare sets {forbidden} for every run itself; pass the dataset, methods and seeds "
+            "as arguments instead"
+        )
+    method_list = parse_methods(methods)
+    seed_list = parse_seeds(seeds)
+    base = resolve_config(config, **overrides)
+    if dataset is not None:
+        base = base.replace(dataset=dataset)
+    out = Path(out).expanduser()
+    if (out / CONFIG_FILE).exists():
+        raise ValueError(
+            f"{str(out)!r} is a single run directory; give compare a folder of its own"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    request = {
+        "dataset": base.dataset,
+        "methods": method_list,
+        "seeds": seed_list,
+        "overrides": {k: v for k, v in overrides.items()},
+        "config": base.to_dict(),
+    }
+    write_json_atomic(out / REQUEST_FILE, request)
+
+    total = len(method_list) * len(seed_list)
+    done = 0
+    for seed in seed_list:  # seeds outermost: an interrupted comparison has every method
+        for method in method_list:
+            cfg = base.replace(method=method, seed=seed, name=f"{method}/seed{seed}")
+            path = run_path(out, method, seed)
+            action = ensure_run(cfg, path, overwrite=overwrite, quiet=quiet)
+            done += 1
+            if progress:
+                print(f"[{done}/{total}] {method} seed {seed}: {action} ({path})", flush=True)
+
+    runs = collect_runs(out, method_list, seed_list)
+    summary = summarise(runs, method_list)
+    header = (
+        f"Dataset `{base.dataset}`, {len(seed_list)} seed(s) {seed_list}, {base.epochs} epochs. "
+        "Test metrics at the best-validation epoch; mean ± sample sd over seeds.\n\n"
+    )
+    write_results(out, runs, summary, header)
+    return summary

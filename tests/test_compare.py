@@ -1,0 +1,166 @@
+"""``msam compare``: one run per (method, seed), a table over seeds, and resuming."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import msam_core.compare as compare_module
+from msam_core.cli import main
+from msam_core.compare import (
+    compare,
+    markdown_table,
+    parse_methods,
+    parse_seeds,
+    run_path,
+    run_state,
+)
+from msam_core.train import train
+
+TINY = {
+    "dataset_options": {"n_train": 64, "n_val": 32, "n_test": 32},
+    "batch_size": 32,
+    "epochs": 1,
+    "device": "cpu",
+}
+
+
+@pytest.fixture
+def train_calls(monkeypatch):
+    """Every call compare makes to the training loop, as (resume, epochs) pairs."""
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append((kwargs.get("resume", False), kwargs.get("epochs")))
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(compare_module, "train", counting)
+    return calls
+
+
+def _summary(path):
+    return json.loads((path / "summary.json").read_text())
+
+
+def test_compare_writes_one_run_per_method_and_seed_and_aggregates(tmp_path, train_calls):
+    out = tmp_path / "cmp"
+    table = compare("synthetic", "joint,ogm_ge", 2, out, **TINY)
+    assert len(train_calls) == 4
+    assert list(table["method"]) == ["joint", "ogm_ge"] and list(table["seeds"]) == [2, 2]
+    for method in ("joint", "ogm_ge"):
+        accs = [_summary(run_path(out, method, s))["best"]["test"]["acc"] for s in (0, 1)]
+        row = table.loc[table["method"] == method].iloc[0]
+        assert row["test_acc_mean"] == pytest.approx(np.mean(accs))
+        assert row["test_acc_std"] == pytest.approx(np.std(accs, ddof=1))
+        shares = [row[f"share/{m}_mean"] for m in ("audio", "visual")]
+        assert sum(shares) == pytest.approx(1.0)
+        assert row["sec_per_step_mean"] > 0
+    for name in ("results.csv", "results.md", "runs.csv", "compare.json"):
+        assert (out / name).is_file(), name
+    assert pd.read_csv(out / "results.csv").shape[0] == 2
+    runs = pd.read_csv(out / "runs.csv")
+    assert sorted(zip(runs["method"], runs["seed"], strict=True)) == [
+        ("joint", 0),
+        ("joint", 1),
+        ("ogm_ge", 0),
+        ("ogm_ge", 1),
+    ]
+    markdown = (out / "results.md").read_text()
+    assert "| joint | 2 |" in markdown and "acc audio" in markdown
+
+
+def test_second_call_reuses_finished_runs_without_training(tmp_path, train_calls):
+    out = tmp_path / "cmp"
+    first = compare("synthetic", ["joint"], 2, out, **TINY)
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("joint/seed*/iterations.jsonl")}
+    assert len(train_calls) == 2 and len(stamps) == 2
+    second = compare("synthetic", ["joint"], 2, out, **TINY)
+    assert len(train_calls) == 2  # nothing retrained
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    pd.testing.assert_frame_equal(first, second)
+
+
+def test_interrupted_run_is_resumed_not_restarted(tmp_path, train_calls):
+    out = tmp_path / "cmp"
+    cfg = {**TINY, "epochs": 2, "method": "joint", "seed": 0, "name": "joint/seed0"}
+    # a run killed during epoch 2: its callback stops it after the first step of that epoch
+    path = run_path(out, "joint", 0)
+    train(cfg, out=path, quiet=True, callback=lambda r: not (r.get("step") == 3))
+    assert run_state(path) == "resumable"
+    compare("synthetic", ["joint"], [0], out, **{**TINY, "epochs": 2})
+    assert train_calls == [(True, 2)]
+    summary = _summary(path)
+    assert summary["finished"] and summary["steps"] == 4
+    steps = [json.loads(line)["step"] for line in (path / "iterations.jsonl").open()]
+    assert steps == [1, 2, 3, 4]  # no step lost, none repeated
+
+
+def test_more_epochs_extend_finished_runs(tmp_path, train_calls):
+    out = tmp_path / "cmp"
+    compare("synthetic", ["joint"], 1, out, **TINY)
+    compare("synthetic", ["joint"], 1, out, **{**TINY, "epochs": 2})
+    assert train_calls == [(False, None), (True, 2)]
+    assert _summary(run_path(out, "joint", 0))["epochs_done"] == 2
+
+
+def test_a_stored_run_with_another_config_is_an_error(tmp_path):
+    out = tmp_path / "cmp"
+    compare("synthetic", ["joint"], 1, out, **TINY)
+    with pytest.raises(ValueError, match=r"lr: stored 0.05, asked 0.1"):
+        compare("synthetic", ["joint"], 1, out, **{**TINY, "lr": 0.1})
+    compare("synthetic", ["joint"], 1, out, **{**TINY, "epochs": 2})  # extends the run
+    with pytest.raises(ValueError, match="a run of 2 epochs but 1 are asked for"):
+        compare("synthetic", ["joint"], 1, out, **TINY)
+    table = compare("synthetic", ["joint"], 1, out, overwrite=True, **{**TINY, "lr": 0.1})
+    assert table.shape[0] == 1
+
+
+def test_markdown_table_formats_mean_and_sd():
+    summary = pd.DataFrame(
+        [
+            {
+                "method": "msam",
+                "seeds": 3,
+                "diverged": 0,
+                "test_acc_mean": 0.91234,
+                "test_acc_std": 0.0123,
+                "sec_per_step_mean": 0.0042,
+                "sec_per_step_std": math.nan,
+            }
+        ]
+    )
+    assert markdown_table(summary) == (
+        "| method | seeds | test acc | ms / step |\n|---|---|---|---|\n"
+        "| msam | 3 | 0.912 ± 0.012 | 4.20 |\n"
+    )
+
+
+def test_cli_compare_prints_the_table(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    argv = ["compare", "--methods", "joint", "--seeds", "1", "--out", str(out), "--epochs", "1"]
+    argv += ["--batch_size", "32", "--device", "cpu", "--dataset_options.n_train", "64"]
+    argv += ["--dataset_options.n_val", "32", "--dataset_options.n_test", "32"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| joint | 1 |" in printed and "results.md" in printed
+    assert main([*argv[:2], "jiont", *argv[3:]]) == 2
+    assert "unknown method 'jiont'" in capsys.readouterr().err
+
+
+def test_request_errors_name_the_problem(tmp_path):
+    assert parse_seeds(3) == [0, 1, 2] and parse_seeds("4,7") == [4, 7]
+    assert parse_methods(" joint , msam ") == ["joint", "msam"]
+    with pytest.raises(ValueError, match="count"):
+        parse_seeds("three")
+    with pytest.raises(ValueError, match="at least one seed"):
+        parse_seeds(0)
+    with pytest.raises(ValueError, match="more than once"):
+        parse_methods("joint,joint")
+    with pytest.raises(ValueError, match="choose one of"):
+        parse_methods("jiont")
+    with pytest.raises(ValueError, match="sets \\['method'\\]"):
+        compare("synthetic", ["joint"], 1, tmp_path / "x", method="msam")
