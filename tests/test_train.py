@@ -162,3 +162,25 @@ def test_joint_training_leaves_the_weak_modality_behind(tmp_path):
         test = run.summary["best"]["test"]
         assert test["acc/audio"] - test["acc/visual"] > 0.25, (seed, test)
         assert test["phi/audio"] > test["phi/visual"]
+
+
+def test_periodic_measures_every_k_steps_and_at_epoch_end(tmp_path):
+    config = small_config(
+        method="msam",
+        epochs=1,
+        measure_every=3,
+        probe_size=32,
+        measure_options={"max_iter": 5, "n_samples": 2},
+        landscape_epochs=[1],
+        landscape_options={"steps": 3, "dims": 1},
+    )
+    run = load_run(train(config, out=tmp_path / "run", quiet=True))
+    steps = run.iterations.set_index("step")
+    measured = [3, 6]
+    assert steps["sharpness/audio"].dropna().index.tolist() == measured
+    assert steps["hessian/top_eig"].dropna().index.tolist() == measured
+    assert steps["sharpness"].notna().all()  # M-SAM measures its own at every step
+    train_rows = run.epochs[run.epochs["split"] == "train"]
+    assert train_rows["sharpness/visual"].notna().all()  # epoch end, on the probe batch
+    assert "sharpness/visual" not in run.epochs[run.epochs["split"] == "val"].dropna(axis=1)
+    assert [p.name for p in run.landscapes] == ["epoch0001_all_1d.npz"]
