@@ -280,3 +280,38 @@ def test_group_norm_variant_makes_feature_masking_equal_input_masking_in_train_m
     features = model.encode(x)
     features["visual"] = model.baseline_features()["visual"].expand_as(features["visual"])
     assert torch.allclose(model.fuse(features, mask), model(x, mask), atol=1e-5)
+
+
+# --- one training epoch through the loop ----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [*sorted(LAYOUTS), "avmnist"])
+def test_one_msam_epoch_on_each_layout(tmp_path, name):
+    import json
+
+    from msam_core.train import train
+
+    if name == "avmnist":
+        options = {"data_root": str(fx.make_avmnist(tmp_path / "data")), "val_size": 3}
+    else:
+        options = {"data_root": str(LAYOUTS[name][0](tmp_path / "data")), **OPTIONS}
+    run = train(
+        dataset=name,
+        dataset_options=options,
+        encoder="resnet18",
+        model_options={"feature_dim": 16},
+        method="msam",
+        epochs=1,
+        batch_size=4,
+        out=tmp_path / "run",
+        quiet=True,
+    )
+    steps = [json.loads(line) for line in (run / "iterations.jsonl").read_text().splitlines()]
+    epochs = [json.loads(line) for line in (run / "epochs.jsonl").read_text().splitlines()]
+    n_train = {"avmnist": 9, **{k: v[1][0] for k, v in LAYOUTS.items()}}[name]
+    assert len(steps) == -(-n_train // 4)  # one step per batch of 4
+    modalities = ["image", "audio"] if name == "avmnist" else ["audio", "visual"]
+    assert all(f"phi/{m}" in steps[-1] for m in modalities)
+    assert all(np.isfinite(s["loss"]) for s in steps)
+    assert {(e["epoch"], e["split"]) for e in epochs} >= {(1, "train"), (1, "val"), (1, "test")}
+    assert (run / "checkpoints" / "last.pt").is_file()

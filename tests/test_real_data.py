@@ -220,3 +220,35 @@ def test_shipped_sets_are_registered_under_the_names_users_type():
 def test_licence_and_citation_files_ship_with_the_data(filename):
     text = shipped_path(filename).read_text(encoding="utf-8")
     assert "cite" in text.lower()
+
+
+# --- one training epoch through the loop ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "modalities"),
+    [
+        ("mfeat", {"views": "fou,pix"}, ["fou", "pix"]),
+        ("basic_motions", {}, ["accelerometer", "gyroscope"]),
+        ("digits_halves", {"noise": 0.5}, ["left", "right"]),
+    ],
+)
+def test_one_msam_epoch_on_each_shipped_set(tmp_path, name, options, modalities):
+    import json
+
+    from msam_core.train import train
+
+    run = train(
+        dataset=name,
+        dataset_options=options,
+        method="msam",
+        epochs=1,
+        batch_size=64,
+        out=tmp_path / "run",
+        quiet=True,
+    )
+    steps = [json.loads(line) for line in (run / "iterations.jsonl").read_text().splitlines()]
+    assert all(f"phi/{m}" in steps[-1] for m in modalities)
+    assert all(np.isfinite(s["loss"]) for s in steps)
+    config = json.loads((run / "config.json").read_text())
+    assert config["dataset"] == name
