@@ -5,6 +5,10 @@ masking -> coalitions -> shapley -> optim -> train -> record.
 """
 
 from msam_core.coalitions import coalition_values, coalition_values_from_features
+
+# `compare` the function shadows its submodule as a package attribute (as `train` does):
+# import the module's other names with `from msam_core.compare import ...`
+from msam_core.compare import compare
 from msam_core.config import TrainConfig
 from msam_core.data import (
     ModalitySpec,
@@ -89,6 +93,7 @@ __all__ = [
     "build_model",
     "coalition_values",
     "coalition_values_from_features",
+    "compare",
     "compute_landscape",
     "dataset_names",
     "encoder_names",
