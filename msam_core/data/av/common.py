@@ -49,7 +49,10 @@ def check_root(data_root: str | Path | None, dataset: str, layout: str) -> Path:
     """The data root as a Path; MissingDataError if it was not given or does not exist."""
     if data_root is None or str(data_root) == "":
         raise MissingDataError(
-            dataset, "no data_root given; pass data_root=<folder> (--data-root)", layout
+            dataset,
+            "no data_root given; pass data_root=<folder> "
+            "(command line: --dataset_options.data_root=<folder>)",
+            layout,
         )
     root = Path(data_root).expanduser()
     if not root.is_dir():
