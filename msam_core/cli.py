@@ -122,7 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"msam: error: {_error_text(err)}", file=sys.stderr)
         return 2
-    parser = argparse.ArgumentParser(prog=f"msam {name}", description=getattr(module, "HELP", ""))
+    parser = argparse.ArgumentParser(
+        prog=f"msam {name}", description=getattr(module, "HELP", ""), allow_abbrev=False
+    )
     module.add_arguments(parser)
     if getattr(module, "EXTRA_ARGS", False):
         args, extra = parser.parse_known_args(rest)

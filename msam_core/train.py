@@ -489,6 +489,9 @@ class _Loop:
                 if not self._train_epoch(epoch, bar):
                     break
                 self._end_of_epoch(epoch)
+        except KeyboardInterrupt:
+            self.stop_reason = f"interrupted at step {state.step}"
+            raise
         finally:
             bar.close()
             self._write_summary()
