@@ -6,6 +6,7 @@ Python side, so every assertion here is on what the browser would be sent.
 
 from __future__ import annotations
 
+import json
 import threading
 
 import numpy as np
@@ -184,8 +185,8 @@ def test_run_comparer_metrics_panels_and_errors(compare_dir):
     assert panels == ["accuracy", "dominance switches"]
     with pytest.raises(ValueError, match="unknown metrics"):
         RunComparer(compare_dir, metrics=["grad_norm"])
-    with pytest.raises(ValueError, match="split 'test' is not recorded"):
-        RunComparer(compare_dir, split="test")
+    with pytest.raises(ValueError, match="split 'holdout' is not recorded"):
+        RunComparer(compare_dir, split="holdout")
     with pytest.raises(FileNotFoundError):
         RunComparer(compare_dir / "nope")
 
@@ -320,7 +321,7 @@ def test_imbalance_lab_runs_joint_and_msam_and_compares(tmp_path):
     lines = {t.name for t in lab.comparison.widget.data}
     assert {"joint", "msam"} <= lines
     assert "visual-only" in lab.comparison.widget.layout.yaxis.title.text  # the weak one
-    assert "<th>joint</th>" in lab.summary.value and "<th>msam</th>" in lab.summary.value
+    assert ">joint</th>" in lab.summary.value and ">msam</th>" in lab.summary.value
     assert "done" in lab.status.value and lab.draw_error is None
     lab.run(wait=True)
     assert lab.trial == tmp_path / "trial_002"
@@ -384,3 +385,33 @@ def test_landscape_explorer_errors(trained_run, tmp_path):
         LandscapeExplorer(tmp_path / "nockpt")
     with pytest.raises(ValueError, match="view must be one of"):
         LandscapeExplorer(trained_run, view="4-D")
+
+
+def _strict_json(value):
+    """What FigureWidget sends as JSON (1-D numeric arrays go as binary buffers) must be strict."""
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return None if value.ndim == 1 and value.dtype.kind in "uif" else value.tolist()
+    return value
+
+
+def test_sync_sends_no_nan_over_json():
+    nan = float("nan")
+    fig = go.Figure(
+        [
+            go.Scatter(x=[0, 1, 2], y=[1.0, nan, 3.0], error_y={"array": [0.1, nan, 0.2]}),
+            go.Contour(z=np.array([[1.0, np.nan], [np.inf, 2.0]])),
+            go.Scatter(x=np.arange(3), y=np.array([1.0, np.nan, 2.0])),  # binary: NaN allowed
+        ]
+    )
+    widget = sync_figure(go.FigureWidget(), fig)
+    json.dumps(_strict_json(widget.to_plotly_json()), allow_nan=False)  # raises on NaN
+    assert list(widget.data[0].y) == [1.0, None, 3.0]
+    assert [list(row) for row in widget.data[1].z] == [[1.0, None], [None, 2.0]]
+    assert np.isnan(widget.data[2].y[1])
+    fig.data[0].y = [4.0, nan, 6.0]  # the in-place update path is cleaned as well
+    sync_figure(widget, fig)
+    assert list(widget.data[0].y) == [4.0, None, 6.0]

@@ -18,6 +18,7 @@ interleaving updates of one figure.
 from __future__ import annotations
 
 import json
+import math
 import threading
 import traceback
 import warnings
@@ -25,6 +26,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import plotly.graph_objects as go
 from plotly.utils import PlotlyJSONEncoder
 
@@ -33,7 +35,7 @@ from msam_core.record import _frame
 from msam_viz.figures import MissingRecordsWarning
 from msam_viz.io import Run
 
-__all__ = ["BackgroundJob", "LiveFigure", "RecordBuffer", "sync_figure"]
+__all__ = ["BackgroundJob", "LiveFigure", "RecordBuffer", "json_safe", "sync_figure"]
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -46,6 +48,26 @@ def _same(a: Any, b: Any) -> bool:
         )
     except (TypeError, ValueError):
         return False
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN / inf replaced by None (a gap in plotly), ready for the wire.
+
+    Widget state travels as strict JSON, which has no NaN: plotly sends 1-D numeric numpy
+    arrays as binary buffers (NaN survives), but lists and 2-D arrays (a contour's ``z``) as
+    JSON, where one NaN makes the browser drop the whole message.
+    """
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        if value.ndim == 1 and value.dtype.kind in "uif":
+            return value  # sent as a binary buffer (floats) or holds no NaN (integers)
+        return json_safe(value.tolist())
+    if isinstance(value, float | np.floating) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _update_props(target: Any, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
@@ -77,15 +99,18 @@ def sync_figure(widget: go.FigureWidget, fig: go.Figure) -> go.FigureWidget:
     """
     if not isinstance(widget, go.FigureWidget):
         raise TypeError(f"widget must be a plotly FigureWidget, got {type(widget).__name__}")
-    new_layout = fig.layout.to_plotly_json()
+    # Per object, not fig.to_plotly_json(): that base64-encodes arrays, and the widget's
+    # Python side would then hold encoded dicts instead of the arrays users read back.
+    traces = [json_safe(trace.to_plotly_json()) for trace in fig.data]
+    new_layout = json_safe(fig.layout.to_plotly_json())
     old_layout = widget.layout.to_plotly_json()
     with widget.batch_update():
         if _signature(widget.data) == _signature(fig.data):
-            for target, source in zip(widget.data, fig.data, strict=True):
-                _update_props(target, target.to_plotly_json(), source.to_plotly_json())
+            for target, source in zip(widget.data, traces, strict=True):
+                _update_props(target, target.to_plotly_json(), source)
         else:
             widget.data = ()
-            widget.add_traces(list(fig.data))
+            widget.add_traces(traces)
         _update_props(widget.layout, old_layout, new_layout)
     return widget
 

@@ -70,7 +70,7 @@ def strength_preview(
         title_text="separation (noise s.d.)",
         range=[0, max(STRENGTH_RANGE[1] * math.sqrt(2.0) / noise, strongest) * 1.1],
     )
-    fig.update_layout(showlegend=False, width=min(style.width, 560))
+    fig.update_layout(showlegend=False, width=min(style.width, 480))
     return fig
 
 
@@ -137,7 +137,8 @@ class ImbalanceLab(W.VBox):
         self.out = Path(out)
         self.refresh_s = refresh_s
         self.style = style or DEFAULT_STYLE
-        half = dataclasses.replace(self.style, width=560, height=420)
+        # Two figures side by side fit a notebook's output area (about 1000 px) at 480 px.
+        half = dataclasses.replace(self.style, width=480, height=400)
         self.lives: list[LiveRun] = []
         self.job: BackgroundJob | None = None
         self._ticker: Ticker | None = None
@@ -365,15 +366,16 @@ class ImbalanceLab(W.VBox):
         table = run_metrics(runs, metrics, split="val", at="last")
         wide = table.pivot_table(index="group", columns="metric", values="value", sort=False)
         wide = wide[[m for m in metrics if m in wide.columns]]
-        head = "".join(f"<th>{html.escape(metric_label(m))}</th>" for m in wide.columns)
+        pad = "style='padding:2px 12px;text-align:right'"
+        head = "".join(f"<th {pad}>{html.escape(metric_label(m))}</th>" for m in wide.columns)
         rows = []
         for group, row in wide.iterrows():
             cells = "".join(
-                f"<td>{v:.0f}</td>" if m == "switches" else f"<td>{v:.1%}</td>"
+                f"<td {pad}>{v:.0f}</td>" if m == "switches" else f"<td {pad}>{v:.1%}</td>"
                 for m, v in row.items()
             )
-            rows.append(f"<tr><th>{html.escape(str(group))}</th>{cells}</tr>")
+            rows.append(f"<tr><th {pad}>{html.escape(str(group))}</th>{cells}</tr>")
         return (
-            "<table class='msam-summary'><tr><th>validation, last epoch</th>"
+            f"<table class='msam-summary'><tr><th {pad}>validation, last epoch</th>"
             f"{head}</tr>{''.join(rows)}</table>"
         )
