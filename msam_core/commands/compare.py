@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Runs already finished in --out are reused and interrupted ones resumed, so re-running "
         "the same command after an interruption trains only what is missing. Any config key "
         "can be set as --key value for every run, e.g. --lr 0.1 --fusion gated "
-        "--method_options.alpha 0.5."
+        "--method_options.ogm_alpha 0.5."
     )
 
 
