@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -375,3 +376,36 @@ def test_bad_options_name_the_choices():
         OgmGe(model, config("ogm_ge", method_options={"ogm_form": "paper"}))
     with pytest.raises(ValueError, match="before it starts"):
         OgmGe(model, config("ogm_ge", method_options={"ogm_start": 5, "ogm_end": 2}))
+
+
+# -- resume ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [("agm", {}), ("ogm_ge", {}), ("msam", {"phi_ema": 0.9, "decomposition": "attributed"})],
+)
+def test_resume_continues_method_state_bit_for_bit(tmp_path, monkeypatch, method, options):
+    """AGM's running averages, GE's noise (global RNG) and the φ EMA survive a resume."""
+    method_names()
+    monkeypatch.setitem(method_registry._METHODS, "msam", MsamVariants)
+    cfg = {
+        "method": method,
+        "method_options": options,
+        "dataset_options": SMALL,
+        "batch_size": 32,
+        "device": "cpu",
+    }
+    whole = train(TrainConfig.from_dict({**cfg, "epochs": 2}), out=tmp_path / "a", quiet=True)
+    half = train(TrainConfig.from_dict({**cfg, "epochs": 1}), out=tmp_path / "b", quiet=True)
+    train(out=half, resume=True, epochs=2, quiet=True)
+    a, b = load_run(whole), load_run(half)
+    timing = [c for c in a.iterations.columns if c.startswith("time/")]
+    pd.testing.assert_frame_equal(
+        a.iterations.drop(columns=timing), b.iterations.drop(columns=timing), rtol=0, atol=0
+    )
+    last_a = torch.load(whole / "checkpoints" / "last.pt", weights_only=False)
+    last_b = torch.load(half / "checkpoints" / "last.pt", weights_only=False)
+    assert last_a["method_state"] == last_b["method_state"]
+    for key, value in last_a["model"].items():
+        assert torch.equal(value, last_b["model"][key]), key
