@@ -17,11 +17,10 @@ Each step, after the ordinary backward pass:
    then the base optimizer steps.
 
 Where the coefficient acts: the authors scale the gradient flowing back through each
-mono-modal response with backward hooks; since the masked passes carry no gradient, that
-scaling reaches the parameters only through the fused output.  Here, as in BalanceBenchmark's
-AGM, the coefficient scales each modality's encoder gradients, so it is modality-specific by
-construction.  The authors also clip gradient norms when the head's gradients grow; that is
-left to the base optimizer settings.
+mono-modal response (backward hooks on the responses).  Here, as in BalanceBenchmark's AGM,
+the coefficient scales each modality's encoder gradients directly, which is modality-specific
+whatever the fusion head.  The authors also clip gradient norms when the head's gradients
+grow; that is left out (no clipping here).
 
 Options (``--method_options.<key> value``): ``agm_alpha`` (α, default 0.1), ``agm_clamp``
 (upper bound on η − ρ, default 10), ``agm_start`` / ``agm_end`` (epochs, inclusive, in which

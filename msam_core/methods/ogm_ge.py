@@ -12,7 +12,9 @@ Each step, after the ordinary backward pass:
    when it is more confident than the others on average);
 3. coefficient k_m = 1 − tanh(α · relu(ρ_m − 1)): only modalities ahead are slowed;
 4. each modality's encoder gradients g become k_m · g, plus (GE) zero-mean Gaussian noise with
-   the standard deviation of g, per parameter tensor and for every encoder, as the authors do;
+   the standard deviation of g, per parameter tensor, for every encoder (also those with
+   k = 1, as the authors do; their code perturbs the convolution weights, here every encoder
+   tensor of two or more elements);
 5. the base optimizer steps.  Fusion-head gradients are left alone.
 
 Options (``--method_options.<key> value``): ``ogm_alpha`` (α, default 0.5), ``ogm_ge``
