@@ -508,6 +508,7 @@ class _Loop:
         """One pass over the training data; False when the run must stop."""
         cfg, state, model, method = self.cfg, self.state, self.model, self.method
         order = torch.randperm(len(self.dataset.train), generator=self.data_generator)
+        method.set_epoch(epoch)
         model.train()
         started = time.perf_counter()
         for inputs, targets in iterate_batches(

@@ -24,6 +24,17 @@ def _is_run_dir(path: Path) -> bool:
     return path.is_dir() and any((path / name).exists() for name in _MARKERS)
 
 
+def _runs_below(folder: Path) -> list[Path]:
+    """Run directories under ``folder`` at any depth, sorted; a run's own folders are not searched.
+
+    So ``msam compare --out DIR`` (``DIR/<method>/seed<k>``) loads as one folder.
+    """
+    found: list[Path] = []
+    for child in sorted(p for p in folder.iterdir() if p.is_dir()):
+        found.extend([child] if _is_run_dir(child) else _runs_below(child))
+    return found
+
+
 def _expand(item: str | os.PathLike) -> list[Path]:
     """One argument -> run directories: a glob's matches, a run, or a folder of runs."""
     text = os.fspath(item)
@@ -38,9 +49,9 @@ def _expand(item: str | os.PathLike) -> list[Path]:
         return runs
     path = Path(text).expanduser()
     if path.is_dir() and not _is_run_dir(path):
-        children = sorted(p for p in path.iterdir() if _is_run_dir(p))
-        if children:
-            return children
+        below = _runs_below(path)
+        if below:
+            return below
     # A single run; load_run gives the precise error for a missing or empty directory.
     return [path]
 
@@ -48,8 +59,8 @@ def _expand(item: str | os.PathLike) -> list[Path]:
 def load_runs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Run]:
     """Load several runs, in the order given (globs sorted), each directory once.
 
-    ``paths``: a path, a glob pattern (``"runs/msam_seed*"``), a folder whose sub-folders are
-    runs (as ``msam compare --out DIR`` writes), or a list mixing these.
+    ``paths``: a path, a glob pattern (``"runs/msam_seed*"``), a folder holding runs at any depth
+    (as ``msam compare --out DIR`` writes ``DIR/<method>/seed<k>``), or a list mixing these.
     Raises FileNotFoundError / ValueError naming the first path that is not a run.
     """
     items = [paths] if isinstance(paths, str | os.PathLike) else list(paths)

@@ -316,10 +316,8 @@ def _cases():
 
 @pytest.mark.parametrize(("method", "options", "n_modalities"), _cases())
 def test_every_method_trains_two_epochs_and_records_design_keys(
-    tmp_path, monkeypatch, method, options, n_modalities
+    tmp_path, method, options, n_modalities
 ):
-    method_names()  # discover, so the "msam" entry below is the one to swap
-    monkeypatch.setitem(method_registry._METHODS, "msam", MsamVariants)
     dataset_options = {**SMALL, "modalities": n_modalities}
     cfg = TrainConfig.from_dict(
         {
@@ -385,10 +383,8 @@ def test_bad_options_name_the_choices():
     ("method", "options"),
     [("agm", {}), ("ogm_ge", {}), ("msam", {"phi_ema": 0.9, "decomposition": "attributed"})],
 )
-def test_resume_continues_method_state_bit_for_bit(tmp_path, monkeypatch, method, options):
+def test_resume_continues_method_state_bit_for_bit(tmp_path, method, options):
     """AGM's running averages, GE's noise (global RNG) and the φ EMA survive a resume."""
-    method_names()
-    monkeypatch.setitem(method_registry._METHODS, "msam", MsamVariants)
     cfg = {
         "method": method,
         "method_options": options,
@@ -409,3 +405,23 @@ def test_resume_continues_method_state_bit_for_bit(tmp_path, monkeypatch, method
     assert last_a["method_state"] == last_b["method_state"]
     for key, value in last_a["model"].items():
         assert torch.equal(value, last_b["model"][key]), key
+
+
+def test_msam_name_runs_the_variant_class_so_options_reach_users():
+    method_names()
+    assert method_registry.get_method("msam") is MsamVariants
+
+
+def test_loop_reports_epochs_so_a_modulation_window_applies_from_its_start_epoch(tmp_path):
+    cfg = {
+        "method": "ogm_ge",
+        "method_options": {"ogm_alpha": 2.0, "ogm_start": 2, "ogm_ge": False},
+        "dataset_options": SMALL,
+        "batch_size": 32,
+        "epochs": 2,
+        "seed": 0,
+    }
+    its = load_run(train(cfg, out=tmp_path / "run", quiet=True)).iterations
+    coefs = its[[c for c in its.columns if c.startswith("coef/")]]
+    assert (coefs[its["epoch"] == 1] == 1.0).all().all()
+    assert (coefs[its["epoch"] == 2] < 1.0).any().any()

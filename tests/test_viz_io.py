@@ -55,6 +55,20 @@ def test_load_runs_glob_folder_and_list_keep_order_without_duplicates(tmp_path) 
     assert mixed[0].path == b  # the path as given, not a rewritten one
 
 
+def test_load_runs_finds_runs_at_any_depth_as_compare_writes_them(tmp_path) -> None:
+    for method in ("joint", "msam"):
+        for seed in (0, 1):
+            vf.write_run(tmp_path / method, f"seed{seed}", seed=seed, epochs=1, steps_per_epoch=2)
+    (tmp_path / "results.csv").write_text("method\n")  # compare's tables beside the runs
+    runs = load_runs(tmp_path)
+    assert [str(r.path.relative_to(tmp_path)) for r in runs] == [
+        "joint/seed0",
+        "joint/seed1",
+        "msam/seed0",
+        "msam/seed1",
+    ]
+
+
 def test_nonexistent_run_directory_is_a_clear_error(tmp_path) -> None:
     missing = tmp_path / "no_such_run"
     with pytest.raises(FileNotFoundError, match="no_such_run"):

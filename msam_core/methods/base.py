@@ -83,6 +83,12 @@ class Method:
             return options[key]
         return _get(self.config, key, default)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the loop before the first step of each epoch (1-based), also after a resume.
+
+        Methods whose behaviour depends on the epoch (e.g. a modulation window) override it.
+        """
+
     def step(self, model: nn.Module, inputs: Mapping[str, Tensor], targets: Tensor) -> dict:
         """One optimisation step on one batch; returns the step's record.
 

@@ -14,12 +14,10 @@ from typing import Any
 from torch import Tensor, nn
 
 from msam_core.methods.base import Method, base_optimizer_factory
-from msam_core.methods.registry import register_method
 from msam_core.optim.sam import MSAM
 from msam_core.step import msam_step
 
 
-@register_method("msam")
 class Msam(Method):
     """M-SAM: a SAM step on the dominant modality's share of the loss."""
 

@@ -45,6 +45,7 @@ from msam_core.methods._readouts import (
     require_modality_encoders,
 )
 from msam_core.methods.msam import Msam
+from msam_core.methods.registry import register_method
 from msam_core.optim.modulation import mono_modal_responses
 from msam_core.shapley import balance_weights, dominant_index
 from msam_core.step import (
@@ -90,6 +91,7 @@ def ascent_steps(
     return [(p * p * g if adaptive else g) * scale for p, g in zip(params, grads, strict=True)]
 
 
+@register_method("msam")
 class MsamVariants(Msam):
     """The ``msam`` method with the DESIGN.md variants as options (module docstring)."""
 
