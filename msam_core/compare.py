@@ -51,7 +51,6 @@ REQUEST_FILE = "compare.json"
 RUNS_CSV = "runs.csv"
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
-_DIVERGED_PREFIX = "non-finite loss"  # how the loop's summary names a diverged run
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,7 +129,7 @@ def run_state(path: str | os.PathLike) -> str:
     summary = _read_summary(path)
     if summary.get("finished"):
         return "finished"
-    if str(summary.get("stopped") or "").startswith(_DIVERGED_PREFIX):
+    if summary.get("diverged"):
         return "diverged"
     if (path / "checkpoints" / "last.pt").is_file() and (path / CONFIG_FILE).is_file():
         return "resumable"
@@ -217,7 +216,7 @@ def run_row(path: str | os.PathLike) -> dict[str, Any]:
         "seed": summary.get("seed"),
         "best_epoch": summary.get("best_epoch"),
         "epochs": summary.get("epochs_done"),
-        "diverged": int(str(summary.get("stopped") or "").startswith(_DIVERGED_PREFIX)),
+        "diverged": int(bool(summary.get("diverged"))),
         "val_acc": val.get("acc", np.nan),
         "test_acc": test.get("acc", np.nan),
     }

@@ -465,6 +465,7 @@ class _Loop:
         self.__dict__.update(parts)
         self.modalities = list(self.model.modalities)
         self.stop_reason: str | None = None
+        self.diverged = False  # the loss became NaN/inf: summary.json says so explicitly
         self.epoch_metrics: dict[int, dict[str, dict[str, Any]]] = {}
         self.autocast = self.cfg.bf16 and self.device.type == "cuda"
 
@@ -562,6 +563,7 @@ class _Loop:
 
     def _diverged(self, record: Mapping[str, Any]) -> None:
         last = self.state.epoch
+        self.diverged = True
         self.stop_reason = f"non-finite loss ({record.get('loss')}) at step {record['step']}"
         self._write_summary()
         raise TrainingDiverged(
@@ -716,6 +718,7 @@ def build_summary(loop: _Loop) -> dict[str, Any]:
         "steps": state.step,
         "finished": state.epoch >= cfg.epochs and loop.stop_reason is None,
         "stopped": loop.stop_reason,
+        "diverged": loop.diverged,
         "selection": "best val accuracy (ties: lower val loss, then earlier epoch); never test",
         "best_epoch": state.best_epoch,
         "best": {split: dict(best[split]) for split in best},

@@ -132,6 +132,7 @@ def test_diverged_loss_stops_and_keeps_records_and_last_good_checkpoint(tmp_path
     assert math.isnan(run.iterations["loss"].iloc[-1])  # the diverged step, written as null
     assert run.iterations["loss"].iloc[:STEPS_PER_EPOCH].notna().all()
     assert run.summary["finished"] is False and "non-finite" in run.summary["stopped"]
+    assert run.summary["diverged"] is True
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)
     assert last["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
