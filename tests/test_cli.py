@@ -124,3 +124,22 @@ def test_every_builtin_command_follows_the_convention():
         assert isinstance(module.HELP, str) and module.HELP
         module.add_arguments(argparse.ArgumentParser())
         assert callable(module.run)
+
+
+def test_train_data_root_flag_reaches_the_audio_visual_loader(tmp_path, capsys):
+    import av_fixtures as fx
+
+    root = fx.make_avmnist(tmp_path / "avmnist")
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "avmnist", "--data-root", str(root), "--method", "joint"]
+    args += ["--epochs", "1", "--batch_size", "4", "--dataset_options.val_size", "3"]
+    assert main([*args, "--out", str(out), "--quiet"]) == 0, capsys.readouterr().err
+    assert load_run(out).config["dataset_options"]["data_root"] == str(root)
+
+
+def test_train_data_root_missing_is_a_one_line_error_with_the_layout(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    args = ["train", "--dataset", "cremad", "--data-root", str(missing), "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "AudioWAV" in err

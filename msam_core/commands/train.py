@@ -15,6 +15,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", help="number of epochs")
     parser.add_argument("--seed", help="seed for data, initial weights and data order")
     parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--data-root",
+        help="folder holding a user-supplied dataset (cremad, ave, kinetics_sounds, avmnist)",
+    )
     parser.add_argument("--out", help="run directory (default: runs/<method>_<dataset>_seed<seed>)")
     parser.add_argument(
         "--resume",
@@ -41,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value is not None:
             overrides[key] = value
+    if args.data_root is not None:
+        overrides["dataset_options.data_root"] = args.data_root
     out = args.out
     resume = args.resume is not False
     if isinstance(args.resume, str):
