@@ -40,7 +40,6 @@ from torch.nn.modules.dropout import _DropoutNd
 
 from msam_core.coalitions import (
     check_targets,
-    coalition_values,
     coalition_values_from_features,
     encode_baselines,
     has_feature_path,
@@ -214,8 +213,9 @@ def batch_shapley(
 
     Late fusion (feature masking): only ``fuse`` runs, on the detached first-pass features (the
     baseline features are one eval-mode encoder pass on one sample).  Otherwise a no-grad
-    coalition pass as :func:`~msam_core.coalitions.coalition_values`, minus the full coalition
-    when ``first.logits`` already are its eval-mode logits (:func:`same_in_train_and_eval`).
+    coalition pass as :func:`~msam_core.coalitions.coalition_values`.  Either way the full
+    coalition is skipped when ``first.logits`` already are its eval-mode logits
+    (:func:`same_in_train_and_eval`).
     ``reuse_first_pass=False`` (or ``first=None``) always runs the full coalition pass.  Under
     ``torch.distributed`` the coalition values are averaged over ranks (weighted by batch
     size), so every rank picks the same dominant modality.
@@ -228,21 +228,21 @@ def batch_shapley(
         batch_size = int(targets.shape[0])
         phi = _reduce_values(result.phi, batch_size, targets.device)
         return ShapleyResult(modalities, phi, None, result.stderr)
-    if resolved == "feature" and reuse_first_pass and first is not None and first.features:
+    reuse = reuse_first_pass and first is not None
+    # the first pass's logits are the full coalition's when train and eval mode agree
+    reuse_full = reuse and same_in_train_and_eval(core)
+    masks = coalition_masks(len(modalities), targets.device)
+    masks = masks[:-1] if reuse_full else masks  # the full coalition is the last bitmask
+    if resolved == "feature" and reuse and first.features:
         base = encode_baselines(core, inputs, baselines)
         values = coalition_values_from_features(
-            core, first.features, base, targets, value, chunk_size=chunk_size
+            core, first.features, base, targets, value, masks=masks, chunk_size=chunk_size
         )
-    elif reuse_first_pass and first is not None and same_in_train_and_eval(core):
-        # the full coalition is the first pass itself: only the 2**M - 1 others are evaluated
-        others = coalition_masks(len(modalities), targets.device)[:-1]
-        partial = masked_values(
-            core, inputs, targets, others, value, resolved, baselines, chunk_size
-        )
-        full = values_from_logits(first.logits.detach(), targets, 1, value)
-        values = torch.cat([partial, full])
     else:
-        values = coalition_values(core, inputs, targets, value, resolved, baselines, chunk_size)
+        values = masked_values(core, inputs, targets, masks, value, resolved, baselines, chunk_size)
+    if reuse_full:
+        full = values_from_logits(first.logits.detach(), targets, 1, value)
+        values = torch.cat([values, full])
     values = _reduce_values(values, int(targets.shape[0]), targets.device)
     return ShapleyResult.from_values(modalities, values)
 

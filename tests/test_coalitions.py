@@ -259,3 +259,21 @@ def test_one_pass_with_a_single_row_for_the_empty_coalition():
     rows.clear()
     coalition_values(model, inputs, targets, "prob", chunk_size=2)
     assert rows == [16 + 1, 2 * 16]  # chunks {∅, {audio}} and {{video}, {audio, video}}
+
+
+def test_cpu_passes_are_cache_sized_by_default():
+    from msam_core.coalitions import CPU_ROWS_PER_PASS
+
+    dims = {f"m{i}": 2 for i in range(5)}  # 32 coalitions
+    model = TinyEarlyFusion(dims)
+    batch_size = CPU_ROWS_PER_PASS // 4
+    inputs, targets = tiny_batch(dims, batch_size=batch_size)
+    rows = []
+    model.network.register_forward_hook(lambda module, args, out: rows.append(out.shape[0]))
+    values = coalition_values(model, inputs, targets, "prob")
+    assert max(rows) <= CPU_ROWS_PER_PASS + 1 and sum(rows) == 31 * batch_size + 1
+    rows.clear()
+    torch.testing.assert_close(
+        coalition_values(model, inputs, targets, "prob", chunk_size=32), values
+    )
+    assert rows == [31 * batch_size + 1]  # an explicit chunk size: all in one pass

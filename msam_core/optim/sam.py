@@ -179,10 +179,10 @@ def _combine(second: Tensor | None, first: Tensor | None, w: float) -> Tensor | 
     The two ends are exact (no arithmetic): w = 1 gives g' (SAM), w = 0 gives g (base).
     """
     if w == 1.0 or first is None:
-        return None if second is None or w == 0.0 else (second if w == 1.0 else second.mul(w))
+        return None if second is None or w == 0.0 else (second if w == 1.0 else second.mul_(w))
     if w == 0.0 or second is None:
-        return first if w == 0.0 else first.mul(1.0 - w)
-    return second.mul(w).add_(first, alpha=1.0 - w)
+        return first if w == 0.0 else first.mul_(1.0 - w)
+    return second.mul_(w).add_(first, alpha=1.0 - w)  # in place: g' is this step's own tensor
 
 
 class MSAM(_SharpnessAware):
