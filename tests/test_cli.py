@@ -77,15 +77,24 @@ def test_existing_run_dir_is_refused(tmp_path, capsys):
     assert main([*common, "--overwrite"]) == 0
 
 
-def test_demo_prints_both_methods_side_by_side(tmp_path, capsys):
+def test_demo_prints_both_methods_side_by_side_on_synthetic_and_real_data(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--epochs", "1", "--out", str(out), "--quiet", "--device", "cpu"]) == 0
     text = capsys.readouterr().out
-    header = next(line for line in text.splitlines() if "joint" in line)
-    assert header.split() == ["joint", "msam"]
+    headers = [line for line in text.splitlines() if line.split() == ["joint", "msam"]]
+    assert len(headers) == 2  # one table per dataset
     for row in ("test acc, fused", "test acc, visual alone", "Shapley share, audio", "sharpness"):
         assert row in text
-    assert load_run(out / "joint").method == "joint" and load_run(out / "msam").method == "msam"
+    assert "test acc, fou alone" in text and "Shapley share, pix" in text
+    for dataset in ("synthetic", "mfeat"):
+        for method in ("joint", "msam"):
+            run = load_run(out / dataset / method)
+            assert (run.dataset, run.method) == (dataset, method)
+
+
+def test_demo_rejects_an_unknown_dataset_listing_the_choices(tmp_path, capsys):
+    assert main(["demo", "--datasets", "cifar", "--out", str(tmp_path), "--quiet"]) == 2
+    assert "synthetic" in capsys.readouterr().err
 
 
 def test_help_lists_builtin_commands(capsys):
