@@ -18,9 +18,10 @@ w_d·g' + (1 − w_d)·g.  Cost: one SAM step plus the no-grad coalition pass.
 
 Reusing the first pass: a late-fusion model's coalition values come from the training-mode
 features of the first forward (dropout / batch statistics as in training; only the head runs
-again, in eval mode); for other models the first pass's logits are the full coalition's when
+again, in eval mode).  For any model, the first pass's logits are the full coalition's when
 train and eval mode compute the same (:func:`same_in_train_and_eval`), so 2**M − 1 coalitions
-remain.  ``reuse_first_pass=False`` gives eval-mode values from a fresh no-grad pass.
+remain, the empty one a single row.  ``reuse_first_pass=False`` gives eval-mode values from a
+fresh no-grad pass.
 """
 
 from __future__ import annotations
