@@ -78,13 +78,17 @@ def _free_port() -> int:
 
 
 def _write_lab_settings(settings: Path) -> None:
-    """No news or update checks (no network); every cell rendered (no virtual scrolling)."""
+    """No news or update checks (no network); every cell rendered (no virtual scrolling);
+    the notebook's kernel started without asking."""
     entries = {
         "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
             "fetchNews": "false",
             "checkForUpdates": False,
         },
-        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {
+            "windowingMode": "none",
+            "autoStartDefaultKernel": True,  # no "Select Kernel" dialog
+        },
     }
     for name, value in entries.items():
         path = settings / name
@@ -184,20 +188,45 @@ ERRORS_JS = """() => Array.from(document.querySelectorAll(
 )).map(e => e.textContent).filter(t => /Traceback|Error/.test(t))"""
 
 
+def _failure_screenshot(page, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shot = SCREENSHOTS / f"failed_{Path(name).stem}.png"
+    page.screenshot(path=str(shot))
+    return shot
+
+
+def _kernel_ready(url: str, token: str, name: str) -> bool:
+    """True once the server holds an idle kernel for notebook ``name`` (REST /api/sessions)."""
+    with urllib.request.urlopen(f"{url}/api/sessions?token={token}", timeout=5) as reply:
+        sessions = json.load(reply)
+    return any(
+        s.get("path", "").endswith(name)
+        and (s.get("kernel") or {}).get("execution_state") == "idle"
+        for s in sessions
+    )
+
+
 def _open_and_run_all(page, url: str, token: str, name: str) -> None:
     page.goto(f"{url}/lab/tree/{name}?token={token}&reset")
     page.wait_for_selector(".jp-NotebookPanel .jp-Notebook .jp-Cell")
-    # A kernel-choice dialog appears on some set-ups; accept the preferred kernel.
-    dialog = page.locator(".jp-Dialog .jp-mod-accept")
-    try:
-        dialog.click(timeout=5_000)
-    except Exception:  # no dialog: the notebook's kernelspec was started directly
-        pass
-    page.wait_for_selector(
-        ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook-ExecutionIndicator[data-status='idle']"
-    )
-    page.click(".lm-MenuBar-itemLabel:text-is('Run')")
-    page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not _kernel_ready(url, token, name):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{name}: no idle kernel after {START_TIMEOUT_S}s")
+        time.sleep(0.5)
+    # The page may still be connecting to that kernel, and Run All without a connection runs
+    # nothing: press it again until the first cell has started.
+    for _attempt in range(10):
+        page.click(".lm-MenuBar-itemLabel:text-is('Run')")
+        page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+        try:
+            page.wait_for_function(
+                f"() => {{ const p = ({PROMPTS_JS})(); return p.length && p[0] !== '[ ]:'; }}",
+                timeout=5_000,
+            )
+            break
+        except Exception:  # playwright's TimeoutError: nothing ran yet
+            continue
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while True:
         prompts = page.evaluate(PROMPTS_JS)
@@ -207,7 +236,10 @@ def _open_and_run_all(page, url: str, token: str, name: str) -> None:
         if done:
             return
         if time.monotonic() > deadline:
-            pytest.fail(f"{name}: cells still running after {RUN_TIMEOUT_S}s: {prompts}")
+            shot = _failure_screenshot(page, name)
+            pytest.fail(
+                f"{name}: cells still running after {RUN_TIMEOUT_S}s: {prompts}; see {shot}"
+            )
         time.sleep(0.5)
 
 
