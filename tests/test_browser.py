@@ -98,7 +98,7 @@ def _write_lab_settings(settings: Path) -> None:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    """A JupyterLab server on 127.0.0.1 serving a copy of the notebooks; yields (url, token)."""
+    """JupyterLab on 127.0.0.1 serving a copy of the notebooks; yields (url, token, root)."""
     _require_browser()
     home = tmp_path_factory.mktemp("lab")
     root = home / "root"
@@ -149,7 +149,7 @@ def lab(tmp_path_factory):
                         f"{log_path.read_text()[-3000:]}"
                     )
                 time.sleep(0.5)
-        yield url, token
+        yield url, token, root
     finally:
         proc.terminate()
         try:
@@ -160,18 +160,27 @@ def lab(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(lab):
+def browser(lab):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            context = browser.new_context(viewport={"width": 1400, "height": 1000})
-            page = context.new_page()
-            page.set_default_timeout(60_000)
-            yield page
+            yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser context per test: one JupyterLab page showing one notebook."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        yield page
+    finally:
+        context.close()
 
 
 # JS: the y/z arrays of every plotly graph in the open notebook, as one JSON string per graph.
@@ -244,7 +253,7 @@ def _open_and_run_all(page, url: str, token: str, name: str) -> None:
 
 
 def test_imbalance_lab_renders_and_reacts_to_a_slider(page, lab):
-    url, token = lab
+    url, token, _root = lab
     _open_and_run_all(page, url, token, NOTEBOOK)
 
     # Every displayed plotly figure rendered to SVG: the static figures of joint training and
@@ -284,3 +293,27 @@ def test_imbalance_lab_renders_and_reacts_to_a_slider(page, lab):
     page.screenshot(path=str(folder / "jupyterlab.png"))
     print(f"\nscreenshots: {shot} and {folder / 'jupyterlab.png'}")
     assert shot.stat().st_size > 10_000
+
+
+def test_live_monitor_figures_fill_in_the_browser(page, lab):
+    """06: training runs in a thread; its records reach the browser's figures as it goes."""
+    url, token, root = lab
+    _open_and_run_all(page, url, token, "06_live_dashboard.ipynb")
+    monitors = ".msam-monitor"
+    page.wait_for_selector(f"{monitors} .js-plotly-plot .main-svg", state="attached")
+    # The first figure of each monitor is its loss curve: x = the steps the run recorded.
+    steps = page.evaluate(
+        """(selector) => Array.from(document.querySelectorAll(selector)).map(m => {
+            const g = m.querySelector('.js-plotly-plot');
+            return g && g.data && g.data.length ? Array.from(g.data[0].x).length : 0; })""",
+        monitors,
+    )
+    recorded = []
+    for method in ("msam", "joint"):
+        lines = (root / "runs" / "06_live" / method / "iterations.jsonl").read_text()
+        recorded.append(len(lines.splitlines()))
+    # The notebook displays the M-SAM monitor twice (built, then after start) and joint once.
+    assert len(steps) == 3 and min(recorded) > 0, (steps, recorded)
+    assert steps[0] == steps[1] == recorded[0] and steps[2] == recorded[1], (steps, recorded)
+    status = page.locator(f"{monitors} .widget-html").all_inner_texts()
+    assert any("finished" in text for text in status), status
