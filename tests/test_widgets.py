@@ -278,7 +278,7 @@ def test_imbalance_lab_sliders_preview_and_configs(tmp_path):
     lab.noise.value = 2.0
     (bars,) = lab.preview.widget.data
     np.testing.assert_allclose(bars.y, [1.0 * np.sqrt(2) / 2, 2.0 * np.sqrt(2) / 2])
-    assert [c.color for c in [bars.marker]] and list(bars.marker.color) == [
+    assert list(bars.marker.color) == [
         DEFAULT_STYLE.modality_color("audio"),
         DEFAULT_STYLE.modality_color("visual"),
     ]
