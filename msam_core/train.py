@@ -536,7 +536,11 @@ class _Loop:
                 self._diverged(record)
             self.scheduler.step()
             if cfg.measure_every and state.step % cfg.measure_every == 0:
-                record.update(self._measure(overall=not method.measures_sharpness))
+                # the probe batch's overall sharpness gets its own key: "sharpness" in an
+                # iteration record is always the training batch's (one meaning per key)
+                probe = self._measure(overall=True)
+                probe["sharpness/probe"] = probe.pop("sharpness")
+                record.update(probe)
             if _finite(record.get("sharpness")) and method.measures_sharpness:
                 state.sharpness_sum += record["sharpness"]
                 state.sharpness_count += 1

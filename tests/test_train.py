@@ -7,12 +7,19 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from msam_core.config import TrainConfig
 from msam_core.data import load_dataset
 from msam_core.models import build_model
 from msam_core.record import load_run
-from msam_core.train import TrainingControl, TrainingDiverged, train
+from msam_core.train import (
+    TrainingControl,
+    TrainingDiverged,
+    build_dataset,
+    build_run_model,
+    train,
+)
 
 SMALL = {"n_train": 256, "n_val": 64, "n_test": 64}
 STEPS_PER_EPOCH = 8  # 256 samples / batch 32
@@ -181,7 +188,45 @@ def test_periodic_measures_every_k_steps_and_at_epoch_end(tmp_path):
     assert steps["sharpness/audio"].dropna().index.tolist() == measured
     assert steps["hessian/top_eig"].dropna().index.tolist() == measured
     assert steps["sharpness"].notna().all()  # M-SAM measures its own at every step
+    assert steps["sharpness/probe"].dropna().index.tolist() == measured  # the whole model
     train_rows = run.epochs[run.epochs["split"] == "train"]
     assert train_rows["sharpness/visual"].notna().all()  # epoch end, on the probe batch
     assert "sharpness/visual" not in run.epochs[run.epochs["split"] == "val"].dropna(axis=1)
     assert [p.name for p in run.landscapes] == ["epoch0001_all_1d.npz"]
+
+
+def test_joint_batch_sharpness_matches_the_formula_and_probe_sharpness_keeps_its_own_key(
+    tmp_path,
+):
+    from msam_viz import MissingRecordsWarning, sharpness_curves
+
+    config = small_config(method="joint", epochs=1, measure_every=2, probe_size=32)
+    plain = load_run(train(config, out=tmp_path / "a", quiet=True))
+    assert "sharpness" not in plain.iterations  # no ascent step, no per-batch sharpness
+    assert plain.iterations["sharpness/probe"].dropna().index.size == STEPS_PER_EPOCH // 2
+    with pytest.warns(MissingRecordsWarning, match="per-batch sharpness"):
+        names = [t.name for t in sharpness_curves(plain).data]
+    assert "whole model" in names and "overall" not in names
+
+    config = small_config(
+        method="joint", epochs=1, method_options={"batch_sharpness": "true"}, rho=0.1
+    )
+    run = load_run(train(config, out=tmp_path / "b", quiet=True))
+    first = run.iterations.iloc[0]
+    # recompute step 1 by hand: the initial weights (epoch-0 checkpoint), the first batch of
+    # the seeded data order, and the formula l(θ + ρ g/‖g‖) − l(θ)
+    dataset = build_dataset(config)
+    model_before = build_run_model(config, dataset)
+    initial = torch.load(run.path / "checkpoints" / "epoch_0000.pt", weights_only=False)
+    model_before.load_state_dict(initial["model"])
+    order = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(0))
+    inputs, targets = dataset.train.take(order[:32])
+    loss = F.cross_entropy(model_before(inputs), targets)
+    grads = torch.autograd.grad(loss, list(model_before.parameters()))
+    norm = torch.sqrt(sum((g**2).sum() for g in grads))
+    with torch.no_grad():
+        for p, g in zip(model_before.parameters(), grads, strict=True):
+            p.add_(0.1 * g / norm)
+        perturbed = F.cross_entropy(model_before(inputs), targets)
+    assert first["sharpness"] == pytest.approx(float(perturbed - loss.detach()), rel=1e-5, abs=1e-7)
+    assert run.iterations["sharpness"].notna().all()

@@ -68,7 +68,7 @@ class Method:
 
     name: ClassVar[str] = ""
     #: True when :meth:`step` measures ``sharpness`` (l(θ+ε) − l(θ)) as a by-product.
-    measures_sharpness: ClassVar[bool] = False
+    measures_sharpness: bool = False
 
     def __init__(self, model: nn.Module, config: Any) -> None:
         self.model = model

@@ -2,13 +2,19 @@
 
 Still records, at every step, the Shapley contributions, weights and dominant modality of
 the current batch (from the coalition pass the step helper runs on the first-pass features),
-so imbalance can be watched under plain training too.  No sharpness: joint training has no
-ascent step to measure it with (``measure_every`` adds it on a probe batch).
+so imbalance can be watched under plain training too.
+
+Sharpness: joint training takes no ascent step, so by default it records none per step.  The
+option ``batch_sharpness`` (``--method_options.batch_sharpness true``) measures
+ℓ(θ+ε) − ℓ(θ) on each training batch with ε = ρ·g/‖g‖ from the step's own gradient (one extra
+no-grad forward), so ``sharpness`` means the same for ``joint`` as for the SAM family.
+``measure_every`` adds the probe-batch measures (``sharpness/probe``, per modality, Hessian).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -21,6 +27,27 @@ from msam_core.step import plain_step
 class Joint(Method):
     """Joint training with the base optimizer (SGD / Adam / AdamW)."""
 
+    def __init__(self, model: nn.Module, config: Any) -> None:
+        super().__init__(model, config)
+        self.measures_sharpness = _as_bool(self.option("batch_sharpness", False))
+
     def step(self, model: nn.Module, inputs: Mapping[str, Tensor], targets: Tensor) -> dict:
-        result = plain_step(model, self.optimizer, inputs, targets, value=self.config.shapley_value)
+        rho = float(self.config.rho) if self.measures_sharpness else None
+        result = plain_step(
+            model,
+            self.optimizer,
+            inputs,
+            targets,
+            value=self.config.shapley_value,
+            sharpness_rho=rho,
+        )
         return result.to_record(self.modalities)
+
+
+def _as_bool(value: Any) -> bool:
+    """A method option given as a bool or as the text a command line passes."""
+    if isinstance(value, str):
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"batch_sharpness must be true or false, got {value!r}")
+        return value.lower() in ("true", "1", "yes")
+    return bool(value)

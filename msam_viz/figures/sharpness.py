@@ -30,6 +30,7 @@ from msam_viz.style import DEFAULT_STYLE, Style, rgba
 
 TOP_EIG = "hessian/top_eig"
 FUSION = "fusion"  # the block name msam_core records for the fusion head
+PROBE = "probe"  # the whole model's sharpness on the fixed probe batch
 
 
 def sharpness_curves(
@@ -54,21 +55,24 @@ def sharpness_curves(
     has_overall = present(frame, "sharpness")
     per_modality = [m for m in modalities if present(frame, SHARP + m)]
     # Block colours: each modality its own, the fusion head (recorded as "fusion") grey.
-    blocks = [*per_modality, *([FUSION] if present(frame, SHARP + FUSION) else [])]
-    block_colour = {**colours, FUSION: style.fusion_color}
-    block_label = {**{m: m for m in modalities}, FUSION: "fusion head"}
+    blocks = [
+        *per_modality,
+        *[b for b in (FUSION, PROBE) if b not in modalities and present(frame, SHARP + b)],
+    ]
+    block_colour = {**colours, FUSION: style.fusion_color, PROBE: style.fused_color}
+    block_label = {**{m: m for m in modalities}, FUSION: "fusion head", PROBE: "whole model"}
     eig_columns = [TOP_EIG] + [f"{TOP_EIG}/{b}" for b in (*modalities, FUSION)]
     eig = _curvature(run, eig_columns)
     missing: list[str] = []
     if not has_overall:
-        missing.append("sharpness (the method takes no SAM step)")
+        missing.append("per-batch sharpness (the method takes no SAM step)")
     if not per_modality:
         missing.append("per-modality sharpness (sharpness/<modality>)")
     if eig is None:
         missing.append("Hessian top eigenvalue (hessian/top_eig)")
 
     # Only panels with data: an empty subplot would draw no axes at all, just a blank gap.
-    top = has_overall or bool(per_modality)
+    top = has_overall or bool(blocks)
     panels = int(top) + int(eig is not None)
     if panels == 2:
         fig = make_subplots(
