@@ -29,19 +29,25 @@ setup-dev: $(VENV)/.dev-installed
 demo: setup
 	$(BIN)/msam demo
 
+LINTED := msam_core msam_viz tests benchmarks tools notebooks
+
 lint: setup-dev
-	$(BIN)/ruff check msam_core msam_viz tests benchmarks
-	$(BIN)/ruff format --check msam_core msam_viz tests benchmarks
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/python tools/strip_notebooks.py --check
 
 format: setup-dev
-	$(BIN)/ruff format msam_core msam_viz tests benchmarks
-	$(BIN)/ruff check --fix msam_core msam_viz tests benchmarks
+	$(BIN)/ruff format $(LINTED)
+	$(BIN)/ruff check --fix $(LINTED)
+	$(BIN)/python tools/strip_notebooks.py
 
 test: lint
 	$(BIN)/python -m pytest
 
 bench: setup
 	$(BIN)/python benchmarks/step_cost.py
+	$(BIN)/python benchmarks/loop_overhead.py
+	$(BIN)/python benchmarks/landscape_speed.py
 
 clean-venv:
 	rm -rf $(VENV)
