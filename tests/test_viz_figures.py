@@ -35,6 +35,7 @@ from msam_viz import (
     summary_grid,
 )
 from msam_viz.figures import shapley_share_table
+from msam_viz.figures._common import run_labels, run_subtitle
 
 MODS = ("audio", "visual")
 EPOCHS, PER_EPOCH, EVERY = 4, 25, 5
@@ -125,6 +126,57 @@ def test_each_modality_has_one_colour_across_figures(run) -> None:
     for m in MODS:
         assert seen[m] == {colours[m]}, m
     assert colours["audio"] != colours["visual"]
+
+
+# -- run labels and subtitles ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    """As ``msam demo`` writes: OUT/<dataset>/<method>, names repeated across datasets; the
+    mfeat runs are 0.2 more accurate and use other modalities."""
+    root = tmp_path_factory.mktemp("demo")
+    small = {"epochs": 2, "steps_per_epoch": 4, "with_landscape": False}
+    for method in ("joint", "msam"):
+        vf.write_run(root, f"synthetic/{method}", method=method, **small)
+        vf.write_run(
+            root,
+            f"mfeat/{method}",
+            method=method,
+            dataset="mfeat",
+            modalities=("fou", "pix"),
+            acc_offset=0.2,
+            **small,
+        )
+    return root
+
+
+def test_clashing_run_names_get_the_shortest_distinguishing_path_suffix(demo_dir, tmp_path) -> None:
+    runs = load_runs(demo_dir)
+    assert [r.name for r in runs] == ["joint", "msam", "joint", "msam"]
+    assert run_labels(runs) == ["mfeat/joint", "mfeat/msam", "synthetic/joint", "synthetic/msam"]
+    # msam compare's OUT/<method>/seed<k>: the seed folder clashes, the method tells apart.
+    for method in ("joint", "msam"):
+        for seed in (0, 1):
+            vf.write_run(tmp_path, f"{method}/seed{seed}", method=method, seed=seed, epochs=1)
+    compared = load_runs(tmp_path)
+    assert run_labels(compared) == ["joint/seed0", "joint/seed1", "msam/seed0", "msam/seed1"]
+    # Names that do not clash stay as they are; only the clashing ones get longer.
+    mixed = [*compared[:2], runs[0]]
+    assert run_labels(mixed) == ["seed0", "seed1", "joint"]
+    # The same run twice is still told apart.
+    assert run_labels([runs[0], runs[0]]) == ["joint", "joint (2)"]
+
+
+def test_subtitle_does_not_repeat_what_the_name_says(demo_dir, runs_dir) -> None:
+    synthetic_msam = load_run(demo_dir / "synthetic" / "msam")
+    assert run_subtitle(synthetic_msam) == "msam · synthetic · seed 0"
+    assert shapley_shares(synthetic_msam).layout.title.subtitle.text == "msam · synthetic · seed 0"
+    # A label made of method, dataset and seed says nothing new either ...
+    assert run_subtitle(synthetic_msam, "synthetic/msam") == "msam · synthetic · seed 0"
+    assert run_subtitle(load_run(runs_dir / "joint_s1")) == "joint · synthetic · seed 1"
+    # ... while a name of the user's own is kept.
+    assert run_subtitle(load_run(runs_dir / "sparse")) == "sparse · joint · synthetic · seed 0"
 
 
 # -- Shapley shares and dominance --------------------------------------------------------------

@@ -72,6 +72,8 @@ def write_run(
     *,
     method: str = "msam",
     seed: int = 0,
+    dataset: str = "synthetic",
+    acc_offset: float = 0.0,
     modalities: tuple[str, ...] = ("audio", "visual"),
     epochs: int = 4,
     steps_per_epoch: int = 25,
@@ -87,16 +89,17 @@ def write_run(
 
     ``every``: steps between the sparse records (``sharpness/<m>``, ``hessian/*``).
     ``truncate_last_line`` leaves half a record at the end of ``iterations.jsonl``, as a run
-    killed mid-write does.
+    killed mid-write does.  ``acc_offset`` shifts every accuracy (fused and unimodal), so runs
+    on different datasets differ by a known amount.  ``name`` may hold ``/`` (nested folders).
     """
     path = Path(root) / name
     n_steps = epochs * steps_per_epoch
     with RunWriter(path) as writer:
         config = {
-            "name": name,
+            "name": Path(name).name,
             "method": method,
             "seed": seed,
-            "dataset": "synthetic",
+            "dataset": dataset,
             "epochs": epochs,
             "run": {"modalities": list(modalities), "device": "cpu"},
         }
@@ -130,7 +133,7 @@ def write_run(
             writer.log_iteration(record)
         for epoch in range(epochs):
             for split in ("train", "val", "test"):
-                shift = 0.01 * seed
+                shift = 0.01 * seed + acc_offset
                 row: dict = {
                     "epoch": epoch,
                     "split": split,

@@ -8,8 +8,10 @@ is missing, both on the figure (an annotation) and as a :class:`MissingRecordsWa
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -78,18 +80,99 @@ def run_seed(run: Any) -> Any:
     return config_value(run, "seed")
 
 
-def run_subtitle(run: Any) -> str:
-    """``name · method · dataset · seed`` for figure subtitles."""
-    parts = [run_name(run), run_method(run)]
+def run_dataset(run: Any) -> str | None:
+    """The dataset a run trained on (``synthetic``, ``mfeat``, …), ``None`` when not recorded."""
     dataset = config_value(run, "dataset")
     if isinstance(dataset, dict):
         dataset = dataset.get("name")
+    return str(dataset) if dataset else None
+
+
+def _tokens(text: str) -> list[str]:
+    return [t for t in re.split(r"[^a-z0-9.]+", text.lower()) if t]
+
+
+def _name_is_redundant(name: str, run: Any) -> bool:
+    """True when every word of ``name`` already says method, dataset or seed: ``msam``,
+    ``synthetic/msam``, ``msam/seed0``, ``joint_s1`` (so a subtitle need not repeat it)."""
+    known = set(_tokens(run_method(run))) | set(_tokens(run_dataset(run) or ""))
+    seed = run_seed(run)
+    if seed is not None:
+        known |= {"seed", f"seed{seed}", f"s{seed}", str(seed)}
+    words = _tokens(name)
+    return bool(words) and all(w in known for w in words)
+
+
+def run_subtitle(run: Any, label: str | None = None) -> str:
+    """``name · method · dataset · seed`` for figure subtitles.
+
+    ``label``: the name to show (e.g. a report's unique label), default :func:`run_name`.  It
+    is left out when it only repeats the others (a directory named after its method or seed),
+    so ``msam`` of the demo reads ``msam · synthetic · seed 0``, not ``msam · msam · …``.
+    """
+    name = label if label is not None else run_name(run)
+    parts = [] if _name_is_redundant(name, run) else [name]
+    parts.append(run_method(run))
+    dataset = run_dataset(run)
     if dataset:
-        parts.append(str(dataset))
+        parts.append(dataset)
     seed = run_seed(run)
     if seed is not None:
         parts.append(f"seed {seed}")
     return " · ".join(parts)
+
+
+def run_labels(runs: Sequence[Any]) -> list[str]:
+    """One label per run, unique among ``runs``, for legends, section titles and file names.
+
+    A run keeps its :func:`run_name` when no other run has it; runs whose names clash are
+    labelled by the shortest suffix of their path (below the runs' common parent) that no
+    other run shares: ``synthetic/msam`` beside ``mfeat/msam``, ``msam/seed0`` beside
+    ``joint/seed0``.  Runs that still clash (no path, or the same run twice) get `` (2)``, ….
+    """
+    names = [run_name(run) for run in runs]
+    count: dict[str, int] = {}
+    for name in names:
+        count[name] = count.get(name, 0) + 1
+    parts = _relative_parts([_path_parts(run) for run in runs])
+    labels = []
+    for i, name in enumerate(names):
+        if count[name] == 1 or not parts[i]:
+            labels.append(name)
+            continue
+        others = [p for j, p in enumerate(parts) if j != i]
+        label = "/".join(parts[i])  # the whole path: distinct unless the same run twice
+        for k in range(1, len(parts[i]) + 1):
+            suffix = parts[i][-k:]
+            if all(p[-k:] != suffix for p in others):
+                label = "/".join(suffix)
+                break
+        labels.append(label)
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
+    return out
+
+
+def _relative_parts(paths: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """Each path's parts below the common parent of all the (non-empty) paths."""
+    known = [p for p in paths if p]
+    common = 0
+    while known and all(len(p) > common + 1 for p in known):
+        if len({p[common] for p in known}) > 1:
+            break
+        common += 1
+    return [p[common:] for p in paths]
+
+
+def _path_parts(run: Any) -> tuple[str, ...]:
+    """The parts of the run's absolute directory path, ``()`` when it has no path."""
+    path = getattr(run, "path", None)
+    if path is None:
+        return ()
+    return Path(os.path.abspath(os.fspath(path))).parts
 
 
 def run_modalities(run: Any) -> list[str]:
