@@ -36,6 +36,7 @@ from msam_viz import (
 )
 from msam_viz.figures import shapley_share_table
 from msam_viz.figures._common import run_labels, run_subtitle
+from msam_viz.figures.comparison import dataset_labels
 
 MODS = ("audio", "visual")
 EPOCHS, PER_EPOCH, EVERY = 4, 25, 5
@@ -436,7 +437,8 @@ def test_figures_take_runs_not_paths(runs_dir) -> None:
 def test_run_metrics_tidy_table(runs_dir) -> None:
     runs = load_runs(runs_dir)
     table = run_metrics(runs, ["acc", "switches"])
-    assert list(table.columns) == ["run", "group", "seed", "metric", "value"]
+    assert list(table.columns) == ["run", "dataset", "group", "seed", "metric", "value"]
+    assert set(table["dataset"]) == {"synthetic"}
     acc = table.loc[(table["metric"] == "acc") & (table["group"] == "msam")]
     assert sorted(acc["value"]) == pytest.approx(
         [vf.final_accuracy_for_seed(s, EPOCHS) for s in range(3)]
@@ -490,6 +492,127 @@ def test_summary_grid_is_a_static_matplotlib_figure(runs_dir) -> None:
     assert titles == ["accuracy", "audio-only accuracy", "balance"]
     with pytest.raises(ValueError, match="no epoch records"):
         summary_grid(runs, ["acc"], split="dev")
+
+
+# -- runs on several datasets: pooled per (dataset, method), never across datasets ----------
+
+
+def _final_acc(offset: float = 0.0, modality_index: int | None = None) -> float:
+    """Last-epoch val accuracy of a seed-0 run of the ``demo_dir`` fixture (2 epochs)."""
+    return vf.accuracy(1, "val", modality_index) + offset
+
+
+def test_run_metrics_pools_only_runs_of_one_dataset(demo_dir) -> None:
+    table = run_metrics(load_runs(demo_dir), ["acc", "acc/fou", "acc/audio"])
+    sizes = table.groupby(["dataset", "group", "metric"]).size()
+    assert (sizes == 1).all()  # one run per (dataset, method): nothing averaged across
+    acc = table.loc[table["metric"] == "acc"].set_index(["dataset", "group"])["value"]
+    assert acc[("synthetic", "msam")] == pytest.approx(_final_acc())
+    assert acc[("mfeat", "msam")] == pytest.approx(_final_acc(0.2))
+    assert set(table.loc[table["metric"] == "acc/fou", "dataset"]) == {"mfeat"}
+    assert set(table.loc[table["metric"] == "acc/audio", "dataset"]) == {"synthetic"}
+    assert table.loc[table["dataset"] == "mfeat", "run"].tolist()[0] == "mfeat/joint"
+
+
+def test_compare_runs_gives_each_dataset_its_own_row_of_panels(demo_dir) -> None:
+    runs = load_runs(demo_dir)
+    fig = compare_runs(runs)
+    bars = [t for t in fig.data if t.type == "bar"]
+    # Per axis (panel): one dataset, one metric, one bar per method.
+    panels: dict[str, list] = {}
+    for bar in bars:
+        panels.setdefault(bar.yaxis, []).append(bar)
+    metrics = {"mfeat": [], "synthetic": []}
+    for axis_bars in panels.values():
+        assert len({(b.meta["dataset"], b.meta["metric"]) for b in axis_bars}) == 1
+        assert [b.name for b in axis_bars] == ["msam", "joint"]
+        metrics[axis_bars[0].meta["dataset"]].append(axis_bars[0].meta["metric"])
+    assert metrics == {
+        "mfeat": ["acc", "acc/fou", "acc/pix", "balance", "switches"],
+        "synthetic": ["acc", "acc/audio", "acc/visual", "balance", "switches"],
+    }
+    for bar in bars:
+        if bar.meta["metric"] == "acc":
+            offset = 0.2 if bar.meta["dataset"] == "mfeat" else 0.0
+            assert bar.y[0] == pytest.approx(_final_acc(offset))
+            assert not bar.error_y.visible  # one seed per (dataset, method): no sd
+    seeds = [t for t in fig.data if t.type == "scatter"]
+    assert all(len(t.y) == 1 for t in seeds)
+    assert {t.customdata[0][0] for t in seeds} == set(run_labels(runs))
+    # A heading per dataset sits above its row, and the row's panels lie below it only.
+    headings = {
+        a.text.split("</b>")[0][3:]: a.y for a in fig.layout.annotations if a.name == "dataset"
+    }
+    assert list(headings) == ["mfeat", "synthetic"]
+    for bar in bars:
+        top = fig.layout[bar.yaxis.replace("y", "yaxis")].domain[1]
+        own = headings[bar.meta["dataset"]]
+        assert top == pytest.approx(own)
+    assert "2 datasets" in fig.layout.title.subtitle.text
+    # Per-modality metrics of one dataset are not "missing" from the other.
+    assert missing_notes(fig) == []
+
+
+def test_compare_runs_names_the_dataset_a_metric_is_missing_from(demo_dir, tmp_path) -> None:
+    for method in ("joint", "msam"):
+        vf.write_run(tmp_path, f"synthetic/{method}", method=method, epochs=1, with_hessian=False)
+        vf.write_run(tmp_path, f"mfeat/{method}", method=method, dataset="mfeat", epochs=1)
+    with pytest.warns(MissingRecordsWarning, match=r"hessian/top_eig\) on synthetic"):
+        fig = compare_runs(load_runs(tmp_path), ["acc", "hessian/top_eig"])
+    eig = [t for t in fig.data if t.type == "bar" and t.meta["metric"] == "hessian/top_eig"]
+    assert {t.meta["dataset"] for t in eig} == {"mfeat"}
+
+
+def test_compare_curves_one_panel_per_dataset(demo_dir) -> None:
+    fig = compare_curves(load_runs(demo_dir), "acc")
+    lines = [t for t in fig.data if t.mode == "lines+markers"]
+    assert [(t.meta["dataset"], t.name) for t in lines] == [
+        ("mfeat", "msam"),
+        ("mfeat", "joint"),
+        ("synthetic", "msam"),
+        ("synthetic", "joint"),
+    ]
+    for line in lines:
+        offset = 0.2 if line.meta["dataset"] == "mfeat" else 0.0
+        np.testing.assert_allclose(line.y, [vf.accuracy(e, "val") + offset for e in range(2)])
+    assert {t.xaxis for t in lines if t.meta["dataset"] == "mfeat"} == {"x"}
+    assert {t.xaxis for t in lines if t.meta["dataset"] == "synthetic"} == {"x2"}
+    # One legend entry per method, toggling it in every panel.
+    assert [t.name for t in lines if t.showlegend is not False] == ["msam", "joint"]
+    assert [a.text for a in fig.layout.annotations] == ["mfeat", "synthetic"]
+    # A modality of one dataset: only that dataset's panel, and nothing called missing.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MissingRecordsWarning)
+        fou = compare_curves(load_runs(demo_dir), "acc/fou")
+    assert {t.meta["dataset"] for t in fou.data} == {"mfeat"}
+    # A metric no run has: an empty figure that says so, not empty axes.
+    with pytest.warns(MissingRecordsWarning, match="acc/text"):
+        none = compare_curves(load_runs(demo_dir), "acc/text")
+    assert not none.data
+    assert [a.name for a in none.layout.annotations] == ["missing", "empty"]
+
+
+def test_summary_grid_panels_per_dataset(demo_dir) -> None:
+    fig = summary_grid(load_runs(demo_dir), ["acc", "acc/fou", "acc/audio"])
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == [
+        "mfeat · accuracy",
+        "mfeat · fou-only accuracy",
+        "synthetic · accuracy",
+        "synthetic · audio-only accuracy",
+    ]
+    by_title = {ax.get_title(): ax for ax in fig.axes}
+    msam, _joint = by_title["mfeat · accuracy"].lines[:2]
+    np.testing.assert_allclose(msam.get_ydata(), [vf.accuracy(e, "val") + 0.2 for e in range(2)])
+
+
+def test_same_dataset_with_other_modalities_is_not_pooled(tmp_path) -> None:
+    vf.write_run(tmp_path, "two", epochs=1)
+    vf.write_run(tmp_path, "three", epochs=1, modalities=("audio", "visual", "text"))
+    runs = load_runs(tmp_path)
+    assert dataset_labels(runs) == ["synthetic (audio+visual+text)", "synthetic (audio+visual)"]
+    table = run_metrics(runs, ["acc"])
+    assert table["dataset"].nunique() == 2
 
 
 # -- landscapes -----------------------------------------------------------------------------
