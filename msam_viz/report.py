@@ -36,7 +36,15 @@ from msam_viz.figures import (
     sharpness_curves,
     summary_grid,
 )
-from msam_viz.figures._common import as_run_list, config_value, present, run_name
+from msam_viz.figures._common import (
+    as_run_list,
+    config_value,
+    present,
+    run_dataset,
+    run_labels,
+    run_name,
+)
+from msam_viz.figures.comparison import dataset_labels
 from msam_viz.style import DEFAULT_STYLE, Style
 
 NO_BROWSER_MESSAGE = (
@@ -53,9 +61,13 @@ class PngExportUnavailable(RuntimeError):
 
 @dataclass
 class Section:
-    """One part of the page: a heading, notes (e.g. what a run lacks) and named figures."""
+    """One part of the page: a heading, notes (e.g. what a run lacks) and named figures.
+
+    ``key``: the stem of its PNG files (``<key>__<figure>.png``), unique within a report.
+    """
 
     title: str
+    key: str = ""
     figures: dict[str, go.Figure] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     images: dict[str, bytes] = field(default_factory=dict)  # static PNGs (seaborn grid)
@@ -78,9 +90,12 @@ def _collect(fn: Callable[..., Any], notes: list[str], *args: Any, **kwargs: Any
         out = fn(*args, **kwargs)
     for w in caught:
         if issubclass(w.category, MissingRecordsWarning):
-            text = str(w.message).split(": ", 1)[-1]
-            if text not in notes:
-                notes.append(text)
+            # "run 'x': not in this run: a; b" -> items "a", "b" (the page heads them already).
+            text = str(w.message)
+            _, sep, tail = text.partition("not in this run: ")
+            for item in (tail if sep else text.split(": ", 1)[-1]).split("; "):
+                if item not in notes:
+                    notes.append(item)
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return out
@@ -95,11 +110,20 @@ def _landscape_figures(run: Any, style: Style, notes: list[str]) -> dict[str, go
 
 
 def run_section(
-    run: Any, *, style: Style | None = None, smooth_steps: int | None = None
+    run: Any,
+    *,
+    label: str | None = None,
+    style: Style | None = None,
+    smooth_steps: int | None = None,
 ) -> Section:
-    """The figures of one run, in reading order: balance, accuracy, sharpness, landscape."""
+    """The figures of one run, in reading order: balance, accuracy, sharpness, landscape.
+
+    ``label``: the run's name in this report (unique among its runs, see
+    :func:`~msam_viz.figures._common.run_labels`); default its own name.
+    """
     style = style or DEFAULT_STYLE
-    section = Section(title=f"Run {run_name(run)}")
+    label = label or run_name(run)
+    section = Section(title=f"Run {label}", key=_safe_name(label))
     notes = section.notes
     section.figures["shapley_shares"] = _collect(
         shapley_shares, notes, run, smooth_steps=smooth_steps, style=style
@@ -113,10 +137,16 @@ def run_section(
     return section
 
 
-def comparison_section(runs: Sequence[Any], *, style: Style | None = None) -> Section:
-    """Runs side by side: final metrics per method, accuracy curves, static summary grid."""
+def comparison_section(
+    runs: Sequence[Any], *, title: str = "Comparison", style: Style | None = None
+) -> Section:
+    """Runs side by side: final metrics per method, accuracy curves, static summary grid.
+
+    Meant for runs of one dataset (the report makes one section per dataset); runs of
+    several datasets are drawn in one panel row per dataset.
+    """
     style = style or DEFAULT_STYLE
-    section = Section(title="Comparison")
+    section = Section(title=title, key=_safe_name(title.lower()))
     section.figures["compare_runs"] = _collect(compare_runs, section.notes, runs, style=style)
     section.figures["compare_accuracy"] = _collect(
         compare_curves, section.notes, runs, "acc", style=style
@@ -132,10 +162,10 @@ def comparison_section(runs: Sequence[Any], *, style: Style | None = None) -> Se
     return section
 
 
-def _run_table(runs: Sequence[Any]) -> str:
+def _run_table(runs: Sequence[Any], labels: Sequence[str]) -> str:
     head = ["run", "method", "dataset", "seed", "modalities", "steps", "epochs", "val acc"]
     rows = []
-    for run in runs:
+    for run, label in zip(runs, labels, strict=True):
         epochs = run.epochs
         acc = ""
         if present(epochs, "acc") and "split" in epochs:
@@ -145,9 +175,9 @@ def _run_table(runs: Sequence[Any]) -> str:
         n_epochs = epochs["epoch"].nunique() if "epoch" in epochs else 0
         modalities = getattr(run, "modalities", None) or config_value(run, "modalities") or []
         cells = [
-            run_name(run),
+            label,
             config_value(run, "method", ""),
-            config_value(run, "dataset", ""),
+            run_dataset(run) or "",
             config_value(run, "seed", ""),
             ", ".join(map(str, modalities)),
             len(run.iterations),
@@ -163,14 +193,42 @@ def _run_table(runs: Sequence[Any]) -> str:
 def build_sections(
     runs: Any, *, style: Style | None = None, smooth_steps: int | None = None
 ) -> list[Section]:
-    """All sections of the report: an overview table, one per run, then the comparison."""
+    """All sections of the report: an overview table, one per run, then the comparisons.
+
+    Runs are named by labels unique in the report (``synthetic/msam`` beside ``mfeat/msam``).
+    Only runs of one dataset are compared: one comparison section per dataset that has two
+    runs or more, titled ``Comparison: <dataset>`` when the report spans several datasets.
+    """
     runs = as_run_list(runs)
-    overview = Section(title="Runs", table=_run_table(runs))
+    labels = run_labels(runs)
+    overview = Section(title="Runs", key="runs", table=_run_table(runs, labels))
     sections = [overview]
-    sections += [run_section(r, style=style, smooth_steps=smooth_steps) for r in runs]
-    if len(runs) > 1:
-        sections.append(comparison_section(runs, style=style))
+    sections += [
+        run_section(r, label=label, style=style, smooth_steps=smooth_steps)
+        for r, label in zip(runs, labels, strict=True)
+    ]
+    per_dataset: dict[str, list[Any]] = {}
+    for run, dataset in zip(runs, dataset_labels(runs), strict=True):
+        per_dataset.setdefault(dataset, []).append(run)
+    for dataset, members in per_dataset.items():
+        if len(members) > 1:
+            title = "Comparison" if len(per_dataset) == 1 else f"Comparison: {dataset}"
+            sections.append(comparison_section(members, title=title, style=style))
+    _unique_keys(sections)
     return sections
+
+
+def _unique_keys(sections: Sequence[Section]) -> None:
+    """Make section keys unique (``a/b`` and ``a_b`` sanitise alike), so no PNG overwrites
+    another: the second ``x`` becomes ``x-2``."""
+    seen: set[str] = set()
+    for section in sections:
+        key = section.key or _safe_name(section.title)
+        n = 1
+        while (candidate := key if n == 1 else f"{key}-{n}") in seen:
+            n += 1
+        section.key = candidate
+        seen.add(candidate)
 
 
 _CSS = """
@@ -195,12 +253,25 @@ def _anchor(title: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
 
 
+def _anchors(sections: Sequence[Section]) -> list[str]:
+    """One HTML id per section, from its title, unique on the page."""
+    out: list[str] = []
+    for section in sections:
+        base = _anchor(section.title) or "section"
+        n = 1
+        while (candidate := base if n == 1 else f"{base}-{n}") in out:
+            n += 1
+        out.append(candidate)
+    return out
+
+
 def render_html(sections: Sequence[Section], title: str) -> str:
     """The full page as a string: plotly.js inlined once in <head>, figures as divs."""
     plot_config = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
+    anchors = _anchors(sections)
     parts = []
-    for section in sections:
-        parts.append(f'<h2 id="{_anchor(section.title)}">{html.escape(section.title)}</h2>')
+    for section, anchor in zip(sections, anchors, strict=True):
+        parts.append(f'<h2 id="{anchor}">{html.escape(section.title)}</h2>')
         if section.notes:
             items = "".join(f"<li>{html.escape(n)}</li>" for n in section.notes)
             parts.append(f'<div class="notes">Not recorded:<ul>{items}</ul></div>')
@@ -212,7 +283,7 @@ def render_html(sections: Sequence[Section], title: str) -> str:
                 include_plotlyjs=False,  # inlined once in <head> below
                 include_mathjax=False,
                 config=plot_config,
-                div_id=f"{_anchor(section.title)}-{name}",
+                div_id=f"{anchor}-{name}",
             )
             parts.append(f"<figure>{div}</figure>")
         for name, png in section.images.items():
@@ -221,7 +292,9 @@ def render_html(sections: Sequence[Section], title: str) -> str:
                 f'<figure><img class="static" alt="{html.escape(name)}" '
                 f'src="data:image/png;base64,{data}"></figure>'
             )
-    nav = "".join(f'<a href="#{_anchor(s.title)}">{html.escape(s.title)}</a>' for s in sections)
+    nav = "".join(
+        f'<a href="#{a}">{html.escape(s.title)}</a>' for s, a in zip(sections, anchors, strict=True)
+    )
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     from msam_viz import __version__
 
@@ -304,8 +377,10 @@ def write_report(
 ) -> ReportResult:
     """Write a self-contained HTML report of ``runs`` (a Run or a list) to ``out_html``.
 
-    With ``png_dir``, also writes every plotly figure as ``<run>__<figure>.png`` (kaleido +
-    an installed Chrome/Chromium) and the seaborn summary grid (matplotlib, no browser).
+    With ``png_dir``, also writes every plotly figure as ``<section>__<figure>.png`` (kaleido +
+    an installed Chrome/Chromium; ``<section>`` is the run's label, file-name safe, e.g.
+    ``synthetic_msam``, or ``comparison[_<dataset>]``) and the seaborn summary grids
+    (matplotlib, no browser).
     Without a browser the HTML is still written; ``png_message`` says why PNGs are missing
     and a warning is raised.
     """
@@ -330,14 +405,11 @@ def write_report(
     png_root.mkdir(parents=True, exist_ok=True)
     for section in sections:
         for name, data in section.images.items():
-            path = png_root / f"{_safe_name(name)}.png"
+            path = png_root / f"{section.key}__{_safe_name(name)}.png"
             path.write_bytes(data)
             result.png_files.append(path)
-    figures = {
-        f"{_safe_name(s.title.removeprefix('Run '))}__{name}": fig
-        for s in sections
-        for name, fig in s.figures.items()
-    }
+    # Section keys are unique, so no two figures share a file.
+    figures = {f"{s.key}__{name}": fig for s in sections for name, fig in s.figures.items()}
     try:
         result.png_files += export_png(figures, png_root)
     except PngExportUnavailable as err:

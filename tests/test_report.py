@@ -57,6 +57,10 @@ def test_report_names_what_each_run_lacks(written) -> None:
     assert "Not recorded:" in sparse_part
     for missing in ("hessian/top_eig", "landscapes/*.npz", "acc/audio"):
         assert missing in sparse_part
+    # One item per missing record, under the one heading (not "not in this run: a; b").
+    notes = sparse_part.split('<div class="notes">')[1].split("</div>")[0]
+    assert "not in this run" not in notes
+    assert "<li>Hessian top eigenvalue (hessian/top_eig)</li>" in notes
     full_part = page.split('id="run-msam-s0"')[1].split("<h2")[0]
     assert "Not recorded:" not in full_part
 
@@ -85,7 +89,7 @@ def test_png_without_browser_writes_html_and_says_why(runs, tmp_path, monkeypatc
     assert result.png_message == NO_BROWSER_MESSAGE
     assert "apt-get install chromium" in NO_BROWSER_MESSAGE
     # The static summary needs no browser (matplotlib), so it is still written.
-    assert [p.name for p in result.png_files] == ["summary_grid.png"]
+    assert [p.name for p in result.png_files] == ["comparison__summary_grid.png"]
     with pytest.raises(report.PngExportUnavailable, match="BROWSER_PATH"):
         export_png({"x": accuracy_curves(runs[1])}, tmp_path / "png2")
 
@@ -103,6 +107,85 @@ def test_png_export_with_browser(runs, tmp_path) -> None:
     with Image.open(path) as image:
         assert image.format == "PNG"
         assert image.size == (fig.layout.width, fig.layout.height)
+
+
+# -- runs of several datasets, with clashing names (as `msam demo` writes them) ---------------
+
+
+@pytest.fixture(scope="module")
+def demo_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo_runs")
+    small = {"epochs": 2, "steps_per_epoch": 4, "with_landscape": False}
+    for method in ("joint", "msam"):
+        vf.write_run(root, f"synthetic/{method}", method=method, **small)
+        vf.write_run(
+            root,
+            f"mfeat/{method}",
+            method=method,
+            dataset="mfeat",
+            modalities=("fou", "pix"),
+            **small,
+        )
+    return load_runs(root)
+
+
+def test_report_compares_each_dataset_apart_and_labels_runs_uniquely(demo_runs) -> None:
+    sections = build_sections(demo_runs)
+    assert [s.title for s in sections] == [
+        "Runs",
+        "Run mfeat/joint",
+        "Run mfeat/msam",
+        "Run synthetic/joint",
+        "Run synthetic/msam",
+        "Comparison: mfeat",
+        "Comparison: synthetic",
+    ]
+    for section in sections[-2:]:
+        dataset = section.title.split(": ")[1]
+        bars = [t for t in section.figures["compare_runs"].data if t.type == "bar"]
+        assert {t.meta["dataset"] for t in bars} == {dataset}
+        curves = section.figures["compare_accuracy"].data
+        assert {t.meta["dataset"] for t in curves} == {dataset}
+    table = sections[0].table
+    for label in ("mfeat/joint", "synthetic/msam"):
+        assert f"<td>{label}</td>" in table
+    # The subtitle says method, dataset and seed once each.
+    subtitle = sections[4].figures["accuracy"].layout.title.subtitle.text
+    assert subtitle == "msam · synthetic · seed 0"
+
+
+def test_report_png_files_are_one_set_per_run(demo_runs, tmp_path, monkeypatch) -> None:
+    exported: dict = {}
+
+    def fake_export(figures, out_dir, **_):  # names only: rendering is tested with a browser
+        exported.update(figures)
+        return [out_dir / f"{name}.png" for name in figures]
+
+    monkeypatch.setattr(report, "export_png", fake_export)
+    result = write_report(demo_runs, tmp_path / "r.html", png_dir=tmp_path / "png")
+    names = [p.name for p in result.png_files]
+    assert len(set(names)) == len(names)
+    per_run = ("shapley_shares", "dominance", "accuracy", "sharpness")
+    for key in ("mfeat_joint", "mfeat_msam", "synthetic_joint", "synthetic_msam"):
+        assert all(f"{key}__{fig}.png" in names for fig in per_run)
+    for dataset in ("mfeat", "synthetic"):
+        for fig in ("compare_runs", "compare_accuracy", "summary_grid"):
+            assert f"comparison_{dataset}__{fig}.png" in names
+    assert len(names) == 4 * len(per_run) + 2 * 3
+    # The static grids are real files, one per dataset.
+    assert (tmp_path / "png" / "comparison_mfeat__summary_grid.png").stat().st_size > 0
+    page = result.html.read_text(encoding="utf-8")
+    assert 'id="run-synthetic-msam"' in page and 'id="comparison-mfeat"' in page
+
+
+def test_labels_that_sanitise_alike_get_distinct_files_and_anchors(tmp_path) -> None:
+    vf.write_run(tmp_path, "a b/x", epochs=1, steps_per_epoch=3, with_landscape=False)
+    vf.write_run(tmp_path, "a_b/x", epochs=1, steps_per_epoch=3, with_landscape=False)
+    sections = build_sections(load_runs(tmp_path))
+    assert [s.title for s in sections[1:3]] == ["Run a b/x", "Run a_b/x"]
+    assert [s.key for s in sections[1:3]] == ["a_b_x", "a_b_x-2"]
+    page = report.render_html(sections, "t")
+    assert 'id="run-a-b-x"' in page and 'id="run-a-b-x-2"' in page
 
 
 # -- the `msam report` command ----------------------------------------------------------------
