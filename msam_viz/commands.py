@@ -29,7 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--png",
         metavar="DIR",
         default=None,
-        help="also write every figure as PNG into DIR (needs Chrome/Chromium for kaleido)",
+        help=(
+            "also write every figure as PNG into DIR, named <run>__<figure>.png by each run's "
+            "label in the report (e.g. synthetic_msam__accuracy.png) and "
+            "comparison[_<dataset>]__<figure>.png (needs Chrome/Chromium for kaleido)"
+        ),
     )
     parser.add_argument("--title", default=None, help="page title (default: from the runs)")
     parser.add_argument(

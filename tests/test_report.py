@@ -250,3 +250,17 @@ def test_msam_report_png_without_browser_exits_1_after_writing_html(
     assert out.exists()
     err = capsys.readouterr().err
     assert "PNGs not written" in err and "apt-get install chromium" in err
+
+
+def test_msam_report_of_demo_output_counts_one_png_set_per_run(
+    demo_runs, msam, tmp_path, capsys, monkeypatch
+) -> None:
+    monkeypatch.setattr(
+        report, "export_png", lambda figures, out_dir, **_: [out_dir / f"{n}.png" for n in figures]
+    )
+    root = demo_runs[0].path.parents[1]  # OUT of OUT/<dataset>/<method>
+    out = tmp_path / "r.html"
+    assert msam(["report", str(root), "--out", str(out), "--png", str(tmp_path / "p")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    # 4 figures for each of 4 runs, 3 per dataset comparison.
+    assert printed == [f"wrote {out} (4 runs)", f"wrote 22 PNG files into {tmp_path / 'p'}"]
