@@ -162,9 +162,11 @@ def test_clashing_run_names_get_the_shortest_distinguishing_path_suffix(demo_dir
             vf.write_run(tmp_path, f"{method}/seed{seed}", method=method, seed=seed, epochs=1)
     compared = load_runs(tmp_path)
     assert run_labels(compared) == ["joint/seed0", "joint/seed1", "msam/seed0", "msam/seed1"]
-    # Names that do not clash stay as they are; only the clashing ones get longer.
+    # Names that do not clash stay as they are; a name that is a folder of another run's
+    # path ("joint" beside "joint/seed0") would read as that folder, so it gets longer too.
     mixed = [*compared[:2], runs[0]]
-    assert run_labels(mixed) == ["seed0", "seed1", "joint"]
+    assert run_labels(mixed) == ["seed0", "seed1", "mfeat/joint"]
+    assert run_labels([compared[0], runs[1]]) == ["seed0", "msam"]
     # The same run twice is still told apart.
     assert run_labels([runs[0], runs[0]]) == ["joint", "joint (2)"]
 

@@ -125,26 +125,27 @@ def run_subtitle(run: Any, label: str | None = None) -> str:
 def run_labels(runs: Sequence[Any]) -> list[str]:
     """One label per run, unique among ``runs``, for legends, section titles and file names.
 
-    A run keeps its :func:`run_name` when no other run has it; runs whose names clash are
-    labelled by the shortest suffix of their path (below the runs' common parent) that no
-    other run shares: ``synthetic/msam`` beside ``mfeat/msam``, ``msam/seed0`` beside
-    ``joint/seed0``.  Runs that still clash (no path, or the same run twice) get `` (2)``, ….
+    A run keeps its :func:`run_name` when no other run has that name or a folder of it;
+    otherwise it is labelled by the shortest suffix of its path (below the runs' common
+    parent) that appears in no other run's path: ``synthetic/msam`` beside ``mfeat/msam``,
+    ``msam/seed0`` beside ``joint/seed0``, and ``mfeat/joint`` (not a bare ``joint``) beside
+    ``joint/seed0``.  Runs that still clash (no path, the same run twice) get `` (2)``, ….
     """
     names = [run_name(run) for run in runs]
-    count: dict[str, int] = {}
-    for name in names:
-        count[name] = count.get(name, 0) + 1
     parts = _relative_parts([_path_parts(run) for run in runs])
     labels = []
     for i, name in enumerate(names):
-        if count[name] == 1 or not parts[i]:
+        others = [p for j, p in enumerate(parts) if j != i]
+        other_names = names[:i] + names[i + 1 :]
+        if not parts[i] or (
+            name not in other_names and not any(_holds(p, (name,)) for p in others)
+        ):
             labels.append(name)
             continue
-        others = [p for j, p in enumerate(parts) if j != i]
         label = "/".join(parts[i])  # the whole path: distinct unless the same run twice
         for k in range(1, len(parts[i]) + 1):
             suffix = parts[i][-k:]
-            if all(p[-k:] != suffix for p in others):
+            if not any(_holds(p, suffix) for p in others):
                 label = "/".join(suffix)
                 break
         labels.append(label)
@@ -154,6 +155,12 @@ def run_labels(runs: Sequence[Any]) -> list[str]:
         seen[label] = seen.get(label, 0) + 1
         out.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
     return out
+
+
+def _holds(path: tuple[str, ...], part: tuple[str, ...]) -> bool:
+    """True when ``part`` is a run of consecutive folders somewhere in ``path``."""
+    n = len(part)
+    return any(path[j : j + n] == part for j in range(len(path) - n + 1))
 
 
 def _relative_parts(paths: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
