@@ -4,11 +4,14 @@ Setting (issue "Foundation ... algorithm core"): M vector modalities of 256 valu
 encoders (256 -> 128 -> 128) and a linear concat head (late fusion), or one MLP over the joined
 inputs (early fusion); 10 classes, batch 256, SGD with momentum.
 
-1. Step cost, all on the same model and batch, interleaved round by round, best of the rounds:
+1. Step cost, all on the same model and batch, interleaved round by round (the order rotated
+   each round), the best and the median of the rounds:
      plain  the base optimizer (one forward-backward), no Shapley record
      sam    SAM (two forward-backwards), no Shapley record
      msam   M-SAM: SAM + the coalition values of the batch + Shapley + weights
    for late and early fusion, M = 2 and 4.  Goals: msam/sam <= 1.10 late, <= 1.5 early (M = 2).
+   Two ratios: of the best times, and the median of the per-round ratios (each round's msam and
+   sam ran back to back, so drift on a shared machine cancels).
 2. Coalition values for M = 6 (64 coalitions) on a late-fusion model: 64 separate forward
    passes (one per coalition) vs one batched pass (input masking, and the head-only feature
    masking).  Goal: batched >= 3x faster.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import time
 from collections.abc import Callable
 
@@ -53,28 +57,46 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_interleaved(steps: dict[str, Callable[[], object]], rounds: int, device) -> dict:
-    """Best-of-rounds seconds per call of each step, the steps interleaved round by round.
+def time_interleaved(
+    steps: dict[str, Callable[[], object]], rounds: int, device
+) -> dict[str, list[float]]:
+    """Seconds per call of each step in every round, the steps interleaved round by round.
 
-    The minimum (as ``timeit`` reports) is the least noisy estimate of a step's own cost on a
-    shared machine; interleaving exposes every step to the same drift.
+    The order rotates each round, so no step always follows the same one (whose leftovers in
+    cache or allocator would otherwise favour or hurt it); every step sees the same drift.
     """
     for step in steps.values():  # warm-up: allocator, kernels, caches
         step()
         step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(rounds):
-        for name, step in steps.items():
+    names = list(steps)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             sync(device)
             start = time.perf_counter()
-            step()
+            steps[name]()
             sync(device)
             times[name].append(time.perf_counter() - start)
-    return {name: min(ts) for name, ts in times.items()}
+    return times
 
 
-def time_steps(fusion: str, n_modalities: int, args, device) -> dict[str, float]:
-    """Median seconds per plain / SAM / M-SAM step, each on its own copy of one model."""
+def best(ts: list[float]) -> float:
+    """The minimum (as ``timeit`` reports): the least noisy estimate of a step's own cost."""
+    return min(ts)
+
+
+def shown(ts: list[float], width: int = 7) -> str:
+    """``best/median`` in milliseconds."""
+    return f"{best(ts) * 1e3:>{width}.2f}/{statistics.median(ts) * 1e3:<6.2f}"
+
+
+def ratios(num: list[float], den: list[float]) -> tuple[float, float]:
+    """(ratio of the best times, median of the per-round ratios)."""
+    return best(num) / best(den), statistics.median(a / b for a, b in zip(num, den, strict=True))
+
+
+def time_steps(fusion: str, n_modalities: int, args, device) -> dict[str, list[float]]:
+    """Seconds per plain / SAM / M-SAM step in each round, each on its own copy of one model."""
     model, inputs, targets = setting(n_modalities, fusion, args, device)
     plain_model, sam_model, msam_model = (copy.deepcopy(model) for _ in range(3))
     kw = {"lr": 0.01, "momentum": 0.9}
@@ -92,20 +114,21 @@ def time_steps(fusion: str, n_modalities: int, args, device) -> dict[str, float]
 def step_costs(args, device) -> None:
     print(
         f"1. step cost (batch {args.batch}, {args.dim}-d modalities, width {args.width}, "
-        f"best of {args.rounds} rounds)"
+        f"{args.rounds} interleaved rounds; ms as best / median)"
     )
     print(
-        f"   {'fusion':<7}{'M':>3}{'plain ms':>10}{'sam ms':>9}{'msam ms':>9}"
-        f"{'msam/sam':>10}{'goal':>7}"
+        f"   {'fusion':<7}{'M':>3} {'plain ms':>12}  {'sam ms':>12}  {'msam ms':>12}  "
+        f"{'msam/sam best':>13}{'median':>8}{'goal':>7}"
     )
     for fusion, label, goal in (("concat", "late", "1.10"), ("early", "early", "1.50")):
         for n_modalities in (2, 4):
             t = time_steps(fusion, n_modalities, args, device)
-            ratio = t["msam"] / t["sam"]
-            shown = goal if n_modalities == 2 else "-"
+            of_best, of_rounds = ratios(t["msam"], t["sam"])
+            goal_shown = goal if n_modalities == 2 else "-"
+            cells = "".join(shown(t[k]) for k in ("plain", "sam", "msam"))
             print(
-                f"   {label:<7}{n_modalities:>3}{t['plain'] * 1e3:>10.2f}{t['sam'] * 1e3:>9.2f}"
-                f"{t['msam'] * 1e3:>9.2f}{ratio:>10.3f}{shown:>7}"
+                f"   {label:<7}{n_modalities:>3} {cells}"
+                f"{of_best:>14.3f}{of_rounds:>8.3f}{goal_shown:>7}"
             )
 
 
@@ -138,11 +161,16 @@ def coalition_cost(args, device) -> None:
     for fn in variants.values():  # the same numbers before timing them
         torch.testing.assert_close(fn(), reference, atol=1e-6, rtol=0)
     t = time_interleaved({"separate": separate, **variants}, max(3, args.rounds // 3), device)
-    print(f"\n2. coalition values, M = 6 (64 coalitions), late fusion, batch {args.batch}")
-    print(f"   {'64 separate forward passes':<34}{t['separate'] * 1e3:9.2f} ms")
+    print(
+        f"\n2. coalition values, M = 6 (64 coalitions), late fusion, batch {args.batch} "
+        f"(ms as best / median; speed-up of the best times, then the median of the rounds)"
+    )
+    sep = t["separate"]
+    print(f"   {'64 separate forward passes':<26}{shown(sep, 9)}")
     for name in variants:
+        of_best, of_rounds = ratios(sep, t[name])
         print(
-            f"   {name:<34}{t[name] * 1e3:9.2f} ms  speed-up {t['separate'] / t[name]:5.2f}x"
+            f"   {name:<26}{shown(t[name], 9)}  speed-up {of_best:5.2f}x / {of_rounds:5.2f}x"
             "  (goal >= 3x)"
         )
 
