@@ -29,9 +29,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from msam_core.masking import apply_input_mask, check_inputs, coalition_masks, validate_mask
@@ -93,10 +93,19 @@ def _modalities(model: nn.Module) -> list[str]:
     return list(names)
 
 
+def training_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules of ``model`` (itself included) whose ``training`` flag is set: one walk."""
+    return [module for module in model.modules() if module.training]
+
+
 @contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every module in eval mode; restore each module's own flag on exit (even on error)."""
-    training = [module for module in model.modules() if module.training]
+def eval_mode(model: nn.Module, training: list[nn.Module] | None = None) -> Iterator[nn.Module]:
+    """Put every module in eval mode; restore each module's own flag on exit (even on error).
+
+    ``training``: :func:`training_modules` of ``model`` when the caller already walked the
+    module tree (a step does, to decide whether it may reuse its first pass).
+    """
+    training = training_modules(model) if training is None else training
     # `training` is a plain attribute: object.__setattr__ skips nn.Module.__setattr__'s
     # parameter/buffer checks, which dominate a small step's Shapley overhead otherwise
     for module in training:
@@ -108,31 +117,68 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             object.__setattr__(module, "training", True)
 
 
+#: Coalitions as Python tuples of present-flags, ``((m_0 present, m_1 present, ...), ...)``:
+#: what the passes are planned from (hashable, so a plan is built once and reused).
+Coalitions = tuple[tuple[bool, ...], ...]
+
+
 #: Rows per pass on the CPU when ``chunk_size`` is None: passes of ~1024 rows keep the stacked
 #: features in cache (M = 6, B = 256, late fusion: ~3x faster than all 64 coalitions at once).
 CPU_ROWS_PER_PASS = 1024
 
 
-def _rows(
-    n_coalitions: int, chunk_size: int | None, batch_size: int, device: torch.device
+def _chunks(
+    coalitions: Coalitions,
+    chunk_size: int | None,
+    batch_size: int,
+    device: torch.device,
+    one_row_for_empty: bool,
 ) -> Iterator[slice]:
-    """Coalition slices of at most ``chunk_size`` coalitions.
+    """Slices of ``coalitions``, one per pass.
 
-    ``None``: every coalition in one pass on an accelerator; on the CPU, passes of about
-    :data:`CPU_ROWS_PER_PASS` rows.
+    ``chunk_size`` coalitions per pass when given; ``None``: every coalition in one pass on an
+    accelerator; on the CPU, passes of at most :data:`CPU_ROWS_PER_PASS` rows plus the empty
+    coalition's one row (at least one coalition each).
     """
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size (coalitions per pass) must be >= 1 or None, got {chunk_size}")
-    if chunk_size is None:
-        cpu = torch.device(device).type == "cpu"
-        chunk_size = max(1, CPU_ROWS_PER_PASS // batch_size) if cpu else n_coalitions
-    for start in range(0, n_coalitions, chunk_size):
-        yield slice(start, min(start + chunk_size, n_coalitions))
+    n = len(coalitions)
+    if chunk_size is not None or torch.device(device).type != "cpu":
+        step = chunk_size or n
+        yield from (slice(start, min(start + step, n)) for start in range(0, n, step))
+        return
+    start, rows = 0, 0
+    for k, coalition in enumerate(coalitions):
+        size = 1 if one_row_for_empty and not any(coalition) else batch_size
+        if k > start and rows + size > CPU_ROWS_PER_PASS + 1:  # + 1: the empty's row
+            yield slice(start, k)
+            start, rows = k, 0
+        rows += size
+    yield slice(start, n)
 
 
-def _repeat(x: Tensor, times: int) -> Tensor:
-    """``[B, ...] -> [times*B, ...]``: copy ``k`` occupies rows ``k*B .. (k+1)*B``."""
-    return x.repeat(times, *([1] * (x.ndim - 1)))
+# --------------------------------------------------------------------------------------------
+# from logits to values: sums over the batch stay on the device, one transfer per call
+
+
+def value_sums(logits: Tensor, targets: Tensor, n_coalitions: int, value: str) -> Tensor:
+    """Per-coalition sums over the batch ``[K]``, on the logits' device, from logits
+    ``[K*B, C]`` of a repeated batch: int64 counts of correct samples (accuracy), else float32
+    sums of the true-class probability / log-probability (= −cross-entropy)."""
+    batch_size = targets.shape[0]
+    per = logits.reshape(n_coalitions, batch_size, logits.shape[-1])
+    targets = targets.to(logits.device).long()
+    if value == "accuracy":
+        return (per.argmax(2) == targets).sum(1)
+    index = targets.view(1, batch_size, 1).expand(n_coalitions, batch_size, 1)
+    if value == "prob":
+        return per.float().softmax(2).gather(2, index).squeeze(2).sum(1)
+    return per.float().log_softmax(2).gather(2, index).squeeze(2).sum(1)
+
+
+def _means(sums: Tensor, batch_size: int) -> Tensor:
+    """Sums over the batch -> mean values, CPU float64 (the one device-to-host transfer)."""
+    return sums.to("cpu", torch.float64) / batch_size
 
 
 def values_from_logits(logits: Tensor, targets: Tensor, n_coalitions: int, value: str) -> Tensor:
@@ -144,15 +190,7 @@ def values_from_logits(logits: Tensor, targets: Tensor, n_coalitions: int, value
             f"the model returned logits of shape {list(logits.shape)} for {n_coalitions} "
             f"coalitions of a batch of {batch_size}; expected [{n_coalitions * batch_size}, C]"
         )
-    repeated = _repeat(targets.to(logits.device).long(), n_coalitions)
-    if value == "accuracy":
-        per_sample = (logits.argmax(1) == repeated).to(torch.float64)
-    elif value == "prob":
-        per_sample = logits.float().softmax(1).gather(1, repeated.unsqueeze(1)).squeeze(1)
-    else:
-        per_sample = -F.cross_entropy(logits.float(), repeated, reduction="none")
-    sums = per_sample.view(n_coalitions, batch_size).sum(1)
-    return sums.to("cpu", torch.float64) / batch_size
+    return _means(value_sums(logits, targets, n_coalitions, value), batch_size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,63 +230,215 @@ def encode_baselines(
 
 
 # --------------------------------------------------------------------------------------------
-# coalition values
+# coalitions and the rows of one pass
 
 
-def _check_masks(masks: Tensor, n_modalities: int) -> Tensor:
+@lru_cache(maxsize=16)
+def all_coalitions(n_modalities: int) -> Coalitions:
+    """Every coalition in bitmask order, as :data:`Coalitions` (row k = bitmask k)."""
+    return tuple(tuple(row) for row in coalition_masks(n_modalities).tolist())
+
+
+def _check_masks(masks: Tensor, n_modalities: int) -> Coalitions:
     masks = torch.as_tensor(masks)
     if masks.ndim != 2 or masks.shape[1] != n_modalities:
         raise ValueError(
             f"coalition masks must have shape [K, M] = [K, {n_modalities}] (one row per "
             f"coalition, modalities in model.modalities order), got {list(masks.shape)}"
         )
-    return validate_mask(masks, n_modalities, masks.shape[0])
+    masks = validate_mask(masks, n_modalities, masks.shape[0])
+    return tuple(tuple(row) for row in masks.cpu().tolist())
 
 
 class _Plan:
-    """Rows of one pass over a chunk of coalitions ``[k, M]``.
+    """Rows of one pass over a chunk of coalitions.
 
-    Rows ``j*B .. (j+1)*B`` are sample ``0..B-1`` under the j-th non-empty coalition; with
-    ``one_row_for_empty`` the empty coalition (every sample the same baseline, so the same
-    logits in eval mode) gets one final row instead of B.
+    Rows ``j*B .. (j+1)*B`` are sample ``0..B-1`` under the j-th coalition of ``present``;
+    with ``one_row_for_empty`` the empty coalition (every sample the same baseline, so the same
+    logits in eval mode) gets one final row instead of B.  ``positions[i]`` is the chunk index
+    of the i-th value the pass yields (``present`` in order, then each empty coalition).
+    Built once per (chunk, B, device) by :func:`_plan`: a step reuses its masks every time.
     """
 
-    def __init__(self, chunk: Tensor, batch_size: int, one_row_for_empty: bool) -> None:
-        device = chunk.device
+    def __init__(
+        self, chunk: Coalitions, batch_size: int, device: torch.device, one_row_for_empty: bool
+    ) -> None:
+        full = [not one_row_for_empty or any(c) for c in chunk]
         self.batch_size = batch_size
-        self.full = chunk.any(1) if one_row_for_empty else torch.ones_like(chunk[:, 0])
-        full_cpu = self.full.cpu()
-        self.n_full = int(full_cpu.sum())
-        self.n_empty = chunk.shape[0] - self.n_full
-        self.full_cpu = full_cpu
-        self.samples = torch.cat(
-            [
-                torch.arange(batch_size, device=device).repeat(self.n_full),
-                torch.zeros(min(self.n_empty, 1), dtype=torch.long, device=device),
-            ]
-        )
-        self.row_mask = torch.cat(
-            [
-                chunk[self.full].repeat_interleave(batch_size, dim=0),
-                chunk.new_zeros(min(self.n_empty, 1), chunk.shape[1]),
-            ]
-        )
+        self.present = [c for c, f in zip(chunk, full, strict=True) if f]
+        self.n_full = len(self.present)
+        self.n_empty = len(chunk) - self.n_full
+        self.positions = [k for k, f in enumerate(full) if f] + [
+            k for k, f in enumerate(full) if not f
+        ]
+        empty_rows = [(False,) * len(chunk[0])] if self.n_empty else []
+        repeats = torch.tensor([batch_size] * self.n_full + [1] * len(empty_rows))
+        rows = torch.tensor(self.present + empty_rows, dtype=torch.bool)
+        self.row_mask = rows.repeat_interleave(repeats, dim=0).to(device)  # [rows, M]
+        self.n_rows = int(self.row_mask.shape[0])
 
-    def store(self, out: Tensor, rows: slice, logits: Tensor, targets: Tensor, value: str) -> None:
-        """Write each coalition's value into ``out[rows]`` from this pass's ``logits``."""
-        index = torch.arange(rows.start, rows.stop)
-        split = self.n_full * self.batch_size
-        if logits.shape[0] != split + min(self.n_empty, 1):
+    def stack(self, real: Tensor, base: Tensor, i: int) -> Tensor:
+        """Modality ``i``'s rows ``[rows, ...]``: ``real [B, ...]`` where it is present,
+        ``base`` (``[1, ...]``, or ``[B, ...]`` per sample) where absent; one copy at most."""
+        base_rows = base.expand_as(real) if base.shape[0] == 1 else base
+        parts = [real if c[i] else base_rows for c in self.present]
+        if self.n_empty:
+            parts.append(base[:1])
+        if len(parts) == 1 and parts[0] is real:
+            return real  # one coalition with this modality present: the batch itself
+        return torch.cat(parts)
+
+    def repeat(self, x: Tensor) -> Tensor:
+        """``[rows, ...]``: the batch ``x [B, ...]`` once per coalition of ``present``, then its
+        first sample for the empty coalition (input masking: the model replaces what is absent)."""
+        parts = [x] * self.n_full + ([x[:1]] if self.n_empty else [])
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def sums(self, logits: Tensor, targets: Tensor, value: str) -> Tensor:
+        """Sums over the batch of each value in :attr:`positions` order (:func:`value_sums`)."""
+        if logits.ndim != 2 or logits.shape[0] != self.n_rows:
             raise ValueError(
                 f"the model returned logits of shape {list(logits.shape)} for a pass of "
-                f"{split + min(self.n_empty, 1)} rows; expected one row of logits per input row"
+                f"{self.n_rows} rows; expected one row of logits per input row, [rows, C]"
             )
-        if self.n_full:
-            values = values_from_logits(logits[:split], targets, self.n_full, value)
-            out[index[self.full_cpu]] = values
+        split = self.n_full * self.batch_size
+        parts = [value_sums(logits[:split], targets, self.n_full, value)] if self.n_full else []
         if self.n_empty:
-            empty = logits[split:].expand(self.batch_size, -1)
-            out[index[~self.full_cpu]] = values_from_logits(empty, targets, 1, value)
+            empty = logits[split:].expand(self.batch_size, -1)  # the one row, every sample
+            parts.append(value_sums(empty, targets, 1, value).expand(self.n_empty))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+@lru_cache(maxsize=128)
+def _plan(
+    chunk: Coalitions, batch_size: int, device: torch.device, one_row_for_empty: bool
+) -> _Plan:
+    return _Plan(chunk, batch_size, device, one_row_for_empty)
+
+
+def _passes(
+    coalitions: Coalitions,
+    chunk_size: int | None,
+    batch_size: int,
+    device: torch.device,
+    one_row_for_empty: bool,
+) -> Iterator[tuple[int, _Plan]]:
+    """``(first coalition index, plan)`` of each pass."""
+    for rows in _chunks(coalitions, chunk_size, batch_size, device, one_row_for_empty):
+        yield rows.start, _plan(coalitions[rows], batch_size, device, one_row_for_empty)
+
+
+def mean_values(sums: list[Tensor], positions: list[int], batch_size: int) -> Tensor:
+    """Mean values ``[K]`` (CPU float64) from the passes' sums and their coalition indices."""
+    values = _means(sums[0] if len(sums) == 1 else torch.cat(sums), batch_size)
+    if positions == list(range(len(positions))):
+        return values
+    out = torch.empty_like(values)
+    out[torch.tensor(positions)] = values
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# coalition values
+
+
+def _feature_sums(
+    model: nn.Module,
+    modalities: list[str],
+    features: Mapping[str, Tensor],
+    baseline_features: Mapping[str, Tensor],
+    targets: Tensor,
+    value: str,
+    coalitions: Coalitions,
+    chunk_size: int | None,
+) -> tuple[list[Tensor], list[int]]:
+    """Feature masking: per-pass sums and the coalition index of each (callers hold no_grad
+    and eval mode).  Only ``model.fuse`` runs."""
+    batch_size = targets.shape[0]
+    real = {m: features[m].detach() for m in modalities}
+    base = {m: _checked_baseline(real[m], baseline_features[m], m) for m in modalities}
+    # with shared baselines every sample of the empty coalition is the same: one row does
+    shared = all(base[m].shape[0] == 1 for m in modalities)
+    device = real[modalities[0]].device
+    sums, positions = [], []
+    for start, plan in _passes(coalitions, chunk_size, batch_size, device, shared):
+        stacked = {m: plan.stack(real[m], base[m], i) for i, m in enumerate(modalities)}
+        sums.append(plan.sums(model.fuse(stacked, plan.row_mask), targets, value))
+        positions += [start + k for k in plan.positions]
+    return sums, positions
+
+
+def _checked_baseline(real: Tensor, base: Tensor, m: str) -> Tensor:
+    """Modality ``m``'s baseline features ``[1 or B, ...]`` on the features' device/dtype."""
+    base = base.detach().to(real)
+    batch_size = real.shape[0]
+    if base.shape[1:] != real.shape[1:] or base.shape[0] not in (1, batch_size):
+        raise ValueError(
+            f"baseline_features[{m!r}] must have shape [1, ...] or [B, ...] matching the "
+            f"features {list(real.shape[1:])} per sample (B = {batch_size}), "
+            f"got {list(base.shape)}"
+        )
+    return base
+
+
+def _input_sums(
+    model: nn.Module,
+    modalities: list[str],
+    inputs: Mapping[str, Tensor],
+    targets: Tensor,
+    value: str,
+    coalitions: Coalitions,
+    baselines: Mapping[str, Tensor] | None,
+    chunk_size: int | None,
+) -> tuple[list[Tensor], list[int]]:
+    """Input masking: per-pass sums and the coalition index of each (callers hold no_grad and
+    eval mode).
+
+    The empty coalition gets one row instead of B: every sample is then the same baseline
+    input, so one row's logits are every sample's (rows never interact in eval mode).
+    """
+    batch_size = targets.shape[0]
+    device = inputs[modalities[0]].device
+    sums, positions = [], []
+    for start, plan in _passes(coalitions, chunk_size, batch_size, device, True):
+        stacked = {m: plan.repeat(inputs[m]) for m in modalities}
+        if baselines is None:  # the model replaces absent inputs by its own baselines
+            logits = model(stacked, plan.row_mask)
+        else:  # the protocol: model(x, mask) == model(apply_input_mask(x, mask))
+            logits = model(apply_input_mask(stacked, plan.row_mask, modalities, baselines))
+        sums.append(plan.sums(logits, targets, value))
+        positions += [start + k for k in plan.positions]
+    return sums, positions
+
+
+def coalition_sums(
+    model: nn.Module,
+    inputs: Mapping[str, Tensor],
+    targets: Tensor,
+    coalitions: Coalitions,
+    value: str,
+    masking: str,
+    baselines: Mapping[str, Tensor] | None = None,
+    chunk_size: int | None = None,
+    features: Mapping[str, Tensor] | None = None,
+) -> tuple[list[Tensor], list[int]]:
+    """The passes behind :func:`masked_values`, for callers that hold ``torch.no_grad()`` and
+    :func:`eval_mode` themselves and add values of their own before the one transfer.
+
+    Returns the per-pass sums over the batch (on the device, see :func:`value_sums`) and the index
+    in ``coalitions`` of each summed value; :func:`mean_values` turns them into means.
+    ``masking`` is ``"input"`` or ``"feature"`` (resolved); ``features`` (feature masking) are
+    the batch's features when the caller has them, else the encoders run here.
+    """
+    modalities = _modalities(model)
+    if masking == "feature":
+        if features is None:
+            features = model.encode(inputs)
+        base = model.encode(baseline_inputs(model, inputs, baselines))
+        return _feature_sums(
+            model, modalities, features, base, targets, value, coalitions, chunk_size
+        )
+    return _input_sums(model, modalities, inputs, targets, value, coalitions, baselines, chunk_size)
 
 
 def coalition_values_from_features(
@@ -276,41 +466,13 @@ def coalition_values_from_features(
             raise KeyError(f"{what} are missing modalities {missing}; the model has {modalities}")
     batch_size = check_inputs(features, modalities)
     check_targets(targets, batch_size)
-    device = features[modalities[0]].device
-    masks = coalition_masks(len(modalities), device) if masks is None else masks
-    masks = _check_masks(masks, len(modalities)).to(device)
-    # one pool per modality, [real rows; baseline rows]; each coalition row gathers from it
-    pools = {m: _feature_pool(features, baseline_features, m, batch_size) for m in modalities}
-    sample = torch.arange(batch_size, device=device)
-    # the pool row of each sample's baseline: one shared row (B) or one per sample (B + b)
-    base_row = {m: batch_size + sample * (pools[m].shape[0] > batch_size + 1) for m in pools}
-    # with shared baselines every sample of the empty coalition is the same: one row does
-    shared = all(pools[m].shape[0] == batch_size + 1 for m in modalities)
-    out = torch.empty(masks.shape[0], dtype=torch.float64)
+    n = len(modalities)
+    coalitions = all_coalitions(n) if masks is None else _check_masks(masks, n)
     with torch.no_grad(), eval_mode(model):
-        for rows in _rows(masks.shape[0], chunk_size, batch_size, device):
-            plan = _Plan(masks[rows], batch_size, one_row_for_empty=shared)
-            stacked = {}
-            for i, m in enumerate(modalities):
-                index = torch.where(plan.row_mask[:, i], plan.samples, base_row[m][plan.samples])
-                stacked[m] = pools[m].index_select(0, index)  # one copy: [rows, ...]
-            plan.store(out, rows, model.fuse(stacked, plan.row_mask), targets, value)
-    return out
-
-
-def _feature_pool(
-    features: Mapping[str, Tensor], baseline_features: Mapping[str, Tensor], m: str, batch_size: int
-) -> Tensor:
-    """``[B + 1 or 2B, ...]``: modality ``m``'s features, then its baseline features."""
-    real = features[m].detach()
-    base = baseline_features[m].detach().to(real)
-    if base.shape[1:] != real.shape[1:] or base.shape[0] not in (1, batch_size):
-        raise ValueError(
-            f"baseline_features[{m!r}] must have shape [1, ...] or [B, ...] matching the "
-            f"features {list(real.shape[1:])} per sample (B = {batch_size}), "
-            f"got {list(base.shape)}"
+        sums, positions = _feature_sums(
+            model, modalities, features, baseline_features, targets, value, coalitions, chunk_size
         )
-    return torch.cat([real, base])
+    return mean_values(sums, positions, batch_size)
 
 
 def masked_values(
@@ -328,51 +490,30 @@ def masked_values(
     See :func:`coalition_values`; this is the same computation on chosen coalitions (the
     permutation sampler uses it for more than 10 modalities).
     """
+    coalitions = _check_masks(masks, len(_modalities(model)))
+    return _values(model, inputs, targets, coalitions, value, masking, baselines, chunk_size)
+
+
+def _values(
+    model: nn.Module,
+    inputs: Mapping[str, Tensor],
+    targets: Tensor,
+    coalitions: Coalitions,
+    value: str,
+    masking: str,
+    baselines: Mapping[str, Tensor] | None,
+    chunk_size: int | None,
+) -> Tensor:
     modalities = _modalities(model)
     check_value_kind(value)
     masking = resolve_masking(model, masking)
     batch_size = check_inputs(inputs, modalities)
     check_targets(targets, batch_size)
-    device = inputs[modalities[0]].device
-    masks = _check_masks(masks, len(modalities)).to(device)
     with torch.no_grad(), eval_mode(model):
-        if masking == "feature":
-            features = model.encode(inputs)
-            base = model.encode(baseline_inputs(model, inputs, baselines))
-            return coalition_values_from_features(
-                model, features, base, targets, value, masks=masks, chunk_size=chunk_size
-            )
-        return _input_masked_values(
-            model, inputs, targets, masks, value, baselines, chunk_size, batch_size
+        sums, positions = coalition_sums(
+            model, inputs, targets, coalitions, value, masking, baselines, chunk_size
         )
-
-
-def _input_masked_values(
-    model: nn.Module,
-    inputs: Mapping[str, Tensor],
-    targets: Tensor,
-    masks: Tensor,
-    value: str,
-    baselines: Mapping[str, Tensor] | None,
-    chunk_size: int | None,
-    batch_size: int,
-) -> Tensor:
-    """Input masking, ``chunk_size`` coalitions per pass (callers hold no_grad + eval mode).
-
-    The empty coalition gets one row instead of B: every sample is then the same baseline
-    input, so one row's logits are every sample's (rows never interact in eval mode).
-    """
-    modalities = _modalities(model)
-    out = torch.empty(masks.shape[0], dtype=torch.float64)
-    for rows in _rows(masks.shape[0], chunk_size, batch_size, masks.device):
-        plan = _Plan(masks[rows], batch_size, one_row_for_empty=True)
-        stacked = {m: inputs[m].index_select(0, plan.samples) for m in modalities}
-        if baselines is None:  # the model replaces absent inputs by its own baselines
-            logits = model(stacked, plan.row_mask)
-        else:  # the protocol: model(x, mask) == model(apply_input_mask(x, mask))
-            logits = model(apply_input_mask(stacked, plan.row_mask, modalities, baselines))
-        plan.store(out, rows, logits, targets, value)
-    return out
+    return mean_values(sums, positions, batch_size)
 
 
 def coalition_values(
@@ -395,7 +536,5 @@ def coalition_values(
     (``chunk_size * B`` rows, to bound memory).  The empty coalition takes one row.  Each
     module's train/eval flag is restored afterwards.
     """
-    modalities = _modalities(model)
-    device = next(iter(inputs.values())).device if inputs else None
-    masks = coalition_masks(len(modalities), device)
-    return masked_values(model, inputs, targets, masks, value, masking, baselines, chunk_size)
+    coalitions = all_coalitions(len(_modalities(model)))
+    return _values(model, inputs, targets, coalitions, value, masking, baselines, chunk_size)

@@ -40,15 +40,18 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 
 from msam_core.coalitions import (
+    all_coalitions,
     check_targets,
-    coalition_values_from_features,
-    encode_baselines,
+    check_value_kind,
+    coalition_sums,
+    eval_mode,
     has_feature_path,
-    masked_values,
+    mean_values,
     resolve_masking,
-    values_from_logits,
+    training_modules,
+    value_sums,
 )
-from msam_core.masking import check_inputs, coalition_masks
+from msam_core.masking import check_inputs
 from msam_core.optim.sam import MSAM, SAM
 from msam_core.shapley import MAX_EXACT_PLAYERS, ShapleyResult, modality_shapley
 
@@ -178,9 +181,12 @@ def same_in_train_and_eval(model: nn.Module) -> bool:
     """True when no module would compute differently in eval mode: no active dropout
     (p > 0) and no batch norm in training mode.  Then a training forward's outputs are the
     eval-mode outputs, and the step may reuse them as coalition values."""
-    for module in model.modules():
-        if not module.training:
-            continue
+    return _same_in_train_and_eval(training_modules(model))
+
+
+def _same_in_train_and_eval(training: list[nn.Module]) -> bool:
+    """:func:`same_in_train_and_eval` from the modules in training mode."""
+    for module in training:
         if isinstance(module, _DropoutNd) and module.p > 0:
             return False
         if isinstance(module, _BatchNorm):
@@ -229,22 +235,26 @@ def batch_shapley(
         batch_size = int(targets.shape[0])
         phi = _reduce_values(result.phi, batch_size, targets.device)
         return ShapleyResult(modalities, phi, None, result.stderr)
+    check_value_kind(value)
+    if first is None:  # forward_pass checked these otherwise
+        check_targets(targets, check_inputs(inputs, modalities))
     reuse = reuse_first_pass and first is not None
+    training = training_modules(core)  # one walk of the module tree serves both uses below
     # the first pass's logits are the full coalition's when train and eval mode agree
-    reuse_full = reuse and same_in_train_and_eval(core)
-    masks = coalition_masks(len(modalities), targets.device)
-    masks = masks[:-1] if reuse_full else masks  # the full coalition is the last bitmask
-    if resolved == "feature" and reuse and first.features:
-        base = encode_baselines(core, inputs, baselines)
-        values = coalition_values_from_features(
-            core, first.features, base, targets, value, masks=masks, chunk_size=chunk_size
+    reuse_full = reuse and _same_in_train_and_eval(training)
+    coalitions = all_coalitions(len(modalities))
+    coalitions = coalitions[:-1] if reuse_full else coalitions  # the full one is the last
+    features = first.features if resolved == "feature" and reuse and first.features else None
+    with torch.no_grad(), eval_mode(core, training):
+        sums, positions = coalition_sums(
+            core, inputs, targets, coalitions, value, resolved, baselines, chunk_size, features
         )
-    else:
-        values = masked_values(core, inputs, targets, masks, value, resolved, baselines, chunk_size)
     if reuse_full:
-        full = values_from_logits(first.logits.detach(), targets, 1, value)
-        values = torch.cat([values, full])
-    values = _reduce_values(values, int(targets.shape[0]), targets.device)
+        sums.append(value_sums(first.logits.detach(), targets, 1, value))
+        positions.append(len(coalitions))
+    batch_size = int(targets.shape[0])
+    values = mean_values(sums, positions, batch_size)  # the one device-to-host copy
+    values = _reduce_values(values, batch_size, targets.device)
     return ShapleyResult.from_values(modalities, values)
 
 
