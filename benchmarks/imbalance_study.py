@@ -18,22 +18,14 @@ temporary folder.  Reports what it measures; it asserts nothing.
 from __future__ import annotations
 
 import argparse
-import math
 import tempfile
 import time
 
+from _study import ordered_methods
+from _study import pm as _pm
+
 from msam_core.compare import compare
 from msam_core.data import load_dataset
-from msam_core.methods import method_names
-
-#: the methods users compare, in the order the table lists them (others registered follow)
-ORDER = ("joint", "sam", "asam", "ogm_ge", "agm", "msam")
-
-
-def _pm(mean: float, std: float) -> str:
-    if not math.isfinite(mean):
-        return "–"
-    return f"{100 * mean:.1f} ± {100 * std:.1f}" if math.isfinite(std) else f"{100 * mean:.1f}"
 
 
 def main() -> None:
@@ -43,8 +35,7 @@ def main() -> None:
     parser.add_argument("--out", help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args()
 
-    registered = method_names()
-    methods = [m for m in ORDER if m in registered] + [m for m in registered if m not in ORDER]
+    methods = ordered_methods()
     info = load_dataset("synthetic", n_train=8, n_val=8, n_test=8).info
     strengths = info["strengths"]
     weak = min(strengths, key=strengths.get)
