@@ -111,10 +111,18 @@ def _non_finite_facts(model: nn.Module, inputs: Mapping[str, Tensor]) -> list[st
 
 def check_finite_loss(
     loss: Tensor, where: str, model: nn.Module, inputs: Mapping[str, Tensor]
-) -> None:
-    """Raise :class:`NonFiniteLossError` naming the loss value and what to try."""
-    if bool(torch.isfinite(loss.detach()).all()):
-        return
+) -> float | None:
+    """Raise :class:`NonFiniteLossError` naming the loss value and what to try.
+
+    Returns a scalar loss as a float: the check and the value the step records are one
+    device-to-host read (None for a loss of several elements, checked element-wise).
+    """
+    if loss.numel() == 1:
+        value = float(loss.detach())
+        if math.isfinite(value):
+            return value
+    elif bool(torch.isfinite(loss.detach()).all()):
+        return None
     facts = _non_finite_facts(model, inputs)
     raise NonFiniteLossError(
         f"the loss {where} is {float(loss.detach()):g} on this batch; the step was stopped "
@@ -131,11 +139,18 @@ def check_finite_loss(
 @dataclass
 class FirstPass:
     """The forward at ``θ``: ``logits [B, C]``, ``loss`` (scalar, with grad) and the
-    per-modality ``features`` when the model was run as ``fuse(encode(x))`` (else None)."""
+    per-modality ``features`` when the model was run as ``fuse(encode(x))`` (else None);
+    ``loss_value`` is ``float(loss)``, read once when the loss was checked."""
 
     logits: Tensor
     loss: Tensor
     features: dict[str, Tensor] | None
+    loss_value: float | None = None
+
+    @property
+    def value(self) -> float:
+        """ℓ(θ) as a float (read from the device only if it was not read already)."""
+        return float(self.loss.detach()) if self.loss_value is None else self.loss_value
 
     @property
     def batch_size(self) -> int:
@@ -173,8 +188,8 @@ def forward_pass(
         raise ValueError(
             f"loss_fn must return a scalar (the batch mean), got shape {list(loss.shape)}"
         )
-    check_finite_loss(loss, "at θ (first pass)", core, inputs)
-    return FirstPass(logits, loss, features)
+    value = check_finite_loss(loss, "at θ (first pass)", core, inputs)
+    return FirstPass(logits, loss, features, value)
 
 
 def same_in_train_and_eval(model: nn.Module) -> bool:
@@ -278,12 +293,13 @@ def perturbed_backward(
     try:
         with frozen_batchnorm_stats(model):
             loss = loss_fn(model(inputs), targets)
-            check_finite_loss(loss, "at θ+ε (second, perturbed pass)", unwrap(model), inputs)
+            where = "at θ+ε (second, perturbed pass)"
+            value = check_finite_loss(loss, where, unwrap(model), inputs)
             loss.backward()
     except BaseException:
         optimizer.restore()
         raise
-    return float(loss.detach())
+    return float(loss.detach()) if value is None else value
 
 
 @torch.no_grad()
@@ -396,7 +412,7 @@ def plain_step(
     if sharpness_rho is not None:
         perturbed = _loss_after_ascent(model, inputs, targets, loss_fn, sharpness_rho)
     optimizer.step()
-    loss = float(first.loss.detach())
+    loss = first.value
     return StepResult(loss, shapley, perturbed, None, time.perf_counter() - start)
 
 
@@ -427,7 +443,7 @@ def sam_step(
         optimizer.second_step(1.0)
     else:
         optimizer.second_step()
-    loss = float(first.loss.detach())
+    loss = first.value
     return StepResult(loss, shapley, perturbed, 1.0, time.perf_counter() - start)
 
 
@@ -461,5 +477,5 @@ def msam_step(
     weight = float(shapley.weights[shapley.dominant_index])
     perturbed = perturbed_backward(model, optimizer, inputs, targets, loss_fn)
     optimizer.second_step(weight)
-    loss = float(first.loss.detach())
+    loss = first.value
     return StepResult(loss, shapley, perturbed, weight, time.perf_counter() - start)
