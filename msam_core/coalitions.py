@@ -259,8 +259,10 @@ class _Plan:
     Rows ``j*B .. (j+1)*B`` are sample ``0..B-1`` under the j-th coalition of ``present``;
     with ``one_row_for_empty`` the empty coalition (every sample the same baseline, so the same
     logits in eval mode) gets one final row instead of B.  ``positions[i]`` is the chunk index
-    of the i-th value the pass yields (``present`` in order, then each empty coalition).
-    Built once per (chunk, B, device) by :func:`_plan`: a step reuses its masks every time.
+    of the i-th value the pass yields: ``present`` in order and the empty coalitions, these
+    first when they come first in the chunk (bitmask order: then the values are in chunk order
+    and need no reordering).  Built once per (chunk, B, device) by :func:`_plan`: a step reuses
+    its masks every time.
     """
 
     def __init__(
@@ -271,9 +273,10 @@ class _Plan:
         self.present = [c for c, f in zip(chunk, full, strict=True) if f]
         self.n_full = len(self.present)
         self.n_empty = len(chunk) - self.n_full
-        self.positions = [k for k, f in enumerate(full) if f] + [
-            k for k, f in enumerate(full) if not f
-        ]
+        fulls = [k for k, f in enumerate(full) if f]
+        empties = [k for k, f in enumerate(full) if not f]
+        self.empty_first = bool(empties) and (not fulls or empties[-1] < fulls[0])
+        self.positions = empties + fulls if self.empty_first else fulls + empties
         empty_rows = [(False,) * len(chunk[0])] if self.n_empty else []
         repeats = torch.tensor([batch_size] * self.n_full + [1] * len(empty_rows))
         rows = torch.tensor(self.present + empty_rows, dtype=torch.bool)
@@ -308,7 +311,8 @@ class _Plan:
         parts = [value_sums(logits[:split], targets, self.n_full, value)] if self.n_full else []
         if self.n_empty:
             empty = logits[split:].expand(self.batch_size, -1)  # the one row, every sample
-            parts.append(value_sums(empty, targets, 1, value).expand(self.n_empty))
+            empty_sums = value_sums(empty, targets, 1, value).expand(self.n_empty)
+            parts.insert(0 if self.empty_first else len(parts), empty_sums)
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
