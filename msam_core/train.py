@@ -545,7 +545,9 @@ class _Loop:
                 state.sharpness_sum += record["sharpness"]
                 state.sharpness_count += 1
             if not self._log(record):
-                self.stop_reason = f"stopped by the callback at step {state.step}"
+                # a stop pressed while this step ran is the user's, not the callback's
+                who = "user" if self.control is not None and self.control.stopped else "callback"
+                self.stop_reason = f"stopped by the {who} at step {state.step}"
                 return False
             bar.update(1)
             if state.step % 10 == 0 or bar.n == bar.total:

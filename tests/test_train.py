@@ -105,6 +105,26 @@ def test_training_control_stop(tmp_path):
     path = train(small_config(method="joint"), out=tmp_path / "run", control=control, quiet=True)
     run = load_run(path)
     assert len(run.iterations) == 0 and run.summary["finished"] is False
+    assert "stopped by the user" in run.summary["stopped"]
+
+
+def test_stop_pressed_during_a_step_is_reported_as_the_users(tmp_path):
+    control = TrainingControl()
+
+    def press_stop_mid_step(record):  # the loop checks the switch after this step's record
+        if record.get("step") == 3:
+            control.stop()
+
+    path = train(
+        small_config(method="joint"),
+        out=tmp_path / "run",
+        control=control,
+        callback=press_stop_mid_step,
+        quiet=True,
+    )
+    run = load_run(path)
+    assert list(run.iterations["step"]) == [1, 2, 3]
+    assert run.summary["stopped"] == "stopped by the user at step 3"
 
 
 @pytest.mark.parametrize(

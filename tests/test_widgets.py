@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import numpy as np
 import plotly.graph_objects as go
@@ -238,9 +239,12 @@ def test_monitor_pause_holds_the_loop_and_stop_ends_it(tmp_path):
         threading.Event().wait(0.02)
     monitor.pause_button.click()
     assert monitor.paused and monitor.pause_button.description == "Resume"
-    threading.Event().wait(0.3)  # a step in flight may still finish
-    held = monitor.live.steps_done
-    threading.Event().wait(0.3)
+    # a step (or an epoch's evaluation) in flight may still finish: let it settle first
+    held, deadline = -1, time.monotonic() + 30
+    while monitor.live.steps_done != held and time.monotonic() < deadline:
+        held = monitor.live.steps_done
+        threading.Event().wait(0.3)
+    threading.Event().wait(0.5)
     assert monitor.live.steps_done == held and monitor.running
     monitor.pause_button.click()
     assert not monitor.paused
