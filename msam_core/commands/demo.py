@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-HELP = "train joint and M-SAM on the synthetic default and print them side by side"
+HELP = "train joint and M-SAM on the embedded synthetic and mfeat sets, print them side by side"
 DEMO_METHODS = ("joint", "msam")
 #: small enough for < 1 min on two CPU cores, long enough for the imbalance to show
 DEMO_CONFIG: dict[str, Any] = {
