@@ -65,6 +65,7 @@ from msam_core.step import (
 # `train` the function shadows the submodule as a package attribute: import the module's
 # other names with `from msam_core.train import ...`
 from msam_core.train import TrainingControl, TrainingDiverged, train
+from msam_core.trained import TrainedModel, load_trained
 
 __version__ = "0.1.0"
 
@@ -85,6 +86,7 @@ __all__ = [
     "StepResult",
     "TensorSplit",
     "TrainConfig",
+    "TrainedModel",
     "TrainingControl",
     "TrainingDiverged",
     "balance_entropy",
@@ -109,6 +111,7 @@ __all__ = [
     "load_landscape",
     "load_landscapes",
     "load_run",
+    "load_trained",
     "method_names",
     "modality_parameter_groups",
     "modality_shapley",

@@ -34,6 +34,7 @@ from torch.func import functional_call
 
 from msam_core.hessian import eval_mode
 from msam_core.param_groups import block_choices, modality_parameter_names
+from msam_core.trained import epoch_checkpoints, load_trained
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Direction = dict[str, Tensor]
@@ -652,17 +653,6 @@ def load_landscapes(run_dir: str | os.PathLike) -> dict[str, Landscape]:
 # from a run directory
 
 
-def checkpoint_epochs(run_dir: str | os.PathLike) -> dict[int, Path]:
-    """``{epoch: path}`` of the run's ``checkpoints/epoch_XXXX.pt`` files, sorted by epoch."""
-    folder = Path(run_dir) / "checkpoints"
-    found = {}
-    for path in folder.glob("epoch_*.pt"):
-        suffix = path.stem.removeprefix("epoch_")
-        if suffix.isdigit():
-            found[int(suffix)] = path
-    return dict(sorted(found.items()))
-
-
 def _evaluation_subset(split, n_eval: int, seed: int):
     """A fixed random subset of ``n_eval`` samples (all if the split is smaller), in order."""
     from msam_core.train import fetch_batch
@@ -707,8 +697,7 @@ def landscape_for_run(
     one encoder (or ``"fusion"``); ``pca`` uses the PCA of the checkpoints up to ``epoch``
     instead.  Returns the path of the ``.npz`` written.
     """
-    from msam_core.config import TrainConfig
-    from msam_core.train import build_dataset, build_run_model, load_checkpoint
+    from msam_core.train import load_checkpoint
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -718,31 +707,17 @@ def landscape_for_run(
         raise ValueError(f"dims must be 1 or 2, got {dims}")
     if pca and modality not in (None, "all"):
         raise ValueError("choose either pca or a modality subspace, not both")
-    available = checkpoint_epochs(run_dir)
-    if not available:
-        raise FileNotFoundError(
-            f"run {str(run_dir)!r} has no checkpoints/epoch_XXXX.pt; train it with "
-            "checkpoint_every >= 1 to get landscapes of its weights"
-        )
+    available = epoch_checkpoints(run_dir, purpose="get landscapes of")
     if epoch is None:
         epoch = max(available)
-    if epoch not in available:
-        raise ValueError(
-            f"run {str(run_dir)!r} has no checkpoint for epoch {epoch}; "
-            f"available epochs: {list(available)}"
-        )
-    checkpoint = load_checkpoint(available[epoch], map_location="cpu")
-    config = TrainConfig.from_dict(checkpoint["config"])
-    dataset = build_dataset(config)
-    model = build_run_model(config, dataset)
-    model.load_state_dict(checkpoint["model"])
-    model.to(device)
+    trained = load_trained(run_dir, epoch, device)
+    model, dataset = trained.model, trained.dataset
     check_subspace(model, modality)
     inputs, targets = _evaluation_subset(dataset.split(split), n_eval, seed)
     inputs = {m: x.to(device) for m, x in inputs.items()}
     targets = targets.to(device)
     options = dict(steps=steps, span=span, dims=dims, chunk_size=chunk_size, batch_size=batch_size)
-    where = dict(epoch=epoch, step=checkpoint.get("step"), split=split)
+    where = dict(epoch=epoch, step=trained.step, split=split)
     if not pca:
         landscape = compute_landscape(
             model,

@@ -636,7 +636,7 @@ class _Loop:
             self.state.best_epoch = epoch
             self.state.best_metrics = metrics
             save_checkpoint(
-                {"model": self.model.state_dict(), "epoch": epoch},
+                {"model": self.model.state_dict(), "epoch": epoch, "step": self.state.step},
                 self.writer.checkpoints_dir / "best.pt",
             )
         if not self.quiet:

@@ -68,15 +68,10 @@ class LandscapeExplorer(W.VBox):
         seed: int = 0,
         style: Style | None = None,
     ) -> None:
-        from msam_core.landscape import checkpoint_epochs  # torch import on first use
+        from msam_core.trained import epoch_checkpoints  # torch import on first use
 
         self.run = run if isinstance(run, Run) else load_run(run)
-        self.epochs = checkpoint_epochs(self.run.path)
-        if not self.epochs:
-            raise FileNotFoundError(
-                f"run {str(self.run.path)!r} has no checkpoints/epoch_XXXX.pt; train it with "
-                "checkpoint_every >= 1 to explore the landscape of its weights"
-            )
+        self.epochs = epoch_checkpoints(self.run.path, purpose="explore the landscapes of")
         if view not in VIEWS:
             raise ValueError(f"view must be one of {list(VIEWS)}, got {view!r}")
         self.n_eval = n_eval
