@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from msam_core.batches import iterate_batches
 from msam_core.config import TrainConfig
 from msam_core.methods import build_method
 from msam_core.record import RunWriter, load_run
@@ -36,7 +37,6 @@ from msam_core.train import (
     build_dataset,
     build_run_model,
     build_scheduler,
-    iterate_batches,
     seed_everything,
     train,
 )

@@ -74,6 +74,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     bf16: bool = False  # bf16 autocast, CUDA only
+    num_workers: int = 0  # DataLoader processes reading file-backed items; 0 = main process
     # evaluation, checkpoints, measurement
     eval_every: int = 1
     eval_batch_size: int = 1024
@@ -107,7 +108,7 @@ class TrainConfig:
         for key in ("batch_size", "eval_batch_size", "probe_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("epochs", "eval_every", "checkpoint_every", "keep_checkpoints"):
+        for key in ("epochs", "eval_every", "checkpoint_every", "keep_checkpoints", "num_workers"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.measure_every < 0:

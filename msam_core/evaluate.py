@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from msam_core.batches import iterate_batches
+
 
 def balance_entropy(phi: Sequence[float] | Tensor) -> float | None:
     """Normalised entropy of the positive Shapley shares (module docstring); None if undefined."""
@@ -45,10 +47,8 @@ def balance_entropy(phi: Sequence[float] | Tensor) -> float | None:
     return max(0.0, entropy / math.log(len(values)))  # max: no -0.0 for a single share
 
 
-def _batches(split: Dataset, batch_size: int, device: torch.device):
-    from msam_core.train import iterate_batches  # shared batch gathering, no import cycle
-
-    return iterate_batches(split, torch.arange(len(split)), batch_size, device)
+def _batches(split: Dataset, batch_size: int, device: torch.device, num_workers: int):
+    return iterate_batches(split, torch.arange(len(split)), batch_size, device, num_workers)
 
 
 #: permutations per batch when a model has more modalities than exact Shapley enumerates
@@ -64,6 +64,7 @@ def evaluate_split(
     value: str = "accuracy",
     device: torch.device | str | None = None,
     seed: int = 0,
+    num_workers: int = 0,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on every sample of ``split`` (eval mode, no grad; mode restored).
 
@@ -72,7 +73,8 @@ def evaluate_split(
     ``value``: accuracy, prob or neg_loss, see :mod:`msam_core.coalitions`) and ``balance``
     (absent when undefined).  Up to 10 modalities φ is exact; beyond, it is estimated by
     antithetic permutation sampling (``EVAL_PERMUTATIONS`` per batch, seeded by ``seed``) and
-    ``phi_stderr/<m>`` is added.
+    ``phi_stderr/<m>`` is added.  ``num_workers`` reads a file-backed split's items in that
+    many worker processes (:func:`msam_core.batches.iterate_batches`).
     """
     from msam_core.coalitions import check_value_kind, coalition_values, masked_values
     from msam_core.shapley import MAX_EXACT_PLAYERS, exact_shapley, permutation_shapley
@@ -92,7 +94,7 @@ def evaluate_split(
     phi_sum = torch.zeros(n_mod, dtype=torch.float64)
     var_sum = torch.zeros(n_mod, dtype=torch.float64)
     try:
-        for inputs, targets in _batches(split, batch_size, device):
+        for inputs, targets in _batches(split, batch_size, device, num_workers):
             n = int(targets.shape[0])
             logits = model(inputs)
             loss_sum += float(F.cross_entropy(logits.float(), targets, reduction="sum"))

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from msam_core.batches import fetch_batch
 from msam_core.hessian import eval_mode
 from msam_core.param_groups import block_choices, modality_parameter_names
 from msam_core.trained import epoch_checkpoints, load_trained
@@ -655,8 +656,6 @@ def load_landscapes(run_dir: str | os.PathLike) -> dict[str, Landscape]:
 
 def _evaluation_subset(split, n_eval: int, seed: int):
     """A fixed random subset of ``n_eval`` samples (all if the split is smaller), in order."""
-    from msam_core.train import fetch_batch
-
     n = len(split)
     if n_eval >= n:
         indices = torch.arange(n)

@@ -29,16 +29,17 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from msam_core.batches import fetch_batch, iterate_batches
 from msam_core.config import TrainConfig, read_config_file, resolve_config, with_overrides
 from msam_core.data import MultimodalDataset, load_dataset
 from msam_core.evaluate import evaluate_split
@@ -51,6 +52,7 @@ CHECKPOINT_FORMAT = 1
 RESUMABLE_KEYS = (
     "epochs",
     "device",
+    "num_workers",
     "eval_every",
     "eval_batch_size",
     "checkpoint_every",
@@ -166,24 +168,6 @@ def build_run_model(config: TrainConfig, dataset: MultimodalDataset) -> nn.Modul
         encoder=config.encoder,
         **config.model_options,
     )
-
-
-def fetch_batch(split: Dataset, indices: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-    """Gather samples ``indices`` of a split: one indexing op for in-memory splits."""
-    if hasattr(split, "take"):
-        return split.take(indices)
-    items = [split[int(i)] for i in indices]
-    inputs = {m: torch.stack([x[m] for x, _ in items]) for m in items[0][0]}
-    return inputs, torch.as_tensor([int(y) for _, y in items])
-
-
-def iterate_batches(
-    split: Dataset, order: Tensor, batch_size: int, device: torch.device
-) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
-    """Batches in ``order`` (the last one may be smaller), moved to ``device``."""
-    for start in range(0, len(order), batch_size):
-        inputs, targets = fetch_batch(split, order[start : start + batch_size])
-        yield {m: x.to(device) for m, x in inputs.items()}, targets.to(device)
 
 
 def check_model_matches_data(model: nn.Module, dataset: MultimodalDataset) -> None:
@@ -347,7 +331,7 @@ def train(
     model = model if model is not None else build_run_model(cfg, dataset)
     check_model_matches_data(model, dataset)
     if cfg.baseline == "mean":
-        model.fit_baselines(_all_inputs(dataset.train, cfg.eval_batch_size))
+        model.fit_baselines(_all_inputs(dataset.train, cfg.eval_batch_size, cfg.num_workers))
     model.to(device)
     modalities = list(model.modalities)
 
@@ -419,12 +403,13 @@ def train(
     return run_dir
 
 
-def _all_inputs(split: Dataset, batch_size: int):
+def _all_inputs(split: Dataset, batch_size: int, num_workers: int = 0):
     """Every sample's inputs, as one dict (in-memory splits) or batch by batch."""
     if hasattr(split, "inputs"):
         return split.inputs
     order = torch.arange(len(split))
-    return (x for x, _ in iterate_batches(split, order, batch_size, torch.device("cpu")))
+    cpu = torch.device("cpu")
+    return (x for x, _ in iterate_batches(split, order, batch_size, cpu, num_workers))
 
 
 def _probe_batch(split: Dataset, size: int, device: torch.device):
@@ -513,7 +498,7 @@ class _Loop:
         model.train()
         started = time.perf_counter()
         for inputs, targets in iterate_batches(
-            self.dataset.train, order, cfg.batch_size, self.device
+            self.dataset.train, order, cfg.batch_size, self.device, cfg.num_workers
         ):
             if self.control is not None and not self.control.wait():
                 self.stop_reason = f"stopped by the user at step {state.step}"
@@ -621,6 +606,7 @@ class _Loop:
                 batch_size=self.cfg.eval_batch_size,
                 value=self.cfg.shapley_value,
                 device=self.device,
+                num_workers=self.cfg.num_workers,
             )
             record = {"epoch": epoch, "split": split, "step": self.state.step, **result}
             if split == "train":

@@ -164,6 +164,23 @@ def test_default_audio_settings_give_the_published_257_by_188_map():
     assert tuple(spec.shape) == config.shape == (1, 257, 188)
 
 
+@pytest.mark.parametrize("n_fft", [64, 63])
+def test_spectrogram_equals_torch_stft_and_ignores_the_thread_count(n_fft):
+    config = AudioConfig(sample_rate=8000, duration=0.25, n_fft=n_fft, hop_length=20)
+    wave = torch.rand(config.n_samples, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    window = torch.hann_window(n_fft, dtype=torch.float64)
+    stft = torch.stft(wave.double(), n_fft, 20, window=window, center=True, return_complex=True)
+    spec = log_spectrogram(wave, config)
+    assert spec.shape == config.shape and spec.dtype == torch.float32
+    torch.testing.assert_close(spec.double(), torch.log(stft.abs() + 1e-7)[None], atol=1e-5, rtol=0)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # as in a DataLoader worker
+        assert torch.equal(log_spectrogram(wave, config), spec)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("file_rate", [8000, 16000])
 def test_a_tone_peaks_in_its_frequency_bin(tmp_path, file_rate):
     # 1 kHz at 8 kHz with a 64-point FFT: bins are 125 Hz apart, so the peak is bin 8,
@@ -315,3 +332,69 @@ def test_one_msam_epoch_on_each_layout(tmp_path, name):
     assert all(np.isfinite(s["loss"]) for s in steps)
     assert {(e["epoch"], e["split"]) for e in epochs} >= {(1, "train"), (1, "val"), (1, "test")}
     assert (run / "checkpoints" / "last.pt").is_file()
+
+
+# --- reading items in DataLoader worker processes -------------------------------------------
+
+
+def test_worker_processes_give_the_same_batches_in_the_same_order(tmp_path):
+    from msam_core.batches import iterate_batches
+
+    ds = cremad.load_cremad(fx.make_cremad(tmp_path), **OPTIONS)
+    order = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(0))
+    cpu = torch.device("cpu")
+    alone = list(iterate_batches(ds.train, order, 4, cpu))
+    workers = list(iterate_batches(ds.train, order, 4, cpu, num_workers=2))
+    assert len(alone) == len(workers) == 2  # 6 training clips, batches of 4 and 2
+    for (x0, y0), (x1, y1) in zip(alone, workers, strict=True):
+        assert torch.equal(y0, y1)
+        for m in x0:
+            assert torch.equal(x0[m], x1[m])
+
+
+def test_a_corrupt_file_read_in_a_worker_is_raised_as_itself(tmp_path):
+    from msam_core.batches import iterate_batches
+
+    root = fx.make_cremad(tmp_path)
+    (root / "AudioWAV" / "1000_IEO_NEU_XX.wav").write_bytes(b"not a wav file")
+    ds = cremad.load_cremad(root, **OPTIONS)
+    order = torch.arange(len(ds.test))
+    with pytest.raises(MalformedDataError, match=r"1000_IEO_NEU_XX\.wav(.|\n)*Expected layout"):
+        list(iterate_batches(ds.test, order, 2, torch.device("cpu"), num_workers=2))
+
+
+def test_training_with_workers_is_the_same_run(tmp_path):
+    import json
+
+    from msam_core.train import train
+
+    data_root = str(fx.make_cremad(tmp_path / "data"))
+    runs = {}
+    for workers in (0, 2):
+        runs[workers] = train(
+            dataset="cremad",
+            dataset_options={"data_root": data_root, **OPTIONS},
+            encoder="resnet18",
+            model_options={"feature_dim": 8},
+            method="msam",
+            epochs=2,
+            batch_size=4,
+            num_workers=workers,
+            out=tmp_path / f"run{workers}",
+            quiet=True,
+        )
+
+    def records(run, name):
+        lines = (run / name).read_text().splitlines()
+        return [
+            {k: v for k, v in json.loads(line).items() if not k.startswith("time/")}
+            for line in lines
+        ]
+
+    for name in ("iterations.jsonl", "epochs.jsonl"):
+        assert records(runs[0], name) == records(runs[2], name)
+    weights = [
+        torch.load(r / "checkpoints" / "last.pt", weights_only=False)["model"]
+        for r in runs.values()
+    ]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

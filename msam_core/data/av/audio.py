@@ -1,4 +1,4 @@
-"""WAV file -> log-magnitude spectrogram ``[1, F, T]``, with scipy and torch.stft only.
+"""WAV file -> log-magnitude spectrogram ``[1, F, T]``, with scipy and numpy only.
 
 The defaults follow the published audio-visual imbalance code (OGM-GE and its successors):
 22 050 Hz, 3 s per clip (shorter clips are repeated, longer ones cut), a 512-point STFT with
@@ -67,7 +67,8 @@ class AudioConfig:
         """Shape ``(1, F, T)`` of the spectrogram this config produces."""
         if self.spec_size is not None:
             return (1, *self.spec_size)
-        return (1, self.n_fft // 2 + 1, 1 + self.n_samples // self.hop_length)
+        padded = self.n_samples + 2 * (self.n_fft // 2)  # centred frames
+        return (1, self.n_fft // 2 + 1, 1 + (padded - self.n_fft) // self.hop_length)
 
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
@@ -106,18 +107,22 @@ def fit_length(wave: np.ndarray, n_samples: int) -> np.ndarray:
     return np.tile(wave, repeats)[:n_samples]
 
 
-def log_spectrogram(wave: Tensor, config: AudioConfig) -> Tensor:
-    """``log(|STFT| + 1e-7)`` of a 1-D signal (Hann window, centred frames) -> ``[1, F, T]``."""
-    window = torch.hann_window(config.n_fft, device=wave.device, dtype=wave.dtype)
-    stft = torch.stft(
-        wave,
-        n_fft=config.n_fft,
-        hop_length=config.hop_length,
-        window=window,
-        center=True,
-        return_complex=True,
-    )
-    spec = torch.log(stft.abs() + 1e-7).unsqueeze(0)
+def log_spectrogram(wave: Tensor | np.ndarray, config: AudioConfig) -> Tensor:
+    """``log(|STFT| + 1e-7)`` of a 1-D signal (periodic Hann window, centred frames with
+    reflect padding, as ``torch.stft(center=True)``) -> float32 ``[1, F, T]``.
+
+    Computed with numpy's FFT in float64: the result does not depend on how many threads
+    torch uses, so a clip read in a DataLoader worker (one thread) equals the same clip read
+    in the main process, bit for bit.
+    """
+    signal = np.asarray(wave, dtype=np.float64)
+    n_fft, hop = config.n_fft, config.hop_length
+    padded = np.pad(signal, n_fft // 2, mode="reflect")
+    n_frames = 1 + (len(padded) - n_fft) // hop
+    starts = hop * np.arange(n_frames)[:, None]
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
+    magnitude = np.abs(np.fft.rfft(padded[starts + np.arange(n_fft)] * window, axis=1))
+    spec = torch.from_numpy(np.log(magnitude.T + 1e-7).astype(np.float32)).unsqueeze(0)
     if config.spec_size is not None and tuple(spec.shape[1:]) != config.spec_size:
         spec = F.interpolate(
             spec.unsqueeze(0), size=config.spec_size, mode="bilinear", align_corners=False
@@ -129,4 +134,4 @@ def wav_to_spectrogram(path: str | Path, config: AudioConfig) -> Tensor:
     """Read, resample, fit to ``config.duration``, clip to [-1, 1], and transform one WAV."""
     wave, rate = read_wav(path)
     wave = np.clip(fit_length(resample(wave, rate, config.sample_rate), config.n_samples), -1, 1)
-    return log_spectrogram(torch.from_numpy(np.ascontiguousarray(wave)), config)
+    return log_spectrogram(wave, config)

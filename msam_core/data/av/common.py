@@ -31,18 +31,23 @@ def _explain(dataset: str, problem: str, layout: str) -> str:
     return f"{dataset}: {problem}\nExpected layout:\n{layout.rstrip()}"
 
 
-class MissingDataError(FileNotFoundError):
+class _LayoutError:
+    """Mixin: keeps the parts of the message, so the error pickles (DataLoader workers)."""
+
+    def __init__(self, dataset: str, problem: str, layout: str) -> None:
+        super().__init__(_explain(dataset, problem, layout))  # type: ignore[call-arg]
+        self.parts = (dataset, problem, layout)
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
+        return type(self), self.parts
+
+
+class MissingDataError(_LayoutError, FileNotFoundError):
     """A file or folder the layout requires is absent (the message shows the layout)."""
 
-    def __init__(self, dataset: str, problem: str, layout: str) -> None:
-        super().__init__(_explain(dataset, problem, layout))
 
-
-class MalformedDataError(ValueError):
+class MalformedDataError(_LayoutError, ValueError):
     """A file exists but cannot be read as the layout says (the message shows the layout)."""
-
-    def __init__(self, dataset: str, problem: str, layout: str) -> None:
-        super().__init__(_explain(dataset, problem, layout))
 
 
 def check_root(data_root: str | Path | None, dataset: str, layout: str) -> Path:

@@ -1,0 +1,96 @@
+"""Batches of a split in a given order: the one batching path of training and evaluation.
+
+In-memory splits (with ``take``) gather a batch in one indexing op.  File-backed splits (the
+audio-visual loaders) read item by item; with ``num_workers > 0`` the items are read in that
+many DataLoader worker processes, ahead of the model, giving the same batches in the same
+order (so results and resume stay exact).  An item that fails to load in a worker is raised
+in the main process with its own type and message (naming the file), as without workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+Batch = tuple[dict[str, Tensor], Tensor]
+
+
+def collate_items(items: Sequence[tuple[dict[str, Tensor], int]]) -> Batch:
+    """Stack ``[(inputs, label), ...]`` items into ``({m: [B, ...]}, targets [B])``."""
+    inputs = {m: torch.stack([x[m] for x, _ in items]) for m in items[0][0]}
+    return inputs, torch.as_tensor([int(y) for _, y in items])
+
+
+def fetch_batch(split: Dataset, indices: Tensor) -> Batch:
+    """Gather samples ``indices`` of a split: one indexing op for in-memory splits."""
+    if hasattr(split, "take"):
+        return split.take(indices)
+    return collate_items([split[int(i)] for i in indices])
+
+
+class _ItemOrError(Dataset):
+    """A split whose failing item comes back as its exception instead of killing the worker."""
+
+    def __init__(self, split: Dataset) -> None:
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.split[index]
+        except Exception as err:  # re-raised in the main process by _collate_or_error
+            return err
+
+
+def _collate_or_error(items: list[Any]) -> Batch | Exception:
+    for item in items:
+        if isinstance(item, Exception):
+            return item
+    return collate_items(items)
+
+
+def _worker_batches(
+    split: Dataset, order: Tensor, batch_size: int, num_workers: int, pin: bool
+) -> Iterator[Batch]:
+    chunks = [order[s : s + batch_size].tolist() for s in range(0, len(order), batch_size)]
+    loader = DataLoader(
+        _ItemOrError(split),
+        batch_sampler=chunks,
+        num_workers=num_workers,
+        collate_fn=_collate_or_error,
+        pin_memory=pin,
+    )
+    for batch in loader:
+        if isinstance(batch, Exception):
+            raise batch
+        yield batch
+
+
+def iterate_batches(
+    split: Dataset,
+    order: Tensor,
+    batch_size: int,
+    device: torch.device,
+    num_workers: int = 0,
+) -> Iterator[Batch]:
+    """Batches in ``order`` (the last one may be smaller), moved to ``device``.
+
+    ``num_workers > 0`` reads a file-backed split's items in worker processes; in-memory
+    splits ignore it (one indexing op is already faster than handing tensors between
+    processes).
+    """
+    if num_workers > 0 and not hasattr(split, "take"):
+        batches = _worker_batches(split, order, batch_size, num_workers, device.type == "cuda")
+    else:
+        batches = (
+            fetch_batch(split, order[start : start + batch_size])
+            for start in range(0, len(order), batch_size)
+        )
+    for inputs, targets in batches:
+        yield {m: x.to(device) for m, x in inputs.items()}, targets.to(device)
