@@ -48,6 +48,7 @@ bench: setup
 	$(BIN)/python benchmarks/step_cost.py
 	$(BIN)/python benchmarks/loop_overhead.py
 	$(BIN)/python benchmarks/landscape_speed.py
+	$(BIN)/python benchmarks/av_loading.py
 
 clean-venv:
 	rm -rf $(VENV)
