@@ -104,3 +104,32 @@ def test_two_ranks_take_the_one_process_full_batch_step(tmp_path):
         for a, b in zip(single["params"], _setting()[0].parameters(), strict=True)
     )
     assert moved, "the steps changed nothing: the comparison would be empty"
+
+
+def _attributed_rank(rank: int, init_file: str, out_dir: str) -> None:
+    from msam_core.config import TrainConfig
+    from msam_core.methods import build_method
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        model, inputs, targets = _setting()
+        config = TrainConfig(method="msam", method_options={"decomposition": "attributed"})
+        method = build_method("msam", model, config)
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        try:
+            method.step(ddp, inputs, targets)
+            message = "stepped"
+        except ValueError as err:
+            message = str(err)
+        (Path(out_dir) / f"rank{rank}.txt").write_text(message, encoding="utf-8")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_attributed_decomposition_is_refused_across_ranks(tmp_path):
+    # its gradients bypass DDP's all-reduce: the replicas would drift apart silently
+    mp.spawn(_attributed_rank, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD)
+    for rank in range(WORLD):
+        message = (tmp_path / f"rank{rank}.txt").read_text(encoding="utf-8")
+        assert "decomposition=attributed" in message and "torch.distributed" in message

@@ -241,10 +241,14 @@ def test_attributed_losses_split_the_gradient_exactly():
             assert torch.allclose(a + b, g, atol=1e-6)
 
 
-@pytest.mark.parametrize(
-    "options",
-    [{"decomposition": "attributed"}, {"perturb": "dominant_encoder"}, {"phi_ema": 0.9}],
-)
+VARIANT_OPTIONS = [
+    {"decomposition": "attributed"},
+    {"perturb": "dominant_encoder"},
+    {"phi_ema": 0.9},
+]
+
+
+@pytest.mark.parametrize("options", VARIANT_OPTIONS)
 def test_variants_with_rho_zero_are_the_base_optimizer(options):
     model, inputs, targets = synthetic_batch()
     reference = copy.deepcopy(model)
@@ -295,6 +299,47 @@ def test_phi_ema_hand_computed_with_bias_correction():
     fresh = variant(synthetic_batch()[0], phi_ema=0.5)
     fresh.load_state_dict(method.state_dict())
     assert fresh.ema_steps == 2 and torch.equal(fresh.ema, method.ema)
+
+
+@pytest.mark.parametrize("options", VARIANT_OPTIONS)
+def test_variants_run_on_batch_norm_models_and_keep_the_first_pass_statistics(options):
+    specs = [ModalitySpec("audio", "image", (3, 8, 8)), ModalitySpec("visual", "image", (3, 8, 8))]
+    torch.manual_seed(0)
+    model = build_model(specs, 3, encoder="resnet18", feature_dim=8)  # 1x1 maps at the end
+    inputs = {m: torch.randn(8, 3, 8, 8) for m in ("audio", "visual")}
+    targets = torch.randint(0, 3, (8,))
+    twin = copy.deepcopy(model)
+    twin(inputs)  # the statistics one training forward leaves
+    record = variant(model, **options).step(model, inputs, targets)
+    assert math.isfinite(record["loss"]) and math.isfinite(record["sharpness"])
+    for (name, a), b in zip(model.named_buffers(), twin.buffers(), strict=True):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("options", VARIANT_OPTIONS)
+def test_variants_leave_frozen_parameters_alone(options):
+    model, inputs, targets = synthetic_batch()
+    frozen = next(model.encoders["m0"].parameters())  # its first weight matrix
+    frozen.requires_grad_(False)
+    before = frozen.detach().clone()
+    others = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    variant(model, rho=0.1, **options).step(model, inputs, targets)
+    assert torch.equal(frozen, before)
+    assert any(not torch.equal(p, others[n]) for n, p in model.named_parameters() if n in others)
+
+
+def test_ascent_takes_one_norm_over_every_parameter_whatever_the_groups():
+    from msam_core.methods.msam_variants import ascent_steps
+
+    torch.manual_seed(0)
+    params = [torch.randn(3), torch.randn(2, 2)]
+    grads = [torch.randn(3), torch.randn(2, 2)]
+    norm = torch.sqrt(sum((g**2).sum() for g in grads))
+    eps = ascent_steps(params, grads, [0.1, 0.1], [False, False])
+    for e, g in zip(eps, grads, strict=True):
+        assert torch.allclose(e, 0.1 * g / norm)
+    eps = ascent_steps(params, grads, [0.1, 0.3], [False, False])  # per-group rho: same norm
+    assert torch.allclose(eps[1], 0.3 * grads[1] / norm)
 
 
 # -- every method in the loop, M = 2 and M = 3 -----------------------------------------------

@@ -73,13 +73,14 @@ def coalition_logits(
         if has_feature_path(core):
             if features is None:
                 features = core.encode(inputs)
-            # with grad, the baseline features stay differentiable too, so the logits have the
-            # derivative input masking would give them
-            base = (
-                core.encode(baseline_inputs(core, inputs))
-                if grad
-                else encode_baselines(core, inputs)
-            )
+            if grad:
+                # the baseline features stay differentiable, so the logits have the derivative
+                # input masking would give them; encoded in eval mode as every coalition path
+                # does (a one-sample batch has no batch statistics to normalise with)
+                with eval_mode(core):
+                    base = core.encode(baseline_inputs(core, inputs))
+            else:
+                base = encode_baselines(core, inputs)
             stacked = {}
             for i, m in enumerate(modalities):
                 real = _stack(features[m] if grad else features[m].detach(), k)
@@ -120,7 +121,8 @@ def encoder_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     return {m: groups[m] for m in unwrap(model).modalities}
 
 
-def _distributed() -> bool:
+def is_distributed() -> bool:
+    """True under ``torch.distributed`` with more than one rank."""
     dist = torch.distributed
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -130,7 +132,7 @@ def mean_over_ranks(values: Tensor, batch_size: int) -> Tensor:
 
     Every rank must apply the same modulation coefficients, or the replicas drift apart.
     """
-    if not _distributed():
+    if not is_distributed():
         return values
     packed = torch.cat([values.double() * batch_size, values.new_tensor([batch_size]).double()])
     torch.distributed.all_reduce(packed)

@@ -42,6 +42,7 @@ from msam_core.methods._readouts import (
     all_masks,
     coalition_logits,
     encoder_parameters,
+    is_distributed,
     require_modality_encoders,
 )
 from msam_core.methods.msam import Msam
@@ -77,18 +78,27 @@ def attributed_losses(coalition_logits: Tensor, targets: Tensor, dominant: int) 
 
 
 def ascent_steps(
-    params: Sequence[Tensor], grads: Sequence[Tensor], rho: float, adaptive: bool
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    rho: float | Sequence[float],
+    adaptive: bool | Sequence[bool],
 ) -> list[Tensor]:
     """SAM's ε for ``params`` from ascent gradients ``grads`` (same order).
 
-    ``ε = ρ·g/‖g‖`` or, adaptive (ASAM), ``ε = ρ·|θ|²g/‖|θ|g‖``, the norm over all ``params``.
+    ``ε = ρ·g/‖g‖`` or, adaptive (ASAM), ``ε = ρ·|θ|²g/‖|θ|g‖``, with one norm over all
+    ``params`` as :class:`~msam_core.MSAM` takes it; ``rho`` and ``adaptive`` are one value
+    or one per parameter (its optimizer group's).
     """
     if not params:
         return []
-    scaled = [p.abs() * g if adaptive else g for p, g in zip(params, grads, strict=True)]
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(s) for s in scaled]))
-    scale = rho / (float(norm) + 1e-12)
-    return [(p * p * g if adaptive else g) * scale for p, g in zip(params, grads, strict=True)]
+    rhos = [float(rho)] * len(params) if isinstance(rho, int | float) else list(rho)
+    flags = [adaptive] * len(params) if isinstance(adaptive, bool) else list(adaptive)
+    terms = list(zip(params, grads, rhos, flags, strict=True))
+    scaled = [p.abs() * g if a else g for p, g, _, a in terms]
+    norm = float(
+        torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(s) for s in scaled]))
+    )
+    return [(p * p * g if a else g) * (r / (norm + 1e-12)) for p, g, r, a in terms]
 
 
 @register_method("msam")
@@ -141,6 +151,13 @@ class MsamVariants(Msam):
     def step(self, model: nn.Module, inputs: Mapping[str, Tensor], targets: Tensor) -> dict:
         if self.is_default:
             return super().step(model, inputs, targets)
+        if self.decomposition == "attributed" and is_distributed():
+            raise ValueError(
+                "msam with decomposition=attributed takes its gradients through the coalition "
+                "passes, outside DistributedDataParallel's gradient all-reduce, so the replicas "
+                "would drift apart; under torch.distributed use the default decomposition "
+                "(weighted), phi_ema or perturb=dominant_encoder"
+            )
         start = time.perf_counter()
         optimizer = self.optimizer
         params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -161,6 +178,8 @@ class MsamVariants(Msam):
             first_grads = [p.grad for p in params]
             ascent_grads = first_grads
         else:
+            # the gradients are taken inside the block: restoring the running statistics
+            # on exit writes buffers the eval-mode baseline encoding saved for backward
             with frozen_batchnorm_stats(model):
                 logits = coalition_logits(
                     model,
@@ -169,9 +188,9 @@ class MsamVariants(Msam):
                     features=first.features,
                     grad=True,
                 )
-            loss_d, loss_s, _ = attributed_losses(logits, targets, d)
-            ascent_grads = _grads(loss_d, params, retain_graph=True)
-            first_grads = _grads(loss_s, params)
+                loss_d, loss_s, _ = attributed_losses(logits, targets, d)
+                ascent_grads = _grads(loss_d, params, retain_graph=True)
+                first_grads = _grads(loss_s, params)
         loss_perturbed, second_grads = self._perturbed_pass(
             model, inputs, targets, params, ascent_grads, d
         )
@@ -211,16 +230,16 @@ class MsamVariants(Msam):
         ]
         try:
             with torch.no_grad():
-                by_group: dict[int, list] = {}
-                for p, g in chosen:
-                    by_group.setdefault(id(group_of[id(p)]), []).append((p, g))
-                for items in by_group.values():
-                    group = group_of[id(items[0][0])]
-                    ps, gs = [p for p, _ in items], [g for _, g in items]
-                    eps = ascent_steps(ps, gs, float(group["rho"]), bool(group["adaptive"]))
-                    for p, e in zip(ps, eps, strict=True):
-                        moved.append((p, p.detach().clone()))
-                        p.add_(e)
+                groups = [group_of[id(p)] for p, _ in chosen]
+                eps = ascent_steps(
+                    [p for p, _ in chosen],
+                    [g for _, g in chosen],
+                    [float(group["rho"]) for group in groups],
+                    [bool(group["adaptive"]) for group in groups],
+                )
+                for (p, _), e in zip(chosen, eps, strict=True):
+                    moved.append((p, p.detach().clone()))
+                    p.add_(e)
             for p in params:
                 p.grad = None
             with frozen_batchnorm_stats(model):
@@ -274,8 +293,10 @@ class MsamVariants(Msam):
 
 
 def _grads(loss: Tensor, params: list[nn.Parameter], retain_graph: bool = False) -> list:
-    grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
-    return list(grads)
+    """``∂loss/∂p`` for each of ``params``; None for frozen or unused ones."""
+    need = [p for p in params if p.requires_grad]
+    found = iter(torch.autograd.grad(loss, need, retain_graph=retain_graph, allow_unused=True))
+    return [next(found) if p.requires_grad else None for p in params]
 
 
 def _combine(second: Tensor | None, first: Tensor | None, w: float | None) -> Tensor | None:
