@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 import pytest
 import viz_fixtures as vf
 
+from msam_core.record import CONFIG_FILE, RunWriter, write_json_atomic
 from msam_viz import (
     DEFAULT_STYLE,
     MissingRecordsWarning,
@@ -615,6 +616,43 @@ def test_same_dataset_with_other_modalities_is_not_pooled(tmp_path) -> None:
     assert dataset_labels(runs) == ["synthetic (audio+visual+text)", "synthetic (audio+visual)"]
     table = run_metrics(runs, ["acc"])
     assert table["dataset"].nunique() == 2
+
+
+def test_same_dataset_on_other_data_is_not_pooled_and_repeated_seeds_get_no_seed_sd(tmp_path):
+    for k, strengths in enumerate(([4, 2], [3, 3], [8, 1])):
+        options = {"strengths": strengths, "seed": 7}  # the split seed never tells data apart
+        vf.write_run(tmp_path, f"trial{k}", epochs=2, dataset_options=options)
+    vf.write_run(tmp_path, "trial3", epochs=2, dataset_options={"strengths": [8, 1]})
+    runs = load_runs(tmp_path)
+    labels = dataset_labels(runs)
+    assert sorted(set(labels)) == [
+        "synthetic (strengths=[3,3])",
+        "synthetic (strengths=[4,2])",
+        "synthetic (strengths=[8,1])",
+    ]
+    fig = compare_runs(runs, ["acc"])
+    bars = [t for t in fig.data if t.type == "bar"]
+    assert len(bars) == 3  # one per data set, never one bar over all four runs
+    repeated = next(b for b in bars if b.meta["dataset"] == "synthetic (strengths=[8,1])")
+    assert repeated.customdata[0][0] == 2 and not repeated.error_y.visible  # both seed 0
+
+
+def test_best_epoch_is_the_one_training_selected(tmp_path):
+    path = vf.write_run(tmp_path, "run", epochs=4)  # val accuracy rises every epoch
+    (path / "summary.json").write_text('{"best_epoch": 1}', encoding="utf-8")
+    run = load_run(path)
+    best = run_metrics([run], ["acc"], at="best")
+    assert best["value"].item() == pytest.approx(vf.accuracy(1, "val"))
+
+
+def test_best_epoch_without_a_summary_follows_the_training_rule(tmp_path):
+    path = tmp_path / "live"
+    with RunWriter(path) as writer:
+        write_json_atomic(path / CONFIG_FILE, {"dataset": "synthetic", "method": "msam"})
+        for epoch, acc, loss in [(0, 0.9, 0.1), (1, 0.5, 1.0), (2, 0.7, 0.6), (3, 0.7, 0.4)]:
+            writer.log_epoch({"epoch": epoch, "split": "val", "acc": acc, "loss": loss})
+    best = run_metrics([load_run(path)], ["loss"], at="best")
+    assert best["value"].item() == 0.4  # epoch 3: epoch 0 never counts, ties go to lower loss
 
 
 # -- landscapes -----------------------------------------------------------------------------

@@ -84,6 +84,7 @@ def write_run(
     with_unimodal: bool = True,
     with_landscape: bool = True,
     truncate_last_line: bool = False,
+    dataset_options: dict | None = None,
 ) -> Path:
     """Write one run directory ``root/name`` and return its path.
 
@@ -100,6 +101,7 @@ def write_run(
             "method": method,
             "seed": seed,
             "dataset": dataset,
+            "dataset_options": dataset_options or {},
             "epochs": epochs,
             "run": {"modalities": list(modalities), "device": "cpu"},
         }

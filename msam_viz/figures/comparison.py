@@ -8,8 +8,9 @@ Runs are grouped by a config key, ``method`` by default, so seeds of one method 
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -62,23 +63,45 @@ def default_metrics(runs: Sequence[Any]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _data_options(run: Any) -> dict[str, str]:
+    """The run's ``dataset_options`` as ``{key: compact JSON}``, without the split seed."""
+    options = config_value(run, "dataset_options") or {}
+    if not isinstance(options, Mapping):
+        return {}
+    return {
+        str(k): json.dumps(v, sort_keys=True, separators=(",", ":"), default=str)
+        for k, v in options.items()
+        if k != "seed"
+    }
+
+
 def dataset_labels(runs: Any) -> list[str]:
     """The dataset each run is compared within, one label per run.
 
-    Runs are only ever pooled within one label: the dataset's name, and also its modalities
-    (``synthetic (audio+visual+text)``) when runs of one dataset name use different modality
-    sets.  A run that does not record its dataset is labelled ``unknown dataset``.
+    Runs are only ever pooled within one label: the dataset's name, plus what tells runs of
+    that name apart, when they differ: the modalities (``synthetic (audio+visual+text)``) and
+    the ``dataset_options`` that differ (``synthetic (strengths=[8,1])``), so runs on
+    different data never pass for seeds of one experiment.  A run that does not record its
+    dataset is labelled ``unknown dataset``.
     """
     runs = as_run_list(runs)
     names = [run_dataset(run) or "unknown dataset" for run in runs]
-    mods = [tuple(run_modalities(run)) for run in runs]
-    sets: dict[str, set[tuple[str, ...]]] = {}
-    for name, modalities in zip(names, mods, strict=True):
-        sets.setdefault(name, set()).add(modalities)
-    return [
-        f"{name} ({'+'.join(m)})" if len(sets[name]) > 1 else name
-        for name, m in zip(names, mods, strict=True)
-    ]
+    mods = ["+".join(run_modalities(run)) for run in runs]
+    opts = [_data_options(run) for run in runs]
+    members: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        members.setdefault(name, []).append(i)
+    labels = list(names)
+    for name, idx in members.items():
+        keys = sorted({k for i in idx for k in opts[i]})
+        differing = [k for k in keys if len({opts[i].get(k) for i in idx}) > 1]
+        show_mods = len({mods[i] for i in idx}) > 1
+        for i in idx:
+            parts = [mods[i]] if show_mods else []
+            parts += [f"{k}={opts[i].get(k, 'default')}" for k in differing]
+            if parts:
+                labels[i] = f"{name} ({', '.join(parts)})"
+    return labels
 
 
 def _by_dataset(runs: Sequence[Any]) -> dict[str, list[Any]]:
@@ -112,12 +135,31 @@ def _epoch_row(run: Any, split: str, at: str) -> pd.Series | None:
         return None
     if at == "last":
         return rows.sort_values("epoch").iloc[-1]
-    val = epochs.loc[epochs["split"] == "val"] if "split" in epochs else epochs
-    if not present(val, "acc"):
+    best_epoch = _best_epoch(run)
+    if best_epoch is None:
         return rows.sort_values("epoch").iloc[-1]
-    best_epoch = val.loc[val["acc"].idxmax(), "epoch"]
     chosen = rows.loc[rows["epoch"] == best_epoch]
     return chosen.iloc[-1] if len(chosen) else None
+
+
+def _best_epoch(run: Any) -> int | None:
+    """The epoch training selected (``summary.json``'s ``best_epoch``, the one in ``best.pt``);
+    for a run without one (still running, or older), the same rule on its records: highest
+    validation accuracy, then lowest validation loss, then the earliest, never epoch 0."""
+    summary = getattr(run, "summary", None) or {}
+    if summary.get("best_epoch") is not None:
+        return int(summary["best_epoch"])
+    epochs = run.epochs
+    val = epochs.loc[epochs["split"] == "val"] if "split" in epochs else epochs
+    val = val.loc[val["epoch"] > 0]
+    if not present(val, "acc"):
+        return None
+    loss = val["loss"] if "loss" in val else pd.Series(0.0, index=val.index)
+    ranked = pd.DataFrame({"epoch": val["epoch"], "acc": val["acc"], "loss": loss.fillna(np.inf)})
+    ranked = ranked.dropna(subset=["acc"]).sort_values(
+        ["acc", "loss", "epoch"], ascending=[False, True, True]
+    )
+    return int(ranked["epoch"].iloc[0]) if len(ranked) else None
 
 
 COLUMNS = ["run", "dataset", "group", "seed", "metric", "value"]
@@ -309,13 +351,16 @@ def _draw_bars(
         colour = style.method_color(group)
         n = len(values)
         mean = float(values["value"].mean())
-        sd = float(values["value"].std(ddof=1)) if n > 1 else float("nan")
+        # a spread over seeds only when every run is a different seed; runs repeating a seed
+        # (or without one) are shown as dots, but their spread is not called a seed's
+        seeds_differ = values["seed"].nunique() == n
+        sd = float(values["value"].std(ddof=1)) if n > 1 and seeds_differ else float("nan")
         meta = {"dataset": dataset, "group": group, "metric": metric}
         fig.add_trace(
             go.Bar(
                 x=[group],
                 y=[mean],
-                error_y={"type": "data", "array": [sd], "visible": n > 1, "thickness": 1.5},
+                error_y={"type": "data", "array": [sd], "visible": sd == sd, "thickness": 1.5},
                 name=group,
                 legendgroup=group,
                 showlegend=False,
@@ -324,7 +369,11 @@ def _draw_bars(
                 customdata=[[n, sd]],
                 hovertemplate=(
                     f"{group} on {dataset}<br>mean %{{y:.4g}} ± %{{customdata[1]:.3g}} (sd)"
-                    "<br>%{customdata[0]} seeds<extra>" + metric + "</extra>"
+                    "<br>%{customdata[0]} "
+                    + ("seeds" if seeds_differ else "runs, seeds repeat")
+                    + "<extra>"
+                    + metric
+                    + "</extra>"
                 ),
             ),
             row=row,
@@ -471,15 +520,14 @@ def _draw_curve(
     legend_done: bool,
 ) -> None:
     """The mean curve of one group on one dataset, with its ±1 sd band when ≥ 2 seeds."""
-    stats = (
-        part.loc[part["group"] == group]
-        .groupby("epoch")["value"]
-        .agg(["mean", "std", "count"])
-        .reset_index()
-    )
+    rows = part.loc[part["group"] == group]
+    stats = rows.groupby("epoch")["value"].agg(["mean", "std", "count"]).reset_index()
     colour = style.method_color(group)
     meta = {"dataset": dataset, "group": group}
-    if (stats["count"] > 1).any():
+    seeds_differ = bool(
+        (rows.groupby("epoch")["seed"].nunique() == stats.set_index("epoch")["count"]).all()
+    )
+    if (stats["count"] > 1).any() and seeds_differ:
         upper = stats["mean"] + stats["std"].fillna(0)
         lower = stats["mean"] - stats["std"].fillna(0)
         fig.add_trace(
