@@ -23,6 +23,10 @@ SCHEDULES = ("none", "cosine", "step")
 SHAPLEY_VALUES = ("accuracy", "prob", "neg_loss")  # msam_core.coalitions.VALUE_KINDS
 DEVICES = ("auto", "cpu", "cuda", "mps")
 BASELINES = ("zeros", "mean")
+#: ``measure_options`` keys: the options of :func:`msam_core.sharpness.periodic_measures`
+#: the loop does not set itself (a test keeps the two in step)
+MEASURE_OPTIONS = ("hessian", "blocks", "tol", "max_iter", "n_samples", "seed", "method")
+EIGEN_METHODS = ("lanczos", "power")
 #: keys a run directory's config.json adds to the config; ignored when reading one back
 RESERVED_KEYS = ("run",)
 
@@ -113,6 +117,14 @@ class TrainConfig:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.measure_every < 0:
             raise ValueError(f"measure_every must be >= 0 (0 = never), got {self.measure_every}")
+        unknown = sorted(set(self.measure_options) - set(MEASURE_OPTIONS))
+        if unknown:
+            raise ValueError(
+                f"unknown measure_options {unknown}; choose from {list(MEASURE_OPTIONS)}"
+            )
+        _choice(
+            "measure_options.method", self.measure_options.get("method", "lanczos"), EIGEN_METHODS
+        )
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.rho < 0:

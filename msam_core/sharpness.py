@@ -173,6 +173,7 @@ def periodic_measures(
     max_iter: int = 50,
     n_samples: int = 16,
     seed: int = 0,
+    method: str = "lanczos",
 ) -> dict[str, float]:
     """Everything the loop records every k steps and at epoch end, on a fixed probe batch.
 
@@ -180,8 +181,9 @@ def periodic_measures(
     and restores the model's mode.  Keys: ``sharpness/<m>`` and ``sharpness/fusion`` for
     late-fusion models (left out for early fusion), ``sharpness`` when ``overall`` (e.g. for
     ``joint`` runs, where no SAM step measures it), and, when ``hessian``, the keys of
-    :func:`msam_core.hessian.hessian_record` (per block when ``blocks``).  ``seed`` fixes the
-    Hessian probes so successive measurements differ only through the weights.
+    :func:`msam_core.hessian.hessian_record` (per block when ``blocks``; top eigenvalue by
+    ``method``, ``"lanczos"`` or ``"power"``).  ``seed`` fixes the Hessian probes so
+    successive measurements differ only through the weights.
     """
     out: dict[str, float] = {}
     with eval_mode(model):
@@ -206,6 +208,7 @@ def periodic_measures(
                     tol=tol,
                     max_iter=max_iter,
                     n_samples=n_samples,
+                    method=method,
                     generator=torch.Generator().manual_seed(seed),
                 )
             )

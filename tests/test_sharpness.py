@@ -200,3 +200,40 @@ def test_negative_radius_is_rejected():
     model, x, y = _late()
     with pytest.raises(ValueError, match="rho"):
         sharpness(model, x, y, rho=-0.1)
+
+
+def test_measure_options_are_the_measures_own_options():
+    import inspect
+
+    from msam_core.config import MEASURE_OPTIONS
+
+    keyword = [
+        name
+        for name, p in inspect.signature(periodic_measures).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    set_by_the_loop = {"loss_fn", "adaptive", "overall"}
+    assert sorted(MEASURE_OPTIONS) == sorted(set(keyword) - set_by_the_loop)
+
+
+def test_training_measures_with_the_chosen_eigen_solver_and_names_bad_options(tmp_path):
+    from msam_core.config import TrainConfig
+    from msam_core.record import load_run
+    from msam_core.train import train
+
+    base = {
+        "dataset_options": {"n_train": 64, "n_val": 32, "n_test": 32},
+        "batch_size": 32,
+        "epochs": 1,
+        "device": "cpu",
+        "measure_every": 2,
+    }
+    for method in ("power", "lanczos"):
+        config = TrainConfig.from_dict({**base, "measure_options": {"method": method}})
+        run = load_run(train(config, out=tmp_path / method, quiet=True))
+        eig = run.iterations["hessian/top_eig"].dropna()
+        assert len(eig) == 1 and eig.iloc[0] > 0
+    with pytest.raises(ValueError, match=r"unknown measure_options \['metod'\]; choose from"):
+        TrainConfig.from_dict({**base, "measure_options": {"metod": "power"}})
+    with pytest.raises(ValueError, match=r"measure_options.method='qr'.*'lanczos', 'power'"):
+        TrainConfig.from_dict({**base, "measure_options": {"method": "qr"}})
