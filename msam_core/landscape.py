@@ -483,9 +483,23 @@ class Landscape:
         return int(self.alphas.shape[0])
 
     def default_name(self) -> str:
-        """File stem: ``epoch0010_audio_2d`` (``<subspace>_<dims>d`` when the epoch is unknown)."""
+        """File stem: ``epoch0010_audio_2d`` (``<subspace>_<dims>d`` when the epoch is
+        unknown), then each setting that differs from :func:`compute_landscape`'s defaults
+        and picks another surface: ``_span0.5``, ``_layer`` (norm), ``_ignorenone``,
+        ``_seed3``; so landscapes of one checkpoint in other settings get files of their own
+        (the grid resolution does not change the surface, and keeps the name)."""
         where = f"epoch{self.epoch:04d}_" if self.epoch is not None else ""
-        return f"{where}{self.subspace}_{self.dims}d"
+        parts = [f"{where}{self.subspace}_{self.dims}d"]
+        if self.span != 1.0:
+            parts.append(f"span{self.span:g}")
+        if self.subspace != "pca":
+            if self.norm != "filter":
+                parts.append(self.norm)
+            if self.ignore != "biasbn":
+                parts.append(f"ignore{self.ignore}")
+            if self.seeds.size and int(self.seeds[0]) != 0:
+                parts.append(f"seed{int(self.seeds[0])}")
+        return "_".join(parts)
 
 
 def compute_landscape(

@@ -246,7 +246,7 @@ def test_save_and_load_round_trip(tmp_path):
         model, x, y, steps=3, seed=4, modality="image", epoch=2, step=30, split="val"
     )
     path = save_landscape(result, tmp_path)
-    assert path == tmp_path / "landscapes" / "epoch0002_image_2d.npz"
+    assert path == tmp_path / "landscapes" / "epoch0002_image_2d_seed4.npz"
     with np.load(path, allow_pickle=False) as data:  # plain arrays only
         assert set(data.files) >= {"alphas", "betas", "loss", "acc", "seeds", "subspace"}
     back = load_landscape(path)
@@ -302,7 +302,12 @@ def test_landscape_for_run_random_and_modality(tmp_path):
 
     run, model, dataset = _fake_run(tmp_path)
     path = landscape_for_run(run, steps=3, span=0.5, n_eval=20)
-    assert path == run / "landscapes" / "epoch0003_all_2d.npz"
+    assert path == run / "landscapes" / "epoch0003_all_2d_span0.5.npz"
+    # other settings are other surfaces: files of their own, none overwritten
+    other = landscape_for_run(run, steps=3, n_eval=20, seed=1, norm="layer")
+    assert other == run / "landscapes" / "epoch0003_all_2d_layer_seed1.npz"
+    assert landscape_for_run(run, steps=3, n_eval=20) == run / "landscapes" / "epoch0003_all_2d.npz"
+    assert path.is_file() and other.is_file()
     result = load_landscape(path)
     assert (result.epoch, result.step, result.n_eval, result.split) == (3, 9, 20, "train")
     # The centre is the final weights: the loss of the model trained above on that subset.

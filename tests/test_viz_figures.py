@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 import pytest
 import viz_fixtures as vf
 
+from msam_core.landscape import Landscape
 from msam_core.record import CONFIG_FILE, RunWriter, write_json_atomic
 from msam_viz import (
     DEFAULT_STYLE,
@@ -683,6 +684,24 @@ def test_landscape_curves_one_per_subspace_in_modality_colours(landscape_run) ->
     assert fig.layout.yaxis.title.text == "loss (nats)"
     acc = landscape_curves(landscape_run, metric="acc")
     assert acc.layout.yaxis.tickformat == ".0%"
+    assert fig.layout.xaxis.title.text == "α (step along the direction; filter-normalised)"
+
+
+@pytest.mark.parametrize(
+    ("norm", "subspace", "unit"),
+    [
+        ("layer", "all", "layer-normalised"),
+        ("none", "all", "raw parameter units"),
+        ("none", "pca", "±1 = farthest checkpoint"),
+    ],
+)
+def test_landscape_axes_name_the_grid_unit(norm, subspace, unit) -> None:
+    axis = np.linspace(-1, 1, 3)
+    curve = Landscape(axis, np.zeros(0), axis**2, 1 - axis**2, subspace=subspace, norm=norm)
+    assert unit in landscape_curves(curve).layout.xaxis.title.text
+    grid = Landscape(axis, axis, np.add.outer(axis**2, axis**2), np.ones((3, 3)), norm=norm)
+    if subspace == "all":
+        assert unit in landscape_contour(grid).layout.xaxis.title.text
 
 
 def test_landscape_contour_defaults_to_pca_with_trajectory(landscape_run) -> None:
@@ -693,11 +712,12 @@ def test_landscape_contour_defaults_to_pca_with_trajectory(landscape_run) -> Non
     (path,) = traces(fig, "training trajectory")
     np.testing.assert_allclose(np.stack([path.x, path.y], axis=1), vf.TRAJECTORY)
     assert list(path.text) == [f"epoch {e}" for e in range(len(vf.TRAJECTORY))]
-    assert fig.layout.xaxis.title.text == "PC1 (80% of trajectory variance)"
+    title = fig.layout.xaxis.title.text
+    assert title == "PC1 (80% of trajectory variance; ±1 = farthest checkpoint)"
     assert fig.layout.yaxis.scaleanchor == "x"  # equal units on both axes
     random_dirs = landscape_contour(landscape_run, "epoch0003_all_2d")
     assert not traces(random_dirs, "training trajectory")
-    assert random_dirs.layout.xaxis.title.text.startswith("α (direction 1")
+    assert random_dirs.layout.xaxis.title.text == "α (direction 1, filter-normalised)"
     with pytest.raises(KeyError, match="choose one of"):
         landscape_contour(landscape_run, "epoch0099_pca_2d")
 

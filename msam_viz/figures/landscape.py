@@ -74,15 +74,27 @@ def _values(landscape: Any, metric: str) -> np.ndarray:
     return np.asarray(getattr(landscape, metric), dtype=float)
 
 
+#: what one grid unit along a random direction is, by the directions' normalisation
+UNITS = {"filter": "filter-normalised", "layer": "layer-normalised", "none": "raw parameter units"}
+PCA_UNIT = "±1 = farthest checkpoint"
+
+
+def _unit(landscape: Any) -> str:
+    """What one grid unit is: the farthest checkpoint (PCA) or the directions' normalisation."""
+    if landscape.subspace == "pca":
+        return PCA_UNIT
+    return UNITS.get(str(landscape.norm), f"{landscape.norm}-normalised")
+
+
 def _axis_titles(landscape: Any) -> tuple[str, str]:
     """Axis titles: principal components with their variance, or the random directions."""
     if landscape.subspace == "pca":
         var = landscape.explained_variance
         if var is not None and len(var) >= 2:
-            return (f"PC1 ({var[0]:.0%} of trajectory variance)", f"PC2 ({var[1]:.0%})")
-        return ("PC1 (trajectory)", "PC2 (trajectory)")
+            return (f"PC1 ({var[0]:.0%} of trajectory variance; {PCA_UNIT})", f"PC2 ({var[1]:.0%})")
+        return (f"PC1 (trajectory; {PCA_UNIT})", "PC2 (trajectory)")
     where = "" if landscape.subspace in ("all", "custom") else f", {landscape.subspace} only"
-    return (f"α (direction 1{where}, filter-normalised)", f"β (direction 2{where})")
+    return (f"α (direction 1{where}, {_unit(landscape)})", f"β (direction 2{where})")
 
 
 def _describe(landscape: Any, name: str) -> str:
@@ -192,7 +204,8 @@ def landscape_curves(
                     hovertemplate=f"{label}, weights (α = 0): %{{y:.4g}}<extra></extra>",
                 )
             )
-    fig.update_xaxes(title_text="α (step along the direction, filter-normalised units)")
+    units = sorted({_unit(ls) for ls in chosen.values()})
+    fig.update_xaxes(title_text=f"α (step along the direction; {'; '.join(units)})")
     fig.update_yaxes(title_text=METRIC_LABEL[metric])
     if metric == "acc":
         fig.update_yaxes(tickformat=".0%")
