@@ -312,15 +312,16 @@ def train(
                 f"cannot resume {str(out)!r}: it stopped before its first checkpoint "
                 "(no checkpoints/last.pt); start it again with --overwrite"
             )
-        stored = read_config_file(Path(out) / CONFIG_FILE)
-        cfg = resolve_config(stored)
-        changed = [k for k in overrides if k.replace("-", "_") not in RESUMABLE_KEYS]
+        stored = resolve_config(read_config_file(Path(out) / CONFIG_FILE))
+        cfg = with_overrides(stored, overrides) if overrides else stored
+        # repeating the original command with --resume is fine: only real changes count
+        before, after = stored.to_dict(), cfg.to_dict()
+        changed = [k for k in before if k not in RESUMABLE_KEYS and before[k] != after[k]]
         if changed:
             raise ValueError(
                 f"cannot change {changed} when resuming (the run would no longer be one run); "
                 f"resumable keys are {list(RESUMABLE_KEYS)}; start a new run instead"
             )
-        cfg = with_overrides(cfg, overrides) if overrides else cfg
     else:
         cfg = resolve_config(config, **overrides)
     device = resolve_device(cfg.device)
@@ -392,6 +393,7 @@ def train(
         probe=probe,
         writer=writer,
         state=state,
+        resumed=resume,
         callback=callback,
         control=control,
         quiet=quiet,
@@ -469,8 +471,10 @@ class _Loop:
             leave=False,
         )
         try:
-            if state.epoch == 0 and state.step == 0:
-                self._end_of_epoch(0)  # evaluate and checkpoint the initial weights
+            if not self.resumed and state.epoch == 0 and state.step == 0:
+                # evaluate and checkpoint the initial weights (a run resumed from that
+                # checkpoint has both already)
+                self._end_of_epoch(0)
             for epoch in range(state.epoch + 1, cfg.epochs + 1):
                 if not self._train_epoch(epoch, bar):
                     break

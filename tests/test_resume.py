@@ -65,8 +65,10 @@ def test_resume_after_a_finished_epoch_equals_the_uninterrupted_run(tmp_path, re
     assert load_run(path).summary["finished"] is True
 
 
-def test_resume_after_a_kill_mid_epoch_drops_and_redoes_the_lost_steps(tmp_path, reference):
-    kill_at = STEPS_PER_EPOCH + 3  # in the middle of epoch 2
+@pytest.mark.parametrize("kill_at", [3, STEPS_PER_EPOCH + 3])  # mid epoch 1 / mid epoch 2
+def test_resume_after_a_kill_mid_epoch_drops_and_redoes_the_lost_steps(
+    tmp_path, reference, kill_at
+):
 
     def killed(record):
         return record.get("step") != kill_at
@@ -74,7 +76,7 @@ def test_resume_after_a_kill_mid_epoch_drops_and_redoes_the_lost_steps(tmp_path,
     path = train(config("msam", 2), out=tmp_path / "run", callback=killed, quiet=True)
     with open(path / "iterations.jsonl", "a") as fh:
         fh.write('{"step": 10, "epoch": 2, "lo')  # and a line cut off mid-write
-    with pytest.warns(RuntimeWarning, match="line 10"):
+    with pytest.warns(RuntimeWarning, match=f"line {kill_at + 1}"):
         assert load_run(path).summary["finished"] is False
 
     train(out=path, resume=True, quiet=True)
@@ -87,6 +89,12 @@ def test_resume_refuses_to_change_what_makes_the_run(tmp_path):
     path = train(config("joint", 1), out=tmp_path / "run", quiet=True)
     with pytest.raises(ValueError, match=r"cannot change \['lr'\].*resumable keys"):
         train(out=path, resume=True, lr=0.5, quiet=True)
+    with pytest.raises(ValueError, match=r"cannot change \['dataset_options'\]"):
+        train(out=path, resume=True, **{"dataset_options.n_train": 64}, quiet=True)
+    # the original command again, with --resume and more epochs: nothing really changes
+    original = config("joint", 1).to_dict()
+    train(out=path, resume=True, **{**original, "epochs": 2}, quiet=True)
+    assert load_run(path).summary["epochs_done"] == 2
 
 
 def test_resume_needs_an_existing_run(tmp_path):
