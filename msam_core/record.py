@@ -46,7 +46,15 @@ EPOCHS_FILE = "epochs.jsonl"
 SUMMARY_FILE = "summary.json"
 LANDSCAPES_DIR = "landscapes"
 CHECKPOINTS_DIR = "checkpoints"
-_RUN_MARKERS = (CONFIG_FILE, ITERATIONS_FILE, EPOCHS_FILE)
+#: what a run directory holds; --overwrite deletes these and nothing else
+RUN_ENTRIES = (
+    CONFIG_FILE,
+    ITERATIONS_FILE,
+    EPOCHS_FILE,
+    SUMMARY_FILE,
+    CHECKPOINTS_DIR,
+    LANDSCAPES_DIR,
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,11 +96,33 @@ def dumps_record(record: Mapping[str, Any]) -> str:
         return json.dumps(to_jsonable(record), allow_nan=False, separators=(",", ":"))
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: the process's umask, read once at import (reading it means setting it)
+_UMASK = _read_umask()
+
+
+def temp_file_beside(path: Path) -> tuple[int, str]:
+    """``(fd, name)`` of a new temporary file next to ``path``, to ``os.replace`` it with.
+
+    Its mode is the one a plain ``open`` would give (``0o666`` less the umask), not
+    ``mkstemp``'s private ``0o600``, so a run directory stays readable by whoever could read
+    it before (a course's shared runs, a JupyterHub).
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)
+    return fd, tmp
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as JSON via a temporary file and ``os.replace`` (never half-written)."""
     path = Path(path)
     text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -150,17 +180,37 @@ def environment_info() -> dict[str, Any]:
 # Writing
 
 
-def _looks_like_run(path: Path) -> bool:
-    return any((path / name).exists() for name in _RUN_MARKERS)
+def is_msam_run(path: Path) -> bool:
+    """True for a directory msam wrote: records of its own, or a ``config.json`` that carries
+    msam's environment stamp (a ``config.json`` alone is far too common a name to go by)."""
+    if (path / ITERATIONS_FILE).is_file() or (path / EPOCHS_FILE).is_file():
+        return True
+    try:
+        config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    run = config.get("run") if isinstance(config, dict) else None
+    return isinstance(run, dict) and "msam" in (run.get("versions") or {})
+
+
+def _remove_run_files(path: Path) -> None:
+    """Delete what a run wrote (:data:`RUN_ENTRIES`); anything else in ``path`` stays."""
+    for name in RUN_ENTRIES:
+        entry = path / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        elif entry.exists() or entry.is_symlink():
+            entry.unlink()
 
 
 class RunWriter:
     """Creates (or reopens) a run directory and appends records to it.
 
     ``resume=False, overwrite=False`` refuses a directory that already holds files, so nothing
-    is ever lost silently; ``overwrite=True`` deletes a previous *run* directory (one holding
-    ``config.json`` or records) first, and still refuses a non-empty directory that is not a
-    run; ``resume=True`` reopens an existing run and appends to it.
+    is ever lost silently; ``overwrite=True`` replaces a previous run (:func:`is_msam_run`):
+    it deletes the run's own files (:data:`RUN_ENTRIES`), nothing else, and still refuses a
+    non-empty directory that is not a run; ``resume=True`` reopens an existing run and
+    appends to it.
 
     Each record is one line handed to the OS in one unbuffered ``write`` as it is logged, so
     readers see it at once and a killed process loses at most the line being written
@@ -199,6 +249,10 @@ class RunWriter:
                     "start it without --resume"
                 )
             self._check_writable()
+            # temporary files a killed process left half-written (never the real ones)
+            for folder in (path, path / CHECKPOINTS_DIR):
+                for stale in folder.glob(".*.tmp"):
+                    stale.unlink(missing_ok=True)
             return
         if path.is_dir() and any(path.iterdir()):
             if not overwrite:
@@ -207,12 +261,13 @@ class RunWriter:
                     "to continue it, --overwrite (overwrite=True) to replace it, or choose "
                     "another --out"
                 )
-            if not _looks_like_run(path):
+            if not is_msam_run(path):
                 raise FileExistsError(
                     f"{str(path)!r} is a non-empty directory that is not an msam run; "
                     "refusing to overwrite it, choose another --out"
                 )
-            shutil.rmtree(path)
+            self._check_writable()  # before anything is deleted
+            _remove_run_files(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -313,7 +368,7 @@ def _filter_jsonl(path: Path, keep) -> None:
                 continue
             if line.endswith("\n") and keep(record):
                 lines.append(line)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.writelines(lines)
         fh.flush()
@@ -460,7 +515,7 @@ def load_run(path: str | os.PathLike) -> Run:
         raise FileNotFoundError(f"no run directory at {str(path)!r}")
     if not path.is_dir():
         raise NotADirectoryError(f"{str(path)!r} is a file, not a run directory")
-    if not _looks_like_run(path):
+    if not any((path / name).is_file() for name in (CONFIG_FILE, ITERATIONS_FILE, EPOCHS_FILE)):
         raise ValueError(
             f"{str(path)!r} is not an msam run directory (no {CONFIG_FILE}, "
             f"{ITERATIONS_FILE} or {EPOCHS_FILE}); pass the directory given to --out"

@@ -25,7 +25,6 @@ import math
 import os
 import random
 import shutil
-import tempfile
 import threading
 import time
 import warnings
@@ -44,7 +43,7 @@ from msam_core.config import TrainConfig, read_config_file, resolve_config, with
 from msam_core.data import MultimodalDataset, load_dataset
 from msam_core.evaluate import evaluate_split
 from msam_core.methods import build_method
-from msam_core.record import CONFIG_FILE, RunWriter
+from msam_core.record import CONFIG_FILE, RunWriter, temp_file_beside
 
 SPLITS = ("train", "val", "test")
 CHECKPOINT_FORMAT = 1
@@ -229,7 +228,7 @@ def build_scheduler(
 
 def save_checkpoint(state: Mapping[str, Any], path: Path) -> None:
     """``torch.save`` through a temporary file and ``os.replace``: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path)
     os.close(fd)
     try:
         torch.save(dict(state), tmp)

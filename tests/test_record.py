@@ -72,9 +72,13 @@ def test_existing_run_is_refused_unless_resume_or_overwrite(tmp_path):
     with pytest.raises(FileExistsError, match=r"--resume.*--overwrite"):
         RunWriter(path)
     assert (path / "iterations.jsonl").read_text() == before  # nothing lost
+    (path / "checkpoints").mkdir(exist_ok=True)
+    leftover = path / "checkpoints" / ".last.pt.abc123.tmp"  # a kill during torch.save
+    leftover.write_bytes(b"half")
     with RunWriter(path, resume=True) as writer:
         writer.log_iteration({"step": 4})
     assert len(read_jsonl(path / "iterations.jsonl")) == 4
+    assert not leftover.exists()
     RunWriter(path, overwrite=True).close()
     assert read_jsonl(path / "iterations.jsonl") == []
 
@@ -84,6 +88,42 @@ def test_overwrite_refuses_a_directory_that_is_not_a_run(tmp_path):
     with pytest.raises(FileExistsError, match="not an msam run"):
         RunWriter(tmp_path, overwrite=True)
     assert (tmp_path / "notes.txt").read_text() == "precious"
+
+
+def test_overwrite_goes_by_msam_s_own_files_not_any_config_json(tmp_path):
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "config.json").write_text('{"editor": "vim"}')  # someone else's config.json
+    (project / "src" / "thesis.tex").write_text("precious")
+    with pytest.raises(FileExistsError, match="not an msam run"):
+        RunWriter(project, overwrite=True)
+    assert (project / "src" / "thesis.tex").read_text() == "precious"
+    # a real run that also holds the user's notes: the run is replaced, the notes stay
+    path = _write_run(tmp_path / "run")
+    (path / "notes.txt").write_text("keep me")
+    RunWriter(path, overwrite=True).close()
+    assert read_jsonl(path / "iterations.jsonl") == []
+    assert not (path / "config.json").exists() and (path / "notes.txt").read_text() == "keep me"
+
+
+def test_written_files_have_the_mode_plain_files_get(tmp_path):
+    import os
+    import stat
+
+    from msam_core.config import TrainConfig
+    from msam_core.train import train
+
+    mask = os.umask(0)
+    os.umask(mask)
+    config = TrainConfig(epochs=1, dataset_options={"n_train": 64, "n_val": 32, "n_test": 32})
+    path = train(config, out=tmp_path / "run", quiet=True)
+    train(out=path, resume=True, epochs=2, quiet=True)  # rewrites the logs through temp files
+    expected = 0o666 & ~mask
+    files = [p for p in path.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"config.json", "summary.json", "last.pt", "best.pt"}
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {
+        p.name: expected for p in files
+    }
 
 
 def test_unwritable_location_is_a_clear_error(tmp_path):
