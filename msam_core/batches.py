@@ -65,6 +65,9 @@ def _worker_batches(
         num_workers=num_workers,
         collate_fn=_collate_or_error,
         pin_memory=pin,
+        # the workers' base seed comes from here, not from the global RNG, which the
+        # training step's dropout draws from: any num_workers gives the same run
+        generator=torch.Generator().manual_seed(0),
     )
     for batch in loader:
         if isinstance(batch, Exception):
