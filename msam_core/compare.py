@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from msam_core.config import TrainConfig, read_config_file, resolve_config
+from msam_core.config import TrainConfig, as_stored, read_config_file, resolve_config
 from msam_core.methods import get_method
 from msam_core.record import CONFIG_FILE, SUMMARY_FILE, load_run, write_json_atomic
 from msam_core.train import RESUMABLE_KEYS, TrainingDiverged, train
@@ -138,8 +138,8 @@ def run_state(path: str | os.PathLike) -> str:
 
 def _config_differences(stored: Mapping[str, Any], wanted: TrainConfig) -> dict[str, tuple]:
     """Keys (other than resumable ones) whose stored value differs from the wanted one."""
-    stored_cfg = resolve_config(stored).to_dict()
-    wanted_cfg = wanted.to_dict()
+    stored_cfg = as_stored(resolve_config(stored).to_dict())
+    wanted_cfg = as_stored(wanted.to_dict())
     return {
         key: (stored_cfg[key], wanted_cfg[key])
         for key in wanted_cfg
@@ -192,6 +192,8 @@ def ensure_run(cfg: TrainConfig, path: Path, *, overwrite: bool = False, quiet: 
 
 
 def _shares(phi: Sequence[float]) -> list[float]:
+    if not any(math.isfinite(float(v)) for v in phi):
+        return [math.nan] * len(phi)  # nothing measured: no shares, not equal ones
     positive = [max(float(v), 0.0) if math.isfinite(float(v)) else 0.0 for v in phi]
     total = sum(positive)
     if total <= 0:
@@ -203,14 +205,16 @@ def run_row(path: str | os.PathLike) -> dict[str, Any]:
     """One run's line of ``runs.csv``: best-val epoch metrics on test, val accuracy, s/step."""
     path = Path(path)
     summary = _read_summary(path)
-    if not summary.get("best"):
+    best = summary.get("best") or {}
+    if not best and not summary.get("diverged"):
         raise ValueError(
             f"{str(path)!r} has no evaluated epoch after training (summary.json lacks 'best'); "
             "train it for at least one epoch"
         )
+    # a run that diverged before its first evaluation counts, with no metrics (NaN)
     modalities = list(summary.get("modalities") or [])
-    test = summary["best"].get("test", {})
-    val = summary["best"].get("val", {})
+    test = best.get("test", {})
+    val = best.get("val", {})
     row: dict[str, Any] = {
         "method": summary.get("method"),
         "seed": summary.get("seed"),

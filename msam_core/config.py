@@ -159,6 +159,18 @@ class TrainConfig:
 # helpers
 
 
+def as_stored(value: Any) -> Any:
+    """``value`` as its JSON round trip gives it back (tuples as lists, keys as strings), so a
+    config asked for in Python compares equal to the same config read from ``config.json``."""
+    if isinstance(value, Mapping):
+        return {str(k): as_stored(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [as_stored(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
 def _choice(key: str, value: Any, choices: Iterable[str]) -> None:
     if value not in choices:
         raise ValueError(f"{key}={value!r} is not valid; choose one of {list(choices)}")

@@ -39,7 +39,13 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from msam_core.batches import fetch_batch, iterate_batches
-from msam_core.config import TrainConfig, read_config_file, resolve_config, with_overrides
+from msam_core.config import (
+    TrainConfig,
+    as_stored,
+    read_config_file,
+    resolve_config,
+    with_overrides,
+)
 from msam_core.data import MultimodalDataset, load_dataset
 from msam_core.evaluate import evaluate_split
 from msam_core.methods import build_method
@@ -314,7 +320,7 @@ def train(
         stored = resolve_config(read_config_file(Path(out) / CONFIG_FILE))
         cfg = with_overrides(stored, overrides) if overrides else stored
         # repeating the original command with --resume is fine: only real changes count
-        before, after = stored.to_dict(), cfg.to_dict()
+        before, after = as_stored(stored.to_dict()), as_stored(cfg.to_dict())
         changed = [k for k in before if k not in RESUMABLE_KEYS and before[k] != after[k]]
         if changed:
             raise ValueError(

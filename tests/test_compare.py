@@ -122,6 +122,30 @@ def test_a_stored_run_with_another_config_is_an_error(tmp_path):
     assert table.shape[0] == 1
 
 
+def test_options_given_as_tuples_match_the_stored_lists(tmp_path, train_calls):
+    options = {**TINY["dataset_options"], "strengths": (4.0, 2.0)}  # JSON stores a list
+    compare("synthetic", ["joint"], 1, tmp_path / "cmp", **{**TINY, "dataset_options": options})
+    compare("synthetic", ["joint"], 1, tmp_path / "cmp", **{**TINY, "dataset_options": options})
+    assert len(train_calls) == 1  # reused, not refused as another config
+
+
+def test_a_run_that_diverged_before_any_evaluation_is_a_row_without_metrics(tmp_path):
+    # lr so large the loss overflows within epoch 1: the run stops before evaluating it
+    data = {"n_train": 320, "n_val": 32, "n_test": 32}
+    with pytest.warns(RuntimeWarning, match="the loss became nan"):
+        table = compare(
+            "synthetic",
+            ["joint"],
+            1,
+            tmp_path / "cmp",
+            **{**TINY, "lr": 1e4, "dataset_options": data},
+        )
+    runs = pd.read_csv(tmp_path / "cmp" / "runs.csv")
+    assert runs["diverged"].tolist() == [1]
+    assert math.isnan(runs["test_acc"].iloc[0]) and math.isnan(runs["share/audio"].iloc[0])
+    assert table.shape[0] == 1
+
+
 def test_markdown_table_formats_mean_and_sd():
     summary = pd.DataFrame(
         [
