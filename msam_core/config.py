@@ -288,7 +288,9 @@ def with_overrides(config: TrainConfig, overrides: Mapping[str, Any]) -> TrainCo
             if typing.get_origin(hints[top]) is not dict:
                 raise KeyError(f"{top!r} is not a dict option; {key!r} cannot set a sub-key")
             data[top] = dict(data[top])
-            data[top][sub] = yaml.safe_load(value) if isinstance(value, str) else value
+            # command-line text is read as YAML (numbers, lists, booleans); anything else
+            # (a Path, a list) is taken as it is, in the form config.json stores
+            data[top][sub] = yaml.safe_load(value) if isinstance(value, str) else as_stored(value)
         else:
             data[key] = coerce(key, value, hints[key])
     return TrainConfig(**data)

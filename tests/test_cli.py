@@ -135,15 +135,19 @@ def test_every_builtin_command_follows_the_convention():
         assert callable(module.run)
 
 
-def test_train_data_root_flag_reaches_the_audio_visual_loader(tmp_path, capsys):
+@pytest.mark.parametrize("folder", ["avmnist", "2024", "on", "data #1"])  # never read as YAML
+def test_train_data_root_flag_reaches_the_audio_visual_loader(
+    tmp_path, capsys, monkeypatch, folder
+):
     import av_fixtures as fx
 
-    root = fx.make_avmnist(tmp_path / "avmnist")
+    monkeypatch.chdir(tmp_path)  # a relative path, as typed
+    fx.make_avmnist(tmp_path / folder)
     out = tmp_path / "run"
-    args = ["train", "--dataset", "avmnist", "--data-root", str(root), "--method", "joint"]
+    args = ["train", "--dataset", "avmnist", "--data-root", folder, "--method", "joint"]
     args += ["--epochs", "1", "--batch_size", "4", "--dataset_options.val_size", "3"]
     assert main([*args, "--out", str(out), "--quiet"]) == 0, capsys.readouterr().err
-    assert load_run(out).config["dataset_options"]["data_root"] == str(root)
+    assert load_run(out).config["dataset_options"]["data_root"] == folder
 
 
 def test_train_data_root_missing_is_a_one_line_error_with_the_layout(tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 HELP = "train one run (--config file.yaml, --key value for any config key)"
 EXTRA_ARGS = True  # unknown --key value pairs are config overrides
@@ -46,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             overrides[key] = value
     if args.data_root is not None:
-        overrides["dataset_options.data_root"] = args.data_root
+        # a path, never YAML: "2024", "on" or "data #1" must stay the folder's name
+        overrides["dataset_options.data_root"] = Path(args.data_root)
     out = args.out
     resume = args.resume is not False
     if isinstance(args.resume, str):
