@@ -49,6 +49,7 @@ from msam_core.config import (
 from msam_core.data import MultimodalDataset, load_dataset
 from msam_core.evaluate import evaluate_split
 from msam_core.methods import build_method
+from msam_core.options import check_options
 from msam_core.record import CONFIG_FILE, RunWriter, temp_file_beside
 
 SPLITS = ("train", "val", "test")
@@ -165,6 +166,12 @@ def build_run_model(config: TrainConfig, dataset: MultimodalDataset) -> nn.Modul
     """``build_model`` from the dataset's modality specs, initialised from ``config.seed``."""
     from msam_core.models import build_model
 
+    check_options(
+        build_model,
+        config.model_options,
+        "model_options",
+        set_elsewhere=("modalities", "num_classes", "fusion", "encoder"),
+    )
     torch.manual_seed(config.seed)
     return build_model(
         dataset.modalities,

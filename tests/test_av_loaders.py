@@ -151,7 +151,7 @@ def test_corrupt_frame_is_named_when_read(tmp_path):
 
 
 def test_unknown_option_lists_the_valid_ones(tmp_path):
-    with pytest.raises(TypeError, match=r"unknown options \['n_mels'\].*hop_length"):
+    with pytest.raises(ValueError, match=r"unknown options \['n_mels'\].*hop_length"):
         cremad.load_cremad(fx.make_cremad(tmp_path), n_mels=64)
 
 

@@ -137,6 +137,31 @@ def test_unknown_names_list_the_choices_and_write_nothing(tmp_path, key, value, 
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    ("key", "typo", "listed"),
+    [
+        ("dataset_options", "nosie", "noise"),
+        ("model_options", "hiden", "hidden"),
+        ("method_options", "phi_emma", "phi_ema"),
+    ],
+)
+def test_misspelt_options_are_named_with_the_valid_ones_and_write_nothing(
+    tmp_path, key, typo, listed
+):
+    with pytest.raises(ValueError, match=rf"unknown {key}.*\['{typo}'\].*{listed}"):
+        train(small_config(**{key: {typo: 0.5}}), out=tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()
+
+
+def test_one_config_may_carry_the_options_of_several_methods(tmp_path):
+    # msam compare runs every method from one config: another method's option is not a typo
+    options = {"ogm_alpha": 0.3, "phi_ema": 0.5}
+    path = train(
+        small_config(method="joint", method_options=options), out=tmp_path / "run", quiet=True
+    )
+    assert load_run(path).summary["finished"] is True
+
+
 def test_model_and_data_modalities_must_agree(tmp_path):
     dataset = load_dataset("synthetic", **SMALL)
     other = load_dataset("synthetic", modalities=["audio", "text"], **SMALL)

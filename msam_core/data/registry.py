@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from msam_core.data.base import MultimodalDataset
+from msam_core.options import check_options
 
 DatasetLoader = Callable[..., MultimodalDataset]
 _DATASETS: dict[str, DatasetLoader] = {}
@@ -31,8 +32,10 @@ def dataset_names() -> list[str]:
 def load_dataset(name: str, **options: Any) -> MultimodalDataset:
     """Build dataset ``name`` with loader ``options`` (seed, data_root, ...).
 
-    Raises ValueError listing the registered names when ``name`` is unknown.
+    Raises ValueError listing the registered names when ``name`` is unknown, and the
+    loader's options when one of ``options`` is not among them.
     """
     if name not in _DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {dataset_names()}")
+    check_options(_DATASETS[name], options, f"dataset_options of {name!r}")
     return _DATASETS[name](**options)

@@ -64,6 +64,8 @@ from msam_core.step import StepResult, batch_shapley, forward_pass
 class Agm(Method):
     """AGM around the base optimizer (module docstring)."""
 
+    OPTIONS = ("agm_alpha", "agm_clamp", "agm_start", "agm_end")
+
     def __init__(self, model: nn.Module, config: Any) -> None:
         super().__init__(model, config)
         require_modality_encoders(model, "agm")

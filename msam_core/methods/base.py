@@ -67,6 +67,8 @@ class Method:
     """
 
     name: ClassVar[str] = ""
+    #: the ``method_options`` keys this method reads (through :meth:`option`)
+    OPTIONS: ClassVar[tuple[str, ...]] = ()
     #: True when :meth:`step` measures ``sharpness`` (l(θ+ε) − l(θ)) as a by-product.
     measures_sharpness: bool = False
 
@@ -77,7 +79,15 @@ class Method:
         self.optimizer: torch.optim.Optimizer = build_base_optimizer(model.parameters(), config)
 
     def option(self, key: str, default: Any = None) -> Any:
-        """A method-specific knob: ``config.method_options[key]``, else ``config.<key>``."""
+        """A method-specific knob: ``config.method_options[key]``, else ``config.<key>``.
+
+        ``key`` must be one of the class's :attr:`OPTIONS`, which is how a misspelt option
+        in a config is told from another method's option (see ``build_method``).
+        """
+        if key not in type(self).OPTIONS:
+            raise KeyError(
+                f"{type(self).__name__} reads option {key!r} but does not declare it in OPTIONS"
+            )
         options = _get(self.config, "method_options", None) or {}
         if key in options:
             return options[key]

@@ -27,6 +27,8 @@ from msam_core.step import plain_step
 class Joint(Method):
     """Joint training with the base optimizer (SGD / Adam / AdamW)."""
 
+    OPTIONS = ("batch_sharpness",)
+
     def __init__(self, model: nn.Module, config: Any) -> None:
         super().__init__(model, config)
         self.measures_sharpness = _as_bool(self.option("batch_sharpness", False))

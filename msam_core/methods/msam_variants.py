@@ -105,6 +105,8 @@ def ascent_steps(
 class MsamVariants(Msam):
     """The ``msam`` method with the DESIGN.md variants as options (module docstring)."""
 
+    OPTIONS = ("decomposition", "phi_ema", "perturb")
+
     def __init__(self, model: nn.Module, config: Any) -> None:
         super().__init__(model, config)
         self.decomposition = str(self.option("decomposition", "weighted"))

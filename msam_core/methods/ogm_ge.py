@@ -58,6 +58,8 @@ from msam_core.step import StepResult, batch_shapley, forward_pass
 class OgmGe(Method):
     """OGM-GE around the base optimizer (module docstring)."""
 
+    OPTIONS = ("ogm_alpha", "ogm_form", "ogm_ge", "ogm_start", "ogm_end")
+
     def __init__(self, model: nn.Module, config: Any) -> None:
         super().__init__(model, config)
         require_modality_encoders(model, "ogm_ge")

@@ -87,4 +87,23 @@ def build_method(name: str, model: nn.Module, config: Any) -> Method:
         from msam_core.config import TrainConfig
 
         config = TrainConfig.from_dict(config)
+    check_method_options(getattr(config, "method_options", None) or {})
     return cls(model, config)
+
+
+def check_method_options(options: Any) -> None:
+    """ValueError for ``method_options`` keys no registered method reads (a misspelling).
+
+    Checked against every method, not only the one being built: one config may carry the
+    options of several methods (``msam compare`` runs them all from it), which is why the
+    methods' options have distinct names (``ogm_alpha``, ``agm_alpha``).
+    """
+    _discover()
+    known = {key: cls.name for cls in _METHODS.values() for key in cls.OPTIONS}
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        by_method: dict[str, list[str]] = {}
+        for key, method in sorted(known.items()):
+            by_method.setdefault(method, []).append(key)
+        listing = "; ".join(f"{m}: {', '.join(keys)}" for m, keys in sorted(by_method.items()))
+        raise ValueError(f"unknown method_options {unknown}; the methods read {listing}")

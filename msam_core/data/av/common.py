@@ -203,7 +203,7 @@ def split_configs(options: Mapping[str, Any], dataset: str) -> tuple[AudioConfig
     frame_keys = {f.name for f in fields(FrameConfig)}
     unknown = sorted(set(options) - audio_keys - frame_keys)
     if unknown:
-        raise TypeError(
+        raise ValueError(
             f"{dataset}: unknown options {unknown}; audio options are {sorted(audio_keys)}, "
             f"frame options are {sorted(frame_keys)}"
         )
