@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -125,10 +126,10 @@ class TrainConfig:
         _choice(
             "measure_options.method", self.measure_options.get("method", "lanczos"), EIGEN_METHODS
         )
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.rho < 0:
-            raise ValueError(f"rho must be >= 0, got {self.rho}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.rho) and self.rho >= 0):
+            raise ValueError(f"rho must be a finite number >= 0, got {self.rho}")
 
     # -- conversion ------------------------------------------------------------------------
 

@@ -182,6 +182,18 @@ def build_run_model(config: TrainConfig, dataset: MultimodalDataset) -> nn.Modul
     )
 
 
+def check_splits_have_samples(dataset: MultimodalDataset) -> None:
+    """ValueError naming an empty split, before any file is written: the loop trains on train,
+    selects the model on val and reports test, every epoch."""
+    for name in SPLITS:
+        if len(dataset.split(name)) == 0:
+            raise ValueError(
+                f"dataset {dataset.name!r} has no {name} samples; the loop trains on train, "
+                f"selects on val and reports test, so each needs some (see its "
+                f"dataset_options, e.g. fractions)"
+            )
+
+
 def check_model_matches_data(model: nn.Module, dataset: MultimodalDataset) -> None:
     """Modality names (in order), per-sample shapes and class count must agree.
 
@@ -343,6 +355,7 @@ def train(
     dataset = data if data is not None else build_dataset(cfg)
     model = model if model is not None else build_run_model(cfg, dataset)
     check_model_matches_data(model, dataset)
+    check_splits_have_samples(dataset)
     if cfg.baseline == "mean":
         model.fit_baselines(_all_inputs(dataset.train, cfg.eval_batch_size, cfg.num_workers))
     model.to(device)

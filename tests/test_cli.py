@@ -57,10 +57,15 @@ def test_train_from_a_config_file_then_resume(tmp_path, capsys):
         (["--lrr", "1"], "unknown config key(s) ['lrr']; valid keys are"),
         (["--epochs", "two"], "config key 'epochs': cannot read 'two' as int"),
         (["--config", "missing.yaml"], "config file 'missing.yaml' does not exist"),
+        (["--rho", "nan"], "rho must be a finite number >= 0, got nan"),
+        (["--lr", "inf"], "lr must be a finite number > 0, got inf"),
+        (["--dataset_options.nosie", "0.5"], "unknown dataset_options of 'synthetic' ['nosie']"),
+        (["--model_options.hiden", "8"], "unknown model_options ['hiden']"),
+        (["--method_options.phi_emma", "0.5"], "unknown method_options ['phi_emma']"),
     ],
 )
 def test_user_errors_are_one_line_with_status_2(tmp_path, capsys, args, message):
-    status = main(["train", *args, "--out", str(tmp_path / "run"), "--quiet", *SMALL])
+    status = main(["train", "--out", str(tmp_path / "run"), "--quiet", *SMALL, *args])
     err = capsys.readouterr().err
     assert status == 2
     assert message in err and len(err.strip().splitlines()) == 1

@@ -56,7 +56,9 @@ def test_small_classes_appear_in_every_split():
             assert set(labels[part]) == {0, 1}
 
 
-@pytest.mark.parametrize("fractions", [(0.5, 0.6), (0.7, -0.1, 0.4), (0.0, 0.5, 0.5), (1.0,)])
+@pytest.mark.parametrize(
+    "fractions", [(0.5, 0.6), (0.7, -0.1, 0.4), (0.0, 0.5, 0.5), (0.8, 0.2, 0.0), (1.0,)]
+)
 def test_bad_fractions_are_rejected(fractions):
     with pytest.raises(ValueError, match="fractions"):
         stratified_split(np.zeros(10), fractions)

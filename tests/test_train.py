@@ -153,6 +153,24 @@ def test_misspelt_options_are_named_with_the_valid_ones_and_write_nothing(
     assert not (tmp_path / "run").exists()
 
 
+def test_an_empty_split_is_named_before_anything_is_written(tmp_path):
+    import dataclasses
+
+    from msam_core.data import TensorSplit
+
+    dataset = load_dataset("synthetic", **SMALL)
+    val = dataset.val
+    empty = TensorSplit({m: x[:0] for m, x in val.inputs.items()}, val.targets[:0])
+    with pytest.raises(ValueError, match="no val samples"):
+        train(
+            small_config(),
+            out=tmp_path / "run",
+            data=dataclasses.replace(dataset, val=empty),
+            quiet=True,
+        )
+    assert not (tmp_path / "run").exists()
+
+
 def test_one_config_may_carry_the_options_of_several_methods(tmp_path):
     # msam compare runs every method from one config: another method's option is not a typo
     options = {"ogm_alpha": 0.3, "phi_ema": 0.5}

@@ -23,17 +23,18 @@ DEFAULT_FRACTIONS = (0.6, 0.2, 0.2)
 
 
 def check_fractions(fractions: Sequence[float]) -> tuple[float, ...]:
-    """Validate split fractions: non-negative, summing to 1, train > 0.
+    """Validate split fractions: positive, summing to 1 (the loop selects on val, reports test).
 
     Raises ValueError naming the fractions received and what is expected.
     """
     fractions = tuple(float(f) for f in fractions)
     if len(fractions) not in (2, 3):
         raise ValueError(f"fractions must be (train, val, test) or (train, test), got {fractions}")
-    if any(f < 0 for f in fractions) or not np.isclose(sum(fractions), 1.0):
-        raise ValueError(f"fractions must be non-negative and sum to 1, got {fractions}")
-    if fractions[0] <= 0:
-        raise ValueError(f"fractions: the train share must be positive, got {fractions}")
+    if any(f <= 0 for f in fractions) or not np.isclose(sum(fractions), 1.0):
+        raise ValueError(
+            f"fractions must be positive and sum to 1, got {fractions}: training needs train, "
+            "model selection val and the report test samples"
+        )
     return fractions
 
 
