@@ -9,6 +9,7 @@ run is the one-process run up to float summation order.
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -61,17 +62,33 @@ def _train(model, inputs, targets) -> dict[str, object]:
     return {"records": records, "params": [p.detach().clone() for p in core.parameters()]}
 
 
-def _rank_main(rank: int, init_file: str, out_dir: str) -> None:
+def _in_group(rank: int, init_file: str, work) -> None:
+    """Run ``work(rank)`` as one rank of a gloo group, then take the group down cleanly.
+
+    ``work``'s locals (the DDP wrapper, its buckets) are gone before the group is destroyed,
+    and every rank has finished its collectives (barrier): gloo threads still holding
+    tensors at interpreter exit abort the process.
+    """
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         torch.set_num_threads(1)
-        model, inputs, targets = _setting()
-        rows = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
-        ddp = torch.nn.parallel.DistributedDataParallel(model)
-        local = {m: x[rows] for m, x in inputs.items()}
-        torch.save(_train(ddp, local, targets[rows]), Path(out_dir) / f"rank{rank}.pt")
+        work(rank)
+        dist.barrier()
     finally:
+        gc.collect()
         dist.destroy_process_group()
+
+
+def _train_half_batch(rank: int, out_dir: str) -> None:
+    model, inputs, targets = _setting()
+    rows = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    local = {m: x[rows] for m, x in inputs.items()}
+    torch.save(_train(ddp, local, targets[rows]), Path(out_dir) / f"rank{rank}.pt")
+
+
+def _rank_main(rank: int, init_file: str, out_dir: str) -> None:
+    _in_group(rank, init_file, lambda r: _train_half_batch(r, out_dir))
 
 
 @pytest.mark.slow
@@ -106,24 +123,24 @@ def test_two_ranks_take_the_one_process_full_batch_step(tmp_path):
     assert moved, "the steps changed nothing: the comparison would be empty"
 
 
-def _attributed_rank(rank: int, init_file: str, out_dir: str) -> None:
+def _try_attributed(rank: int, out_dir: str) -> None:
     from msam_core.config import TrainConfig
     from msam_core.methods import build_method
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    model, inputs, targets = _setting()
+    config = TrainConfig(method="msam", method_options={"decomposition": "attributed"})
+    method = build_method("msam", model, config)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
     try:
-        model, inputs, targets = _setting()
-        config = TrainConfig(method="msam", method_options={"decomposition": "attributed"})
-        method = build_method("msam", model, config)
-        ddp = torch.nn.parallel.DistributedDataParallel(model)
-        try:
-            method.step(ddp, inputs, targets)
-            message = "stepped"
-        except ValueError as err:
-            message = str(err)
-        (Path(out_dir) / f"rank{rank}.txt").write_text(message, encoding="utf-8")
-    finally:
-        dist.destroy_process_group()
+        method.step(ddp, inputs, targets)
+        message = "stepped"
+    except ValueError as err:
+        message = str(err)
+    (Path(out_dir) / f"rank{rank}.txt").write_text(message, encoding="utf-8")
+
+
+def _attributed_rank(rank: int, init_file: str, out_dir: str) -> None:
+    _in_group(rank, init_file, lambda r: _try_attributed(r, out_dir))
 
 
 @pytest.mark.slow
