@@ -209,13 +209,18 @@ def _same_in_train_and_eval(training: list[nn.Module]) -> bool:
     return True
 
 
+def is_distributed() -> bool:
+    """True under ``torch.distributed`` with more than one rank."""
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def _reduce_values(values: Tensor, batch_size: int, device: torch.device) -> Tensor:
     """Sample-weighted mean of ``values`` over ``torch.distributed`` ranks (identity alone)."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not is_distributed():
         return values
     packed = torch.cat([values * batch_size, values.new_tensor([batch_size])]).to(device)
-    dist.all_reduce(packed)
+    torch.distributed.all_reduce(packed)
     packed = packed.cpu()
     return packed[:-1] / packed[-1]
 

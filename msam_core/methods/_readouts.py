@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from msam_core.coalitions import baseline_inputs, encode_baselines, eval_mode, has_feature_path
 from msam_core.masking import coalition_masks
 from msam_core.param_groups import has_modality_groups, modality_parameter_groups
-from msam_core.step import unwrap
+from msam_core.step import is_distributed, unwrap
 
 
 def singleton_masks(n_modalities: int, device: torch.device | str | None = None) -> Tensor:
@@ -119,12 +119,6 @@ def encoder_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """Each modality's encoder parameters, ``{m: [...]}`` in ``model.modalities`` order."""
     groups = modality_parameter_groups(unwrap(model))
     return {m: groups[m] for m in unwrap(model).modalities}
-
-
-def is_distributed() -> bool:
-    """True under ``torch.distributed`` with more than one rank."""
-    dist = torch.distributed
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def mean_over_ranks(values: Tensor, batch_size: int) -> Tensor:
