@@ -33,22 +33,18 @@ window).  The running averages are method state, so a resumed run continues them
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from msam_core.methods._modulated import EncoderModulation
 from msam_core.methods._readouts import (
-    ModulationWindow,
     all_masks,
     coalition_logits,
-    encoder_parameters,
     mean_over_ranks,
-    require_modality_encoders,
 )
-from msam_core.methods.base import Method
 from msam_core.methods.registry import register_method
 from msam_core.optim.modulation import (
     agm_coefficients,
@@ -57,33 +53,23 @@ from msam_core.optim.modulation import (
     mono_modal_responses,
     running_mean,
 )
-from msam_core.step import StepResult, batch_shapley, forward_pass
 
 
 @register_method("agm")
-class Agm(Method):
+class Agm(EncoderModulation):
     """AGM around the base optimizer (module docstring)."""
 
     OPTIONS = ("agm_alpha", "agm_clamp", "agm_start", "agm_end")
+    prefix = "agm"  # the window options: agm_start, agm_end
 
     def __init__(self, model: nn.Module, config: Any) -> None:
         super().__init__(model, config)
-        require_modality_encoders(model, "agm")
         self.alpha = float(self.option("agm_alpha", 0.1))
         self.clamp = float(self.option("agm_clamp", 10.0))
         if self.alpha < 0:
             raise ValueError(f"agm_alpha must be >= 0, got {self.alpha}")
-        self.window = ModulationWindow(
-            "agm", self.option("agm_start", None), self.option("agm_end", None)
-        )
-        self.encoders = encoder_parameters(model)
         self.score_mean = torch.zeros(len(self.modalities), dtype=torch.float64)
         self.count = 0
-        self.epoch: int | None = None
-
-    def set_epoch(self, epoch: int) -> None:
-        """The loop reports the epoch about to start (for ``agm_start`` / ``agm_end``)."""
-        self.epoch = int(epoch)
 
     def scores(
         self, model: nn.Module, inputs: Mapping[str, Tensor], targets: Tensor, features=None
@@ -104,35 +90,13 @@ class Agm(Method):
         self.score_mean = running_mean(self.score_mean, scores.double(), self.count)
         return ratios, targets, coefs
 
-    @torch.no_grad()
-    def modulate(self, coefficients: Tensor) -> None:
-        """Multiply each modality's encoder gradients by its coefficient, in place."""
-        for m, name in enumerate(self.modalities):
-            k = float(coefficients[m])
-            for p in self.encoders[name]:
-                if p.grad is not None:
-                    p.grad.mul_(k)
-
-    def step(self, model: nn.Module, inputs: Mapping[str, Tensor], targets: Tensor) -> dict:
-        start = time.perf_counter()
-        first = forward_pass(model, inputs, targets)
-        self.optimizer.zero_grad()
-        first.loss.backward()
-        shapley = batch_shapley(model, inputs, targets, first, self.config.shapley_value)
-        scores = self.scores(model, inputs, targets, first.features)
+    def readout(
+        self, model: nn.Module, inputs: Mapping[str, Tensor], targets: Tensor, features: Any
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The batch's scores, then :meth:`update`: coefficients and the recorded fields."""
+        scores = self.scores(model, inputs, targets, features)
         ratios, target_ratios, coefs = self.update(scores)
-        active = self.window.active(self.epoch)
-        if active:
-            self.modulate(coefs)
-        self.optimizer.step()
-        result = StepResult(float(first.loss.detach()), shapley, time_s=time.perf_counter() - start)
-        record = result.to_record(self.modalities)
-        for m, name in enumerate(self.modalities):
-            record[f"score/{name}"] = float(scores[m])
-            record[f"ratio/{name}"] = float(ratios[m])
-            record[f"target/{name}"] = float(target_ratios[m])
-            record[f"coef/{name}"] = float(coefs[m]) if active else 1.0
-        return record
+        return coefs, {"score": scores, "ratio": ratios, "target": target_ratios}
 
     # -- checkpoints -------------------------------------------------------------------------
 

@@ -28,22 +28,18 @@ Records, besides loss and the batch's Shapley contributions (phi, weight, domina
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from msam_core.methods._modulated import EncoderModulation
 from msam_core.methods._readouts import (
-    ModulationWindow,
     coalition_logits,
-    encoder_parameters,
     mean_over_ranks,
-    require_modality_encoders,
     singleton_masks,
 )
-from msam_core.methods.base import Method
 from msam_core.methods.registry import register_method
 from msam_core.optim.modulation import (
     discrepancy_ratios,
@@ -51,31 +47,21 @@ from msam_core.optim.modulation import (
     ogm_coefficients,
     ogm_scores,
 )
-from msam_core.step import StepResult, batch_shapley, forward_pass
 
 
 @register_method("ogm_ge")
-class OgmGe(Method):
+class OgmGe(EncoderModulation):
     """OGM-GE around the base optimizer (module docstring)."""
 
     OPTIONS = ("ogm_alpha", "ogm_form", "ogm_ge", "ogm_start", "ogm_end")
+    prefix = "ogm"  # the window options: ogm_start, ogm_end
 
     def __init__(self, model: nn.Module, config: Any) -> None:
         super().__init__(model, config)
-        require_modality_encoders(model, "ogm_ge")
         self.alpha = float(self.option("ogm_alpha", 0.5))
         self.form = str(self.option("ogm_form", "continuous"))
         self.enhance = bool(self.option("ogm_ge", True))
-        self.window = ModulationWindow(
-            "ogm_ge", self.option("ogm_start", None), self.option("ogm_end", None)
-        )
         ogm_coefficients(torch.ones(2), self.alpha, self.form)  # bad alpha / form fail here
-        self.encoders = encoder_parameters(model)
-        self.epoch: int | None = None
-
-    def set_epoch(self, epoch: int) -> None:
-        """The loop reports the epoch about to start (for ``ogm_start`` / ``ogm_end``)."""
-        self.epoch = int(epoch)
 
     def coefficients(
         self, model: nn.Module, inputs: Mapping[str, Tensor], targets: Tensor, features=None
@@ -97,21 +83,9 @@ class OgmGe(Method):
                     continue
                 p.grad = gaussian_enhancement(p.grad, k) if self.enhance else p.grad.mul_(k)
 
-    def step(self, model: nn.Module, inputs: Mapping[str, Tensor], targets: Tensor) -> dict:
-        start = time.perf_counter()
-        first = forward_pass(model, inputs, targets)
-        self.optimizer.zero_grad()
-        first.loss.backward()
-        shapley = batch_shapley(model, inputs, targets, first, self.config.shapley_value)
-        scores, ratios, coefs = self.coefficients(model, inputs, targets, first.features)
-        active = self.window.active(self.epoch)
-        if active:
-            self.modulate(coefs)
-        self.optimizer.step()
-        result = StepResult(float(first.loss.detach()), shapley, time_s=time.perf_counter() - start)
-        record = result.to_record(self.modalities)
-        for m, name in enumerate(self.modalities):
-            record[f"score/{name}"] = float(scores[m])
-            record[f"ratio/{name}"] = float(ratios[m])
-            record[f"coef/{name}"] = float(coefs[m]) if active else 1.0
-        return record
+    def readout(
+        self, model: nn.Module, inputs: Mapping[str, Tensor], targets: Tensor, features: Any
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """:meth:`coefficients` and the recorded fields."""
+        scores, ratios, coefs = self.coefficients(model, inputs, targets, features)
+        return coefs, {"score": scores, "ratio": ratios}
