@@ -114,19 +114,7 @@ def test_png_export_with_browser(runs, tmp_path) -> None:
 
 @pytest.fixture(scope="module")
 def demo_runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo_runs")
-    small = {"epochs": 2, "steps_per_epoch": 4, "with_landscape": False}
-    for method in ("joint", "msam"):
-        vf.write_run(root, f"synthetic/{method}", method=method, **small)
-        vf.write_run(
-            root,
-            f"mfeat/{method}",
-            method=method,
-            dataset="mfeat",
-            modalities=("fou", "pix"),
-            **small,
-        )
-    return load_runs(root)
+    return load_runs(vf.write_demo_runs(tmp_path_factory.mktemp("demo_runs")))
 
 
 def test_report_compares_each_dataset_apart_and_labels_runs_uniquely(demo_runs) -> None:

@@ -138,20 +138,7 @@ def test_each_modality_has_one_colour_across_figures(run) -> None:
 def demo_dir(tmp_path_factory):
     """As ``msam demo`` writes: OUT/<dataset>/<method>, names repeated across datasets; the
     mfeat runs are 0.2 more accurate and use other modalities."""
-    root = tmp_path_factory.mktemp("demo")
-    small = {"epochs": 2, "steps_per_epoch": 4, "with_landscape": False}
-    for method in ("joint", "msam"):
-        vf.write_run(root, f"synthetic/{method}", method=method, **small)
-        vf.write_run(
-            root,
-            f"mfeat/{method}",
-            method=method,
-            dataset="mfeat",
-            modalities=("fou", "pix"),
-            acc_offset=0.2,
-            **small,
-        )
-    return root
+    return vf.write_demo_runs(tmp_path_factory.mktemp("demo"), mfeat_offset=0.2)
 
 
 def test_clashing_run_names_get_the_shortest_distinguishing_path_suffix(demo_dir, tmp_path) -> None:

@@ -162,6 +162,25 @@ def write_run(
     return path
 
 
+def write_demo_runs(root: Path, mfeat_offset: float = 0.0) -> Path:
+    """Runs as ``msam demo`` writes them, ``root/<dataset>/<method>``: joint and msam on
+    synthetic (audio, visual) and on mfeat (fou, pix), names repeated across datasets; the
+    mfeat runs' accuracies are shifted by ``mfeat_offset``."""
+    small = {"epochs": 2, "steps_per_epoch": 4, "with_landscape": False}
+    for method in ("joint", "msam"):
+        write_run(root, f"synthetic/{method}", method=method, **small)
+        write_run(
+            root,
+            f"mfeat/{method}",
+            method=method,
+            dataset="mfeat",
+            modalities=("fou", "pix"),
+            acc_offset=mfeat_offset,
+            **small,
+        )
+    return root
+
+
 def write_sparse_run(root: Path, name: str = "sparse") -> Path:
     """A joint-training run without Hessian, per-modality sharpness, unimodal accuracy or
     landscapes: what a cheap run records."""
