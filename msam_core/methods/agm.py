@@ -105,15 +105,5 @@ class Agm(EncoderModulation):
         return {"score_mean": self.score_mean.tolist(), "count": self.count}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if set(state) != {"score_mean", "count"}:
-            raise ValueError(
-                f"agm state must hold 'score_mean' and 'count', got keys {sorted(state)}"
-            )
-        mean = torch.as_tensor(state["score_mean"], dtype=torch.float64)
-        if mean.shape != (len(self.modalities),):
-            raise ValueError(
-                f"agm state has {list(mean.shape)} running scores for modalities "
-                f"{self.modalities}; was the checkpoint written for another model?"
-            )
-        self.score_mean = mean
+        self.score_mean = self.per_modality_state(state, ("score_mean", "count"), "score_mean")
         self.count = int(state["count"])

@@ -120,6 +120,23 @@ class Method:
                 f"method {self.name!r} keeps no state but the checkpoint has keys {sorted(state)}"
             )
 
+    def per_modality_state(
+        self, state: Mapping[str, Any], keys: tuple[str, ...], vector: str
+    ) -> Tensor:
+        """Check a stored state has exactly ``keys`` and that ``state[vector]`` holds one float64
+        value per modality; return that vector.  ValueError naming what the checkpoint holds."""
+        if set(state) != set(keys):
+            raise ValueError(
+                f"{self.name} state must hold {sorted(keys)}, got keys {sorted(state)}"
+            )
+        values = torch.as_tensor(state[vector], dtype=torch.float64)
+        if values.shape != (len(self.modalities),):
+            raise ValueError(
+                f"{self.name} state has {list(values.shape)} values of {vector!r} for modalities "
+                f"{self.modalities}; was the checkpoint written for another model?"
+            )
+        return values
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(name={self.name!r}, optimizer={type(self.optimizer).__name__})"

@@ -281,17 +281,8 @@ class MsamVariants(Msam):
         if not self.phi_ema:
             super().load_state_dict(state)
             return
-        if set(state) != {"phi_ema", "steps"}:
-            raise ValueError(
-                f"msam with phi_ema needs state 'phi_ema' and 'steps', got keys {sorted(state)}"
-            )
-        ema = torch.as_tensor(state["phi_ema"], dtype=torch.float64)
-        if ema.shape != (len(self.modalities),):
-            raise ValueError(
-                f"the stored φ average has shape {list(ema.shape)}, the model has modalities "
-                f"{self.modalities}"
-            )
-        self.ema, self.ema_steps = ema, int(state["steps"])
+        self.ema = self.per_modality_state(state, ("phi_ema", "steps"), "phi_ema")
+        self.ema_steps = int(state["steps"])
 
 
 def _grads(loss: Tensor, params: list[nn.Parameter], retain_graph: bool = False) -> list:
