@@ -161,15 +161,9 @@ class TrainConfig:
 
 
 def as_stored(value: Any) -> Any:
-    """``value`` as its JSON round trip gives it back (tuples as lists, keys as strings), so a
+    """``value`` after a JSON round trip (tuples as lists, keys and paths as strings), so a
     config asked for in Python compares equal to the same config read from ``config.json``."""
-    if isinstance(value, Mapping):
-        return {str(k): as_stored(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [as_stored(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
+    return json.loads(json.dumps(value, default=str))
 
 
 def _choice(key: str, value: Any, choices: Iterable[str]) -> None:
