@@ -37,6 +37,8 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from types import ModuleType
 
+from msam_core.suggest import did_you_mean
+
 ENTRY_POINT_GROUP = "msam.commands"
 USER_ERRORS = (
     ValueError,
@@ -75,12 +77,22 @@ def load_command(name: str) -> ModuleType:
     plugins = _plugin_commands()
     if name in plugins:
         return plugins[name].load()
-    raise ValueError(f"unknown command {name!r}; choose one of {available_commands()}")
+    choices = available_commands()
+    raise ValueError(
+        f"unknown command {name!r}{did_you_mean(name, choices)}; choose one of {choices}"
+    )
 
 
 def _error_text(err: BaseException) -> str:
     # KeyError's str() adds quotes around its message
     return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+
+
+def _unrecognized(parser: argparse.ArgumentParser, extra: Sequence[str]) -> str:
+    """argparse's "unrecognized arguments" message, with the closest options suggested."""
+    options = [o for action in parser._actions for o in action.option_strings]
+    flags = [t.split("=", 1)[0] for t in extra if t.startswith("-")]
+    return f"unrecognized arguments: {' '.join(extra)}{did_you_mean(flags, options)}"
 
 
 def _top_parser() -> argparse.ArgumentParser:
@@ -130,7 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, extra = parser.parse_known_args(rest)
         args.extra = extra
     else:
-        args = parser.parse_args(rest)  # argparse exits 2 with its own one-line error
+        args, extra = parser.parse_known_args(rest)  # argparse exits 2 on its own errors
+        if extra:
+            parser.error(_unrecognized(parser, extra))
     try:
         return int(module.run(args) or 0)
     except USER_ERRORS as err:

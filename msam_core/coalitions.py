@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from msam_core.masking import apply_input_mask, check_inputs, coalition_masks, validate_mask
+from msam_core.suggest import did_you_mean
 
 VALUE_KINDS = ("accuracy", "prob", "neg_loss")
 MASKINGS = ("input", "feature", "auto")
@@ -47,7 +48,10 @@ MASKINGS = ("input", "feature", "auto")
 def check_value_kind(value: str) -> str:
     """Return ``value`` if it names a coalition value; ValueError listing the choices if not."""
     if value not in VALUE_KINDS:
-        raise ValueError(f"unknown coalition value {value!r}; choose one of {list(VALUE_KINDS)}")
+        hint = did_you_mean(str(value), VALUE_KINDS)
+        raise ValueError(
+            f"unknown coalition value {value!r}{hint}; choose one of {list(VALUE_KINDS)}"
+        )
     return value
 
 
@@ -59,7 +63,8 @@ def has_feature_path(model: nn.Module) -> bool:
 def resolve_masking(model: nn.Module, masking: str) -> str:
     """``"input"`` or ``"feature"`` for ``model`` (``"auto"`` picks the fast path if it can)."""
     if masking not in MASKINGS:
-        raise ValueError(f"unknown masking {masking!r}; choose one of {list(MASKINGS)}")
+        hint = did_you_mean(str(masking), MASKINGS)
+        raise ValueError(f"unknown masking {masking!r}{hint}; choose one of {list(MASKINGS)}")
     if masking == "auto":
         return "feature" if has_feature_path(model) else "input"
     if masking == "feature" and not has_feature_path(model):

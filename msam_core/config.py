@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from msam_core.suggest import did_you_mean
+
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "cosine", "step")
 SHAPLEY_VALUES = ("accuracy", "prob", "neg_loss")  # msam_core.coalitions.VALUE_KINDS
@@ -121,7 +123,8 @@ class TrainConfig:
         unknown = sorted(set(self.measure_options) - set(MEASURE_OPTIONS))
         if unknown:
             raise ValueError(
-                f"unknown measure_options {unknown}; choose from {list(MEASURE_OPTIONS)}"
+                f"unknown measure_options {unknown}{did_you_mean(unknown, MEASURE_OPTIONS)}; "
+                f"choose from {list(MEASURE_OPTIONS)}"
             )
         _choice(
             "measure_options.method", self.measure_options.get("method", "lanczos"), EIGEN_METHODS
@@ -156,6 +159,48 @@ class TrainConfig:
         return with_overrides(self, changes)
 
 
+#: one line per config key, for ``msam config`` and error messages (a test checks every key
+#: of :class:`TrainConfig` has one)
+DESCRIPTIONS: dict[str, str] = {
+    "dataset": "dataset name: synthetic, mfeat, basic_motions, digits_halves, cremad, ...",
+    "dataset_options": "keyword options of the dataset's loader (noise, views, data_root, ...)",
+    "method": "training method: joint, sam, asam, ogm_ge, agm, msam",
+    "method_options": "options of the method (phi_ema, ogm_alpha, ...; see the README table)",
+    "fusion": "early, or a late-fusion head: concat, sum, gated, film",
+    "encoder": "encoder per modality: auto (by kind), mlp, cnn, cnn1d, resnet18, ...",
+    "model_options": "options of build_model: feature_dim (int, or one per modality), hidden, "
+    "dropout",
+    "baseline": "what replaces an absent modality's input: zeros, or the train mean",
+    "optimizer": "base optimizer: sgd, adam, adamw",
+    "lr": "learning rate per step",
+    "momentum": "SGD momentum",
+    "weight_decay": "weight decay of the base optimizer",
+    "schedule": "learning-rate schedule: none, cosine (to 0 over the run), step",
+    "step_epochs": "schedule step: multiply lr by step_gamma every step_epochs epochs",
+    "step_gamma": "schedule step: the factor",
+    "rho": "ascent radius of the SAM family (sam, asam, msam)",
+    "adaptive": "scale the ascent by |θ| (ASAM's form)",
+    "shapley_value": "coalition value v(S) behind φ: accuracy, prob or neg_loss",
+    "batch_size": "samples per optimisation step (the global batch)",
+    "epochs": "passes over the training data",
+    "seed": "seed of the data split, initial weights and data order",
+    "device": "auto, cpu, cuda, cuda:N or mps",
+    "bf16": "bf16 autocast (CUDA only)",
+    "num_workers": "DataLoader processes reading file-backed data; 0 = the main process",
+    "eval_every": "evaluate train / val / test every k epochs (and at the last)",
+    "eval_batch_size": "samples per evaluation pass",
+    "checkpoint_every": "write checkpoints/epoch_XXXX.pt every k epochs; 0 = last.pt only",
+    "keep_checkpoints": "keep only the newest n epoch checkpoints; 0 = all",
+    "measure_every": "per-modality sharpness and Hessian measures every k steps; 0 = never",
+    "measure_options": "options of the measures: hessian, blocks, tol, max_iter, n_samples, ...",
+    "probe_size": "training samples in the fixed probe batch the measures use",
+    "landscape_epochs": "epochs after which a loss landscape is computed and saved",
+    "landscape_options": "options of compute_landscape: steps, span, dims, norm, ...",
+    "fsync": "force every record to disk (slower; survives power loss)",
+    "name": "display name of the run (default: the directory name)",
+}
+
+
 # --------------------------------------------------------------------------------------------
 # helpers
 
@@ -168,7 +213,11 @@ def as_stored(value: Any) -> Any:
 
 def _choice(key: str, value: Any, choices: Iterable[str]) -> None:
     if value not in choices:
-        raise ValueError(f"{key}={value!r} is not valid; choose one of {list(choices)}")
+        choices = list(choices)
+        raise ValueError(
+            f"{key}={value!r} is not valid{did_you_mean(str(value), choices)}; "
+            f"choose one of {choices}"
+        )
 
 
 def _field_types() -> dict[str, Any]:
@@ -179,7 +228,11 @@ def _check_keys(keys: Iterable[str]) -> None:
     valid = TrainConfig.keys()
     unknown = [k for k in keys if k.split(".", 1)[0] not in valid]
     if unknown:
-        raise KeyError(f"unknown config key(s) {unknown}; valid keys are {valid}")
+        hint = did_you_mean([k.split(".", 1)[0] for k in unknown], valid)
+        raise KeyError(
+            f"unknown config key(s) {unknown}{hint}; valid keys are {valid} "
+            "(`msam config` describes each)"
+        )
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

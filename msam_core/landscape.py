@@ -35,6 +35,7 @@ from torch.func import functional_call
 from msam_core.batches import fetch_batch
 from msam_core.hessian import eval_mode
 from msam_core.param_groups import block_choices, modality_parameter_names
+from msam_core.suggest import did_you_mean
 from msam_core.trained import epoch_checkpoints, load_trained
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -57,7 +58,9 @@ def trainable_named_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 
 def _check_choice(key: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
-        raise ValueError(f"{key}={value!r} is not valid; choose one of {list(choices)}")
+        choices = list(choices)
+        hint = did_you_mean(str(value), choices)
+        raise ValueError(f"{key}={value!r} is not valid{hint}; choose one of {choices}")
 
 
 def normalize_direction(
@@ -98,7 +101,8 @@ def check_subspace(model: nn.Module, modality: str | None) -> None:
         return
     choices = ["all", *block_choices(model)]
     if modality not in choices:
-        raise ValueError(f"unknown modality {modality!r}; choose one of {choices}")
+        hint = did_you_mean(modality, choices)
+        raise ValueError(f"unknown modality {modality!r}{hint}; choose one of {choices}")
     modality_parameter_names(model)  # early fusion: no blocks, a clear error
 
 

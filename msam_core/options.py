@@ -12,6 +12,8 @@ import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from msam_core.suggest import did_you_mean
+
 _NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
 
@@ -36,4 +38,6 @@ def check_options(
     valid = [p.name for p in params if p.kind in _NAMED and p.name not in skip]
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise ValueError(f"unknown {what} {unknown}; valid keys are {valid}")
+        raise ValueError(
+            f"unknown {what} {unknown}{did_you_mean(unknown, valid)}; valid keys are {valid}"
+        )

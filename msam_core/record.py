@@ -404,9 +404,43 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
                     stacklevel=3,
                 )
                 continue
-            if isinstance(record, dict):
-                records.append(record)
+            problem = record_problem(record)
+            if problem:
+                raise ValueError(
+                    f"{path}, line {lineno}: {problem}; this file is not a record msam wrote "
+                    f"(or was edited by hand): fix or remove that line"
+                )
+            records.append(record)
     return records
+
+
+#: record keys with one fixed type (DESIGN.md); any other key is a number or null
+_INT_KEYS = ("step", "epoch")
+_STR_KEYS = ("split", "dominant")
+#: prefixes of the keys figures plot: their values must be numbers (or null: not finite)
+_NUMBER_PREFIXES = ("loss", "lr", "acc", "phi/", "weight/", "sharpness", "balance", "hessian/")
+
+
+def record_problem(record: Any) -> str | None:
+    """What is wrong with one parsed ``.jsonl`` line, or None: a record is a JSON object,
+    ``step`` / ``epoch`` are integers, ``split`` / ``dominant`` strings, and the measured
+    values figures plot (loss, lr, acc, phi/<m>, weight/<m>, sharpness, ...) numbers or null."""
+    if not isinstance(record, dict):
+        return f"expected a JSON object {{...}}, found a {type(record).__name__}"
+    for key, value in record.items():
+        if key in _INT_KEYS:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            want = "an integer"
+        elif key in _STR_KEYS:
+            ok, want = isinstance(value, str), "a string"
+        elif key.startswith(_NUMBER_PREFIXES):
+            ok = value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+            want = "a number or null"
+        else:
+            continue
+        if not ok:
+            return f"{key!r} must be {want}, found {value!r}"
+    return None
 
 
 def _frame(records: list[dict[str, Any]], first: Iterable[str]) -> pd.DataFrame:
@@ -504,6 +538,17 @@ class Run:
         )
 
 
+def _read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; ValueError naming the file when it is not one."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); it is broken or not msam's") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object {{...}}, found a {type(data).__name__}")
+    return data
+
+
 def load_run(path: str | os.PathLike) -> Run:
     """Load a run directory written by :func:`msam_core.train` (complete, live or killed).
 
@@ -522,13 +567,13 @@ def load_run(path: str | os.PathLike) -> Run:
         )
     config: dict[str, Any] = {}
     if (path / CONFIG_FILE).exists():
-        config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+        config = _read_json_object(path / CONFIG_FILE)
     summary: dict[str, Any] = {}
     if (path / SUMMARY_FILE).exists():
         try:
-            summary = json.loads((path / SUMMARY_FILE).read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            warnings.warn(f"{path / SUMMARY_FILE}: unreadable, ignored", RuntimeWarning, 2)
+            summary = _read_json_object(path / SUMMARY_FILE)
+        except ValueError as err:  # rewritten every epoch: the records are what counts
+            warnings.warn(f"{err}; ignored", RuntimeWarning, 2)
     iterations = _frame(read_jsonl(path / ITERATIONS_FILE), ("step", "epoch"))
     epochs = _frame(read_jsonl(path / EPOCHS_FILE), ("epoch", "split"))
     landscapes = sorted((path / LANDSCAPES_DIR).glob("*.npz"))

@@ -54,7 +54,7 @@ def test_train_from_a_config_file_then_resume(tmp_path, capsys):
         (["--method", "nope"], "unknown method 'nope'; choose one of"),
         (["--dataset", "nope"], "unknown dataset 'nope'; choose one of"),
         (["--fusion", "nope"], "unknown fusion 'nope'; choose one of"),
-        (["--lrr", "1"], "unknown config key(s) ['lrr']; valid keys are"),
+        (["--lrr", "1"], "unknown config key(s) ['lrr'] (did you mean 'lr'?); valid keys are"),
         (["--epochs", "two"], "config key 'epochs': cannot read 'two' as int"),
         (["--config", "missing.yaml"], "config file 'missing.yaml' does not exist"),
         (["--rho", "nan"], "rho must be a finite number >= 0, got nan"),

@@ -7,6 +7,7 @@ from typing import Any
 
 from msam_core.data.base import MultimodalDataset
 from msam_core.options import check_options
+from msam_core.suggest import did_you_mean
 
 DatasetLoader = Callable[..., MultimodalDataset]
 _DATASETS: dict[str, DatasetLoader] = {}
@@ -36,6 +37,9 @@ def load_dataset(name: str, **options: Any) -> MultimodalDataset:
     loader's options when one of ``options`` is not among them.
     """
     if name not in _DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {dataset_names()}")
+        choices = dataset_names()
+        raise ValueError(
+            f"unknown dataset {name!r}{did_you_mean(name, choices)}; choose one of {choices}"
+        )
     check_options(_DATASETS[name], options, f"dataset_options of {name!r}")
     return _DATASETS[name](**options)

@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from msam_core.suggest import did_you_mean
+
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
@@ -45,7 +47,8 @@ def base_optimizer_factory(config: Any) -> tuple[type[torch.optim.Optimizer], di
         return torch.optim.Adam, {"lr": lr, "weight_decay": weight_decay}
     if name == "adamw":
         return torch.optim.AdamW, {"lr": lr, "weight_decay": weight_decay}
-    raise ValueError(f"unknown optimizer {name!r}; choose one of {list(OPTIMIZERS)}")
+    hint = did_you_mean(name, OPTIMIZERS)
+    raise ValueError(f"unknown optimizer {name!r}{hint}; choose one of {list(OPTIMIZERS)}")
 
 
 def build_base_optimizer(params: Iterable[Tensor], config: Any) -> torch.optim.Optimizer:

@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from msam_core.methods.base import Method
+from msam_core.suggest import did_you_mean
 
 ENTRY_POINT_GROUP = "msam.methods"
 _METHODS: dict[str, type[Method]] = {}
@@ -72,7 +73,9 @@ def get_method(name: str) -> type[Method]:
     _discover()
     if name not in _METHODS:
         broken = "".join(f"; {module} failed to import ({err})" for module, err in _BROKEN.items())
-        raise ValueError(f"unknown method {name!r}; choose one of {method_names()}{broken}")
+        choices = method_names()
+        hint = did_you_mean(name, choices)
+        raise ValueError(f"unknown method {name!r}{hint}; choose one of {choices}{broken}")
     return _METHODS[name]
 
 
@@ -106,4 +109,5 @@ def check_method_options(options: Any) -> None:
         for key, method in sorted(known.items()):
             by_method.setdefault(method, []).append(key)
         listing = "; ".join(f"{m}: {', '.join(keys)}" for m, keys in sorted(by_method.items()))
-        raise ValueError(f"unknown method_options {unknown}; the methods read {listing}")
+        hint = did_you_mean(unknown, known)
+        raise ValueError(f"unknown method_options {unknown}{hint}; the methods read {listing}")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from msam_core.data.base import MODALITY_KINDS, ModalitySpec
+from msam_core.suggest import did_you_mean
 
 EncoderBuilder = Callable[[ModalitySpec, int], nn.Module]
 
@@ -75,7 +76,8 @@ def build_encoder(spec: ModalitySpec, name: str = "auto", feature_dim: int = 64)
     if name == "auto":
         name = AUTO_ENCODER[spec.kind]
     if name not in _ENCODERS:
-        raise ValueError(f"unknown encoder {name!r}; choose one of {encoder_names()}")
+        hint = did_you_mean(name, encoder_names())
+        raise ValueError(f"unknown encoder {name!r}{hint}; choose one of {encoder_names()}")
     entry = _ENCODERS[name]
     if spec.kind not in entry.kinds:
         raise ValueError(

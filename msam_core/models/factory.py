@@ -11,6 +11,7 @@ from msam_core.models.base import LateFusionModel
 from msam_core.models.early import EarlyFusionModel
 from msam_core.models.encoders import build_encoder, encoder_names
 from msam_core.models.fusion import FUSION_HEADS
+from msam_core.suggest import did_you_mean
 
 FUSIONS = ("early", *FUSION_HEADS)
 
@@ -53,7 +54,8 @@ def build_model(
             f"got {modalities!r}"
         )
     if fusion not in FUSIONS:
-        raise ValueError(f"unknown fusion {fusion!r}; choose one of {fusion_names()}")
+        hint = did_you_mean(fusion, fusion_names())
+        raise ValueError(f"unknown fusion {fusion!r}{hint}; choose one of {fusion_names()}")
     names = [s.name for s in specs]
     if isinstance(encoder, Mapping):
         extra = sorted(set(encoder) - set(names))
@@ -64,8 +66,10 @@ def build_model(
         choice = dict.fromkeys(names, encoder)
     for m, name in choice.items():
         if name not in encoder_names():
+            hint = did_you_mean(name, encoder_names())
             raise ValueError(
-                f"unknown encoder {name!r} for modality {m!r}; choose one of {encoder_names()}"
+                f"unknown encoder {name!r} for modality {m!r}{hint}; "
+                f"choose one of {encoder_names()}"
             )
     if fusion == "early":
         return EarlyFusionModel(specs, num_classes, feature_dim, hidden, dropout)
