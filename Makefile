@@ -35,6 +35,7 @@ lint: setup-dev
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/python tools/strip_notebooks.py --check
+	$(BIN)/lint-imports --no-cache
 
 format: setup-dev
 	$(BIN)/ruff format $(LINTED)

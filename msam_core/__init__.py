@@ -42,6 +42,7 @@ from msam_core.models import (
 from msam_core.optim import MSAM, SAM
 from msam_core.param_groups import modality_parameter_groups
 from msam_core.record import Run, RunWriter, load_run
+from msam_core.rundir import TrainedModel, load_trained
 from msam_core.shapley import (
     ShapleyResult,
     balance_weights,
@@ -65,9 +66,7 @@ from msam_core.step import (
 # `train` the function shadows the submodule as a package attribute: import the module's
 # other names with `from msam_core.train import ...`
 from msam_core.train import TrainingControl, TrainingDiverged, train
-from msam_core.trained import TrainedModel, load_trained
-
-__version__ = "0.1.0"
+from msam_core.version import __version__ as __version__
 
 # the flat API: every name imported above (sorted; add new exports here too)
 __all__ = [

@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_usage())
         return 0 if argv else 2
     if argv[0] == "--version":
-        from msam_core import __version__
+        from msam_core.version import __version__
 
         print(f"msam {__version__}")
         return 0

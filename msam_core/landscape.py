@@ -21,9 +21,8 @@ reference (load weights, evaluate) that loss-landscape tools use.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +33,16 @@ from torch.func import functional_call
 
 from msam_core.batches import fetch_batch
 from msam_core.hessian import eval_mode
+from msam_core.layout import epoch_checkpoints
 from msam_core.param_groups import block_choices, modality_parameter_names
+
+# the grid record and its npz storage live with the run directory's other files; importable
+# from here as before
+from msam_core.rundir import Landscape as Landscape
+from msam_core.rundir import load_checkpoint, load_trained, save_landscape
+from msam_core.rundir import load_landscape as load_landscape
+from msam_core.rundir import load_landscapes as load_landscapes
 from msam_core.suggest import did_you_mean
-from msam_core.trained import epoch_checkpoints, load_trained
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Direction = dict[str, Tensor]
@@ -44,7 +50,6 @@ Direction = dict[str, Tensor]
 NORMS = ("filter", "layer", "none")
 IGNORES = ("biasbn", "none")
 METHODS = ("vmap", "loop")
-LANDSCAPES_DIR = "landscapes"
 
 
 # --------------------------------------------------------------------------------------------
@@ -439,73 +444,6 @@ def evaluate_grid_loop(
     return torch.tensor(losses, dtype=torch.float64), torch.tensor(accs, dtype=torch.float64)
 
 
-# --------------------------------------------------------------------------------------------
-# the landscape record
-
-
-@dataclass
-class Landscape:
-    """One grid and everything needed to read or redo it.
-
-    ``loss`` / ``acc``: ``[steps]`` (1-D) or ``[steps, steps]`` (2-D) with ``loss[i, j]`` at
-    ``(alphas[i], betas[j])`` (``betas`` is empty for 1-D).  ``subspace``: ``"all"``, a
-    modality name, ``"fusion"`` or ``"pca"``.  ``seeds``: the random directions' seeds (empty
-    for PCA); ``random_direction(model, seed, norm, ignore, subspace)`` on the same weights
-    (the checkpoint at ``epoch``) gives the directions again, exactly.  ``center_loss`` /
-    ``center_acc``: the model itself on the evaluation subset.  PCA landscapes also hold
-    ``trajectory`` ``[T, dims]`` (grid units) with its ``trajectory_epochs``,
-    ``explained_variance`` and ``direction_scale`` (parameter-space length of one grid unit).
-    ``epoch`` / ``step``: where the weights were taken, if known.
-    """
-
-    alphas: np.ndarray
-    betas: np.ndarray
-    loss: np.ndarray
-    acc: np.ndarray
-    subspace: str = "all"
-    norm: str = "filter"
-    ignore: str = "biasbn"
-    seeds: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    span: float = 1.0
-    center_loss: float = float("nan")
-    center_acc: float = float("nan")
-    n_eval: int = 0
-    split: str = ""
-    epoch: int | None = None
-    step: int | None = None
-    trajectory: np.ndarray | None = None
-    trajectory_epochs: np.ndarray | None = None
-    explained_variance: np.ndarray | None = None
-    direction_scale: np.ndarray | None = None
-
-    @property
-    def dims(self) -> int:
-        return int(self.loss.ndim)
-
-    @property
-    def steps(self) -> int:
-        return int(self.alphas.shape[0])
-
-    def default_name(self) -> str:
-        """File stem: ``epoch0010_audio_2d`` (``<subspace>_<dims>d`` when the epoch is
-        unknown), then each setting that differs from :func:`compute_landscape`'s defaults
-        and picks another surface: ``_span0.5``, ``_layer`` (norm), ``_ignorenone``,
-        ``_seed3``; so landscapes of one checkpoint in other settings get files of their own
-        (the grid resolution does not change the surface, and keeps the name)."""
-        where = f"epoch{self.epoch:04d}_" if self.epoch is not None else ""
-        parts = [f"{where}{self.subspace}_{self.dims}d"]
-        if self.span != 1.0:
-            parts.append(f"span{self.span:g}")
-        if self.subspace != "pca":
-            if self.norm != "filter":
-                parts.append(self.norm)
-            if self.ignore != "biasbn":
-                parts.append(f"ignore{self.ignore}")
-            if self.seeds.size and int(self.seeds[0]) != 0:
-                parts.append(f"seed{int(self.seeds[0])}")
-        return "_".join(parts)
-
-
 def compute_landscape(
     model: nn.Module,
     inputs: Mapping[str, Tensor],
@@ -584,91 +522,6 @@ def compute_landscape(
 
 
 # --------------------------------------------------------------------------------------------
-# storage: RUN/landscapes/<name>.npz (plain arrays, no pickles)
-
-_OPTIONAL = ("trajectory", "trajectory_epochs", "explained_variance", "direction_scale")
-
-
-def save_landscape(
-    landscape: Landscape, run_dir: str | os.PathLike, name: str | None = None
-) -> Path:
-    """Write ``RUN/landscapes/<name>.npz`` atomically (default name from the landscape)."""
-    folder = Path(run_dir) / LANDSCAPES_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name or landscape.default_name()}.npz"
-    arrays = {
-        "alphas": landscape.alphas,
-        "betas": landscape.betas,
-        "loss": landscape.loss,
-        "acc": landscape.acc,
-        "seeds": np.asarray(landscape.seeds, dtype=np.int64),
-        "subspace": np.array(landscape.subspace),
-        "norm": np.array(landscape.norm),
-        "ignore": np.array(landscape.ignore),
-        "span": np.array(landscape.span),
-        "dims": np.array(landscape.dims),
-        "center_loss": np.array(landscape.center_loss),
-        "center_acc": np.array(landscape.center_acc),
-        "n_eval": np.array(landscape.n_eval),
-        "split": np.array(landscape.split),
-        # -1 marks "unknown" (npz holds no None)
-        "epoch": np.array(-1 if landscape.epoch is None else landscape.epoch),
-        "step": np.array(-1 if landscape.step is None else landscape.step),
-    }
-    for key in _OPTIONAL:
-        value = getattr(landscape, key)
-        if value is not None:
-            arrays[key] = np.asarray(value)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def load_landscape(path: str | os.PathLike) -> Landscape:
-    """Read a landscape written by :func:`save_landscape`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no landscape file at {str(path)!r}")
-    with np.load(path, allow_pickle=False) as data:
-        a = {k: data[k] for k in data.files}
-
-    def known(key: str) -> int | None:
-        value = int(a[key])
-        return None if value < 0 else value
-
-    return Landscape(
-        alphas=a["alphas"],
-        betas=a["betas"],
-        loss=a["loss"],
-        acc=a["acc"],
-        subspace=str(a["subspace"]),
-        norm=str(a["norm"]),
-        ignore=str(a["ignore"]),
-        seeds=a["seeds"],
-        span=float(a["span"]),
-        center_loss=float(a["center_loss"]),
-        center_acc=float(a["center_acc"]),
-        n_eval=int(a["n_eval"]),
-        split=str(a["split"]),
-        epoch=known("epoch"),
-        step=known("step"),
-        **{k: a.get(k) for k in _OPTIONAL},
-    )
-
-
-def load_landscapes(run_dir: str | os.PathLike) -> dict[str, Landscape]:
-    """Every ``RUN/landscapes/*.npz`` by file stem (sorted)."""
-    folder = Path(run_dir) / LANDSCAPES_DIR
-    return {p.stem: load_landscape(p) for p in sorted(folder.glob("*.npz"))}
-
-
-# --------------------------------------------------------------------------------------------
 # from a run directory
 
 
@@ -714,8 +567,6 @@ def landscape_for_run(
     one encoder (or ``"fusion"``); ``pca`` uses the PCA of the checkpoints up to ``epoch``
     instead.  Returns the path of the ``.npz`` written.
     """
-    from msam_core.train import load_checkpoint
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"no run directory at {str(run_dir)!r}")

@@ -1,14 +1,6 @@
-"""The run directory: append-only, crash-safe records of one training run (DESIGN.md).
+"""The run directory's records: append-only, crash-safe JSON of one training run.
 
-Layout::
-
-    RUN/config.json        the training config, plus ``"run"``: versions, git commit, device,
-                           modality names (written once, atomically, when the run starts)
-    RUN/iterations.jsonl   one JSON object per optimisation step, appended and flushed
-    RUN/epochs.jsonl       one JSON object per (epoch, split) evaluation
-    RUN/summary.json       best-val epoch and its metrics (rewritten atomically each epoch)
-    RUN/landscapes/*.npz   loss-landscape grids
-    RUN/checkpoints/       epoch_0003.pt per epoch, last.pt for resume
+The folder layout and its names are :mod:`msam_core.layout`'s.
 
 Value conventions in the ``.jsonl`` files:
 
@@ -40,22 +32,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-CONFIG_FILE = "config.json"
-ITERATIONS_FILE = "iterations.jsonl"
-EPOCHS_FILE = "epochs.jsonl"
-SUMMARY_FILE = "summary.json"
-LANDSCAPES_DIR = "landscapes"
-CHECKPOINTS_DIR = "checkpoints"
-#: what a run directory holds; --overwrite deletes these and nothing else
-RUN_ENTRIES = (
-    CONFIG_FILE,
-    ITERATIONS_FILE,
-    EPOCHS_FILE,
-    SUMMARY_FILE,
+from msam_core.layout import (
     CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    EPOCHS_FILE,
+    ITERATIONS_FILE,
     LANDSCAPES_DIR,
+    RUN_ENTRIES,
+    SUMMARY_FILE,
 )
-
+from msam_core.version import __version__
 
 # --------------------------------------------------------------------------------------------
 # JSON encoding
@@ -159,8 +145,6 @@ def git_commit(start: str | os.PathLike | None = None) -> str | None:
 def environment_info() -> dict[str, Any]:
     """Versions and host facts stored in ``config.json["run"]`` so a result can be traced."""
     import torch  # local: keep importing this module cheap
-
-    from msam_core import __version__
 
     return {
         "versions": {

@@ -24,7 +24,6 @@ import contextlib
 import math
 import os
 import random
-import shutil
 import threading
 import time
 import warnings
@@ -46,14 +45,24 @@ from msam_core.config import (
     resolve_config,
     with_overrides,
 )
-from msam_core.data import MultimodalDataset, load_dataset
+from msam_core.data import MultimodalDataset
 from msam_core.evaluate import evaluate_split
+from msam_core.landscape import compute_landscape
 from msam_core.methods import build_method
-from msam_core.options import check_options
-from msam_core.record import CONFIG_FILE, RunWriter, temp_file_beside
+from msam_core.record import CONFIG_FILE, RunWriter
+
+# checkpoint I/O and model rebuilding live in msam_core.rundir; importable from here as before
+from msam_core.rundir import (
+    CHECKPOINT_FORMAT,
+    save_checkpoint,
+    save_landscape,
+    save_loop_checkpoint,
+)
+from msam_core.rundir import build_dataset as build_dataset
+from msam_core.rundir import build_run_model as build_run_model
+from msam_core.rundir import load_checkpoint as load_checkpoint
 
 SPLITS = ("train", "val", "test")
-CHECKPOINT_FORMAT = 1
 #: keys a resumed run may change; anything else would make it a different run
 RESUMABLE_KEYS = (
     "epochs",
@@ -156,32 +165,6 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def build_dataset(config: TrainConfig) -> MultimodalDataset:
-    """The configured dataset; its ``seed`` option defaults to the run's seed."""
-    options = {"seed": config.seed, **config.dataset_options}
-    return load_dataset(config.dataset, **options)
-
-
-def build_run_model(config: TrainConfig, dataset: MultimodalDataset) -> nn.Module:
-    """``build_model`` from the dataset's modality specs, initialised from ``config.seed``."""
-    from msam_core.models import build_model
-
-    check_options(
-        build_model,
-        config.model_options,
-        "model_options",
-        set_elsewhere=("modalities", "num_classes", "fusion", "encoder"),
-    )
-    torch.manual_seed(config.seed)
-    return build_model(
-        dataset.modalities,
-        dataset.num_classes,
-        fusion=config.fusion,
-        encoder=config.encoder,
-        **config.model_options,
-    )
-
-
 def check_splits_have_samples(dataset: MultimodalDataset) -> None:
     """ValueError naming an empty split, before any file is written: the loop trains on train,
     selects the model on val and reports test, every epoch."""
@@ -249,30 +232,6 @@ def build_scheduler(
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def save_checkpoint(state: Mapping[str, Any], path: Path) -> None:
-    """``torch.save`` through a temporary file and ``os.replace``: never a half-written file."""
-    fd, tmp = temp_file_beside(path)
-    os.close(fd)
-    try:
-        torch.save(dict(state), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by the loop.
-
-    ``weights_only=False`` because it holds RNG states (numpy, python); load only checkpoints
-    you trust, as with any pickle.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
-    return torch.load(path, map_location=map_location, weights_only=False)
 
 
 def _finite(value: Any) -> bool:
@@ -667,8 +626,6 @@ class _Loop:
         )
 
     def _landscape(self, epoch: int) -> None:
-        from msam_core.landscape import compute_landscape, save_landscape
-
         options = {"steps": 21, "dims": 2, "seed": self.cfg.seed, **self.cfg.landscape_options}
         inputs, targets = self.probe
         landscape = compute_landscape(
@@ -697,19 +654,16 @@ class _Loop:
             "config": cfg.to_dict(),
             "loop": self.state.to_dict(),
         }
-        folder = self.writer.checkpoints_dir
-        last = folder / "last.pt"
-        if cfg.checkpoint_every and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
-            path = folder / f"epoch_{epoch:04d}.pt"
-            save_checkpoint(state, path)
-            tmp = folder / ".last.pt.copy"
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, last)
-            if cfg.keep_checkpoints:
-                for old in sorted(folder.glob("epoch_*.pt"))[: -cfg.keep_checkpoints]:
-                    old.unlink()
-        else:
-            save_checkpoint(state, last)
+        keep_epoch_file = bool(cfg.checkpoint_every) and (
+            epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs
+        )
+        save_loop_checkpoint(
+            state,
+            self.writer.checkpoints_dir,
+            epoch,
+            keep_epoch_file=keep_epoch_file,
+            keep=cfg.keep_checkpoints,
+        )
 
     def _write_summary(self) -> None:
         self.writer.write_summary(build_summary(self))

@@ -16,6 +16,7 @@ from typing import Any
 
 import ipywidgets as W
 
+from msam_core.layout import epoch_checkpoints
 from msam_viz.figures.landscape import (
     landscape_contour,
     landscape_curves,
@@ -68,8 +69,6 @@ class LandscapeExplorer(W.VBox):
         seed: int = 0,
         style: Style | None = None,
     ) -> None:
-        from msam_core.trained import epoch_checkpoints  # torch import on first use
-
         self.run = run if isinstance(run, Run) else load_run(run)
         self.epochs = epoch_checkpoints(self.run.path, purpose="explore the landscapes of")
         if view not in VIEWS:

@@ -1,0 +1,341 @@
+"""A run directory's binary artefacts: checkpoints, landscape grids, and the model rebuilt.
+
+The JSON records (config, iterations, epochs, summary) are :mod:`msam_core.record`'s; the
+names of every file are :mod:`msam_core.layout`'s.  This module writes and reads the rest:
+
+- checkpoints (``checkpoints/epoch_XXXX.pt``, ``last.pt``, ``best.pt``): what the loop saves
+  and a resumed run restores (:func:`save_checkpoint`, :func:`load_checkpoint`,
+  :func:`save_loop_checkpoint`);
+- landscape grids (``landscapes/<name>.npz``, plain arrays, no pickles): :class:`Landscape`,
+  :func:`save_landscape`, :func:`load_landscape`;
+- a trained model rebuilt from a run's config and one of its checkpoints, for analysis after
+  training (:func:`build_dataset`, :func:`build_run_model`, :func:`load_trained`).
+
+The training loop (:mod:`msam_core.train`) and the landscape math (:mod:`msam_core.landscape`)
+both sit above this module, so neither needs the other to read a run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from msam_core.config import TrainConfig
+from msam_core.data import MultimodalDataset, load_dataset
+from msam_core.layout import (
+    CONFIG_FILE,
+    LANDSCAPES_DIR,
+    NAMED_CHECKPOINTS,
+    checkpoint_epochs,
+    checkpoint_path,
+    epoch_checkpoint_name,
+    epoch_checkpoints,
+)
+from msam_core.models import build_model
+from msam_core.options import check_options
+from msam_core.record import temp_file_beside
+
+#: version of the checkpoint dictionary the loop writes
+CHECKPOINT_FORMAT = 1
+
+# the layout's checkpoint helpers, importable from here too (one place for a run's files)
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "NAMED_CHECKPOINTS",
+    "Landscape",
+    "TrainedModel",
+    "build_dataset",
+    "build_run_model",
+    "checkpoint_epochs",
+    "checkpoint_path",
+    "epoch_checkpoints",
+    "load_checkpoint",
+    "load_landscape",
+    "load_landscapes",
+    "load_trained",
+    "save_checkpoint",
+    "save_landscape",
+    "save_loop_checkpoint",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def save_checkpoint(state: Mapping[str, Any], path: Path) -> None:
+    """``torch.save`` through a temporary file and ``os.replace``: never a half-written file."""
+    fd, tmp = temp_file_beside(path)
+    os.close(fd)
+    try:
+        torch.save(dict(state), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by the loop.
+
+    ``weights_only=False`` because it holds RNG states (numpy, python); load only checkpoints
+    you trust, as with any pickle.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def save_loop_checkpoint(
+    state: Mapping[str, Any], folder: Path, epoch: int, *, keep_epoch_file: bool, keep: int
+) -> None:
+    """Write the loop's checkpoint of ``epoch`` as ``last.pt`` (what a resume reads).
+
+    ``keep_epoch_file`` also keeps it as ``epoch_XXXX.pt`` (``last.pt`` is then a copy of that
+    file), and ``keep > 0`` deletes all but the newest ``keep`` epoch files.
+    """
+    last = folder / "last.pt"
+    if keep_epoch_file:
+        path = folder / epoch_checkpoint_name(epoch)
+        save_checkpoint(state, path)
+        tmp = folder / ".last.pt.copy"
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, last)
+        if keep:
+            for old in sorted(folder.glob("epoch_*.pt"))[:-keep]:
+                old.unlink()
+    else:
+        save_checkpoint(state, last)
+
+
+# --------------------------------------------------------------------------------------------
+# landscape grids: RUN/landscapes/<name>.npz (plain arrays, no pickles)
+
+
+@dataclass
+class Landscape:
+    """One grid and everything needed to read or redo it.
+
+    ``loss`` / ``acc``: ``[steps]`` (1-D) or ``[steps, steps]`` (2-D) with ``loss[i, j]`` at
+    ``(alphas[i], betas[j])`` (``betas`` is empty for 1-D).  ``subspace``: ``"all"``, a
+    modality name, ``"fusion"`` or ``"pca"``.  ``seeds``: the random directions' seeds (empty
+    for PCA); ``random_direction(model, seed, norm, ignore, subspace)`` on the same weights
+    (the checkpoint at ``epoch``) gives the directions again, exactly.  ``center_loss`` /
+    ``center_acc``: the model itself on the evaluation subset.  PCA landscapes also hold
+    ``trajectory`` ``[T, dims]`` (grid units) with its ``trajectory_epochs``,
+    ``explained_variance`` and ``direction_scale`` (parameter-space length of one grid unit).
+    ``epoch`` / ``step``: where the weights were taken, if known.
+    """
+
+    alphas: np.ndarray
+    betas: np.ndarray
+    loss: np.ndarray
+    acc: np.ndarray
+    subspace: str = "all"
+    norm: str = "filter"
+    ignore: str = "biasbn"
+    seeds: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    span: float = 1.0
+    center_loss: float = float("nan")
+    center_acc: float = float("nan")
+    n_eval: int = 0
+    split: str = ""
+    epoch: int | None = None
+    step: int | None = None
+    trajectory: np.ndarray | None = None
+    trajectory_epochs: np.ndarray | None = None
+    explained_variance: np.ndarray | None = None
+    direction_scale: np.ndarray | None = None
+
+    @property
+    def dims(self) -> int:
+        return int(self.loss.ndim)
+
+    @property
+    def steps(self) -> int:
+        return int(self.alphas.shape[0])
+
+    def default_name(self) -> str:
+        """File stem: ``epoch0010_audio_2d`` (``<subspace>_<dims>d`` when the epoch is
+        unknown), then each setting that differs from :func:`compute_landscape`'s defaults
+        and picks another surface: ``_span0.5``, ``_layer`` (norm), ``_ignorenone``,
+        ``_seed3``; so landscapes of one checkpoint in other settings get files of their own
+        (the grid resolution does not change the surface, and keeps the name)."""
+        where = f"epoch{self.epoch:04d}_" if self.epoch is not None else ""
+        parts = [f"{where}{self.subspace}_{self.dims}d"]
+        if self.span != 1.0:
+            parts.append(f"span{self.span:g}")
+        if self.subspace != "pca":
+            if self.norm != "filter":
+                parts.append(self.norm)
+            if self.ignore != "biasbn":
+                parts.append(f"ignore{self.ignore}")
+            if self.seeds.size and int(self.seeds[0]) != 0:
+                parts.append(f"seed{int(self.seeds[0])}")
+        return "_".join(parts)
+
+
+_OPTIONAL = ("trajectory", "trajectory_epochs", "explained_variance", "direction_scale")
+
+
+def save_landscape(
+    landscape: Landscape, run_dir: str | os.PathLike, name: str | None = None
+) -> Path:
+    """Write ``RUN/landscapes/<name>.npz`` atomically (default name from the landscape)."""
+    folder = Path(run_dir) / LANDSCAPES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name or landscape.default_name()}.npz"
+    arrays = {
+        "alphas": landscape.alphas,
+        "betas": landscape.betas,
+        "loss": landscape.loss,
+        "acc": landscape.acc,
+        "seeds": np.asarray(landscape.seeds, dtype=np.int64),
+        "subspace": np.array(landscape.subspace),
+        "norm": np.array(landscape.norm),
+        "ignore": np.array(landscape.ignore),
+        "span": np.array(landscape.span),
+        "dims": np.array(landscape.dims),
+        "center_loss": np.array(landscape.center_loss),
+        "center_acc": np.array(landscape.center_acc),
+        "n_eval": np.array(landscape.n_eval),
+        "split": np.array(landscape.split),
+        # -1 marks "unknown" (npz holds no None)
+        "epoch": np.array(-1 if landscape.epoch is None else landscape.epoch),
+        "step": np.array(-1 if landscape.step is None else landscape.step),
+    }
+    for key in _OPTIONAL:
+        value = getattr(landscape, key)
+        if value is not None:
+            arrays[key] = np.asarray(value)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_landscape(path: str | os.PathLike) -> Landscape:
+    """Read a landscape written by :func:`save_landscape`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no landscape file at {str(path)!r}")
+    with np.load(path, allow_pickle=False) as data:
+        a = {k: data[k] for k in data.files}
+
+    def known(key: str) -> int | None:
+        value = int(a[key])
+        return None if value < 0 else value
+
+    return Landscape(
+        alphas=a["alphas"],
+        betas=a["betas"],
+        loss=a["loss"],
+        acc=a["acc"],
+        subspace=str(a["subspace"]),
+        norm=str(a["norm"]),
+        ignore=str(a["ignore"]),
+        seeds=a["seeds"],
+        span=float(a["span"]),
+        center_loss=float(a["center_loss"]),
+        center_acc=float(a["center_acc"]),
+        n_eval=int(a["n_eval"]),
+        split=str(a["split"]),
+        epoch=known("epoch"),
+        step=known("step"),
+        **{k: a.get(k) for k in _OPTIONAL},
+    )
+
+
+def load_landscapes(run_dir: str | os.PathLike) -> dict[str, Landscape]:
+    """Every ``RUN/landscapes/*.npz`` by file stem (sorted)."""
+    folder = Path(run_dir) / LANDSCAPES_DIR
+    return {p.stem: load_landscape(p) for p in sorted(folder.glob("*.npz"))}
+
+
+# --------------------------------------------------------------------------------------------
+# the trained model, rebuilt
+
+
+def build_dataset(config: TrainConfig) -> MultimodalDataset:
+    """The configured dataset; its ``seed`` option defaults to the run's seed."""
+    options = {"seed": config.seed, **config.dataset_options}
+    return load_dataset(config.dataset, **options)
+
+
+def build_run_model(config: TrainConfig, dataset: MultimodalDataset) -> nn.Module:
+    """``build_model`` from the dataset's modality specs, initialised from ``config.seed``."""
+    check_options(
+        build_model,
+        config.model_options,
+        "model_options",
+        set_elsewhere=("modalities", "num_classes", "fusion", "encoder"),
+    )
+    torch.manual_seed(config.seed)
+    return build_model(
+        dataset.modalities,
+        dataset.num_classes,
+        fusion=config.fusion,
+        encoder=config.encoder,
+        **config.model_options,
+    )
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """The model (eval mode) with a checkpoint's weights, the data it was trained on, and where
+    the weights came from."""
+
+    model: nn.Module
+    dataset: MultimodalDataset
+    config: TrainConfig
+    epoch: int | None
+    step: int | None
+    checkpoint: Path
+
+
+def load_trained(
+    run: Any, which: str | int = "best", device: str | torch.device = "cpu"
+) -> TrainedModel:
+    """Rebuild ``run``'s model with the weights of checkpoint ``which`` (see
+    :func:`checkpoint_path`), and its dataset, from the run's config.
+
+    ``run`` is a run directory or anything with a ``.path`` (a :class:`~msam_core.Run`).
+    The model is returned in eval mode on ``device``.  A run trained with a model or data
+    passed to ``train(model=..., data=...)`` cannot be rebuilt from its config: the error
+    says so, and ``torch.load(checkpoint)["model"]`` gives its weights.
+    """
+    run_dir = Path(getattr(run, "path", run))
+    path = checkpoint_path(run_dir, which)
+    state = load_checkpoint(path, map_location="cpu")
+    if "config" in state:
+        config = TrainConfig.from_dict(state["config"])
+    else:  # best.pt holds the weights only; the run's config.json has the rest
+        config = TrainConfig.from_file(run_dir / CONFIG_FILE)
+    dataset = build_dataset(config)
+    model = build_run_model(config, dataset)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise ValueError(
+            f"the weights in {str(path)!r} do not fit the model its config builds "
+            f"({config.fusion} fusion, encoder {config.encoder!r}); was the run trained "
+            f"with its own model (train(model=...))? Build that model and load "
+            f"torch.load(path)['model'] into it. ({str(err).splitlines()[0]})"
+        ) from err
+    model.to(device).eval()
+    return TrainedModel(model, dataset, config, state.get("epoch"), state.get("step"), path)
