@@ -33,6 +33,7 @@ from torch.func import functional_call
 
 from msam_core.batches import fetch_batch
 from msam_core.hessian import eval_mode
+from msam_core.layout import LANDSCAPES_DIR as LANDSCAPES_DIR
 from msam_core.layout import epoch_checkpoints
 from msam_core.param_groups import block_choices, modality_parameter_names
 

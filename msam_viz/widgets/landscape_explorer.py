@@ -16,7 +16,7 @@ from typing import Any
 
 import ipywidgets as W
 
-from msam_core.layout import epoch_checkpoints
+from msam_core.layout import LANDSCAPES_DIR, epoch_checkpoints
 from msam_viz.figures.landscape import (
     landscape_contour,
     landscape_curves,
@@ -168,7 +168,7 @@ class LandscapeExplorer(W.VBox):
                 raise self.job.error
 
     def _compute(self, settings: dict[str, Any], name: str) -> Path:
-        from msam_core.landscape import LANDSCAPES_DIR, landscape_for_run, load_landscape
+        from msam_core.landscape import landscape_for_run, load_landscape
 
         path = self.run.path / LANDSCAPES_DIR / f"{name}.npz"
         if not path.exists():
