@@ -4,11 +4,15 @@ A late-fusion model keeps one encoder per modality in an ``nn.ModuleDict`` keyed
 name (conventionally ``model.encoders``).  Modality ``m``'s block is that encoder's parameters;
 everything else (fusion head, shared layers) is the ``"fusion"`` block.  Per-modality sharpness,
 Hessian blocks and modality-restricted landscape directions are all taken over these blocks.
+
+:func:`modality_parameters` is the wider notion M-SAM's targeted ascent needs: a modality's
+part may be entries of a shared tensor (early fusion: the first layer's columns reading it).
 """
 
 from __future__ import annotations
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 FUSION = "fusion"
 
@@ -82,3 +86,58 @@ def has_modality_groups(model: nn.Module) -> bool:
 def block_choices(model: nn.Module) -> list[str]:
     """The block names a user may pick: the modalities, then ``"fusion"``."""
     return [*model.modalities, FUSION]
+
+
+#: Each modality's share of the parameters: ``[(parameter, bool mask of its shape or None)]``.
+ModalityParameters = dict[str, list[tuple[nn.Parameter, Tensor | None]]]
+
+#: What a user can do when a model has no per-modality parameters (named in the error).
+WAYS_OUT = (
+    "use a late-fusion model (--fusion concat, sum, gated or film: each modality's encoder is "
+    "its part), or early fusion (--fusion early: the first layer's columns reading it), or give "
+    "the model a method modality_parameters() returning {modality: [parameter or (parameter, "
+    "bool mask of its shape)]}, or perturb the whole model (--method_options.perturb all)"
+)
+
+
+def modality_parameters(model: nn.Module, needed_by: str = "this") -> ModalityParameters:
+    """Which parameters (and which entries of them) belong to each modality.
+
+    In order: the model's own ``modality_parameters()`` when it has one (the protocol's optional
+    method; early fusion declares the columns of its first layer that read each modality); a
+    late-fusion model's per-modality encoders (whole tensors, mask None).  Frozen parameters are
+    left out.  Keys follow ``model.modalities``.  ValueError naming the ways out for a model
+    with neither; ``needed_by`` names what asked.
+    """
+    modalities = list(getattr(model, "modalities", []) or [])
+    declared = getattr(model, "modality_parameters", None)
+    if callable(declared):
+        parts = declared()
+        if sorted(parts) != sorted(modalities):
+            raise ValueError(
+                f"{type(model).__name__}.modality_parameters() returned modalities "
+                f"{sorted(parts)}; it must return one entry per modality of {modalities}"
+            )
+        out: ModalityParameters = {}
+        for m in modalities:
+            entries = []
+            for entry in parts[m]:
+                p, mask = entry if isinstance(entry, tuple) else (entry, None)
+                if mask is not None and (mask.dtype != torch.bool or mask.shape != p.shape):
+                    raise ValueError(
+                        f"{type(model).__name__}.modality_parameters()[{m!r}]: a mask must be a "
+                        f"bool tensor of its parameter's shape {list(p.shape)}, got "
+                        f"{mask.dtype} {list(mask.shape)}"
+                    )
+                if p.requires_grad:
+                    entries.append((p, mask))
+            out[m] = entries
+        return out
+    if has_modality_groups(model):
+        groups = modality_parameter_groups(model)
+        return {m: [(p, None) for p in groups[m]] for m in modalities}
+    raise ValueError(
+        f"{needed_by} needs to know which parameters belong to each modality, and "
+        f"{type(model).__name__} declares none (no per-modality encoders, no "
+        f"modality_parameters() method). Ways out: {WAYS_OUT}"
+    )

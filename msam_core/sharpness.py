@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from msam_core.hessian import eval_mode, hessian_record, trainable_parameters
+from msam_core.optim.ascent import ascent, perturbed
 from msam_core.param_groups import has_modality_groups, modality_parameter_groups
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -51,36 +52,6 @@ def _measurement(model: nn.Module) -> Iterator[Callable[[], None]]:
             for b, saved in buffers:
                 b.copy_(saved)
         reset()
-
-
-@contextmanager
-def _perturbed(params: Sequence[Tensor], eps: Sequence[Tensor]) -> Iterator[None]:
-    """Move ``params`` by ``eps`` inside the block; copy the saved values back on exit."""
-    saved = [p.detach().clone() for p in params]
-    try:
-        with torch.no_grad():
-            for p, e in zip(params, eps, strict=True):
-                p.add_(e)
-        yield
-    finally:
-        with torch.no_grad():
-            for p, s in zip(params, saved, strict=True):
-                p.copy_(s)
-
-
-def ascent_step(
-    params: Sequence[Tensor], grads: Sequence[Tensor], rho: float, adaptive: bool = False
-) -> list[Tensor]:
-    """SAM's ``ε = ρ·g/‖g‖`` over ``params`` (ASAM: ``ρ·|θ|²g/‖|θ|g‖``); zero if ``g = 0``."""
-    scaled = [(p.detach().abs() * g) if adaptive else g for p, g in zip(params, grads, strict=True)]
-    norm = torch.sqrt(sum((s.double() ** 2).sum() for s in scaled)) if scaled else 0.0
-    if not norm > 0:
-        return [torch.zeros_like(g) for g in grads]
-    factor = rho / float(norm)
-    return [
-        (p.detach() ** 2 * g if adaptive else g) * factor
-        for p, g in zip(params, grads, strict=True)
-    ]
 
 
 def _loss_and_grads(
@@ -118,7 +89,7 @@ def sharpness(
     with _measurement(model) as reset:
         reset()
         loss, grads = _loss_and_grads(model, inputs, targets, params, loss_fn)
-        with _perturbed(params, ascent_step(params, grads, rho, adaptive)):
+        with perturbed(params, ascent(params, grads, rho, adaptive)):
             reset()
             return _loss_at(model, inputs, targets, loss_fn) - loss
 
@@ -152,7 +123,7 @@ def modality_sharpness(
             blocks.append(("sharpness", params))
         for key, block in blocks:
             block_grads = [grads[position[id(p)]] for p in block]
-            with _perturbed(block, ascent_step(block, block_grads, rho, adaptive)):
+            with perturbed(block, ascent(block, block_grads, rho, adaptive)):
                 reset()
                 out[key] = _loss_at(model, inputs, targets, loss_fn) - loss
     return out

@@ -52,8 +52,16 @@ from msam_core.coalitions import (
     value_sums,
 )
 from msam_core.masking import check_inputs
-from msam_core.optim.sam import MSAM, SAM
-from msam_core.shapley import MAX_EXACT_PLAYERS, ShapleyResult, modality_shapley
+from msam_core.optim.ascent import ascent, perturbed
+from msam_core.optim.sam import MSAM, SAM, Restriction
+from msam_core.param_groups import ModalityParameters, modality_parameters
+from msam_core.shapley import (
+    MAX_EXACT_PLAYERS,
+    ShapleyResult,
+    balance_weights,
+    dominant_index,
+    modality_shapley,
+)
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -288,13 +296,15 @@ def perturbed_backward(
     inputs: Mapping[str, Tensor],
     targets: Tensor,
     loss_fn: LossFn = F.cross_entropy,
+    only: Restriction | None = None,
 ) -> float:
-    """``optimizer.first_step``, then loss and gradients at ``θ + ε`` (running stats frozen).
+    """``optimizer.first_step`` (restricted to ``only`` when given), then loss and gradients at
+    ``θ + ε`` (running stats frozen).
 
     Returns ``ℓ(θ+ε)``.  The caller finishes with ``optimizer.second_step``; if the second pass
     fails (e.g. NonFiniteLossError) the parameters are restored to ``θ`` before re-raising.
     """
-    optimizer.first_step(zero_grad=True)
+    optimizer.first_step(zero_grad=True, only=only)
     try:
         with frozen_batchnorm_stats(model):
             loss = loss_fn(model(inputs), targets)
@@ -319,16 +329,9 @@ def _loss_after_ascent(
     params = [p for p in model.parameters() if p.grad is not None]
     if not params:
         raise RuntimeError("sharpness needs the gradients of the first pass; none were found")
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
-    saved = [p.detach().clone() for p in params]
-    try:
-        for p in params:
-            p.add_(p.grad * (rho / (norm + 1e-12)))
-        with frozen_batchnorm_stats(model):
-            return float(loss_fn(model(inputs), targets))
-    finally:
-        for p, theta in zip(params, saved, strict=True):
-            p.copy_(theta)
+    eps = ascent(params, [p.grad for p in params], rho)
+    with perturbed(params, eps), frozen_batchnorm_stats(model):
+        return float(loss_fn(model(inputs), targets))
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,7 +345,8 @@ class StepResult:
     ``loss`` = ℓ(θ) on the batch (before the update); ``loss_perturbed`` = ℓ(θ+ε) (SAM family,
     or plain steps asked for sharpness); ``shapley`` the batch's :class:`ShapleyResult` (None
     when not computed); ``dominant_weight`` the w_d the descent used (M-SAM; 1.0 for SAM);
-    ``time_s`` the wall time of the whole step in seconds.
+    ``time_s`` the wall time of the whole step in seconds; ``phi_ema`` the averaged φ the
+    step took its dominant modality and weights from, when it did not use the batch's.
     """
 
     loss: float
@@ -350,6 +354,7 @@ class StepResult:
     loss_perturbed: float | None = None
     dominant_weight: float | None = None
     time_s: float = 0.0
+    phi_ema: Tensor | None = None
 
     @property
     def sharpness(self) -> float | None:
@@ -383,6 +388,13 @@ class StepResult:
                     f"{self.shapley.modalities}"
                 )
             record.update(self.shapley.to_record())
+            if self.phi_ema is not None:  # what the step used, beside the batch's phi/<m>
+                names = self.shapley.modalities
+                record["dominant"] = names[dominant_index(self.phi_ema)]
+                weights = balance_weights(self.phi_ema)
+                for m, name in enumerate(names):
+                    record[f"weight/{name}"] = float(weights[m])
+                    record[f"phi_ema/{name}"] = float(self.phi_ema[m])
         if self.sharpness is not None and math.isfinite(self.sharpness):
             record["sharpness"] = self.sharpness
         record["time/step_s"] = self.time_s
@@ -452,6 +464,25 @@ def sam_step(
     return StepResult(loss, shapley, perturbed, 1.0, time.perf_counter() - start)
 
 
+#: Where M-SAM's ascent may move: the dominant modality's parameters (the default) or every
+#: parameter (``all``, the literal transcription, see :func:`msam_step`).
+PERTURBS = ("dominant", "all")
+#: Older spellings still accepted for a ``perturb`` value.
+PERTURB_ALIASES = {"dominant_encoder": "dominant"}
+
+
+def check_perturb(perturb: str) -> str:
+    """The canonical ``perturb`` value (aliases resolved); ValueError naming the choices."""
+    name = PERTURB_ALIASES.get(str(perturb), str(perturb))
+    if name not in PERTURBS:
+        older = ", ".join(f"{old} for {new}" for old, new in PERTURB_ALIASES.items())
+        raise ValueError(
+            f"unknown msam perturb {perturb!r}; choose one of {list(PERTURBS)} (older names "
+            f"accepted: {older})"
+        )
+    return name
+
+
 def msam_step(
     model: nn.Module,
     optimizer: MSAM,
@@ -463,8 +494,22 @@ def msam_step(
     baselines: Mapping[str, Tensor] | None = None,
     chunk_size: int | None = None,
     reuse_first_pass: bool = True,
+    *,
+    perturb: str = "dominant",
+    parts: ModalityParameters | None = None,
+    average: Callable[[Tensor], Tensor] | None = None,
 ) -> StepResult:
-    """One M-SAM step (module docstring); the descent uses the dominant modality's weight."""
+    """One M-SAM step (docs/design.md, "M-SAM step").
+
+    ``g = ∇ℓ(θ)``; φ on the batch, ``d = argmax φ``, ``w`` from
+    :func:`~msam_core.shapley.balance_weights`; the ascent ``ε = ρ·g_d/‖g_d‖`` with ``g_d``
+    the gradient restricted to the dominant modality's parameters (``perturb="dominant"``;
+    ``parts`` from :func:`~msam_core.param_groups.modality_parameters`, found on the model when
+    None) or ``ε = ρ·g/‖g‖`` (``perturb="all"``, the literal form); ``g' = ∇ℓ(θ+ε)`` with
+    batch-norm running statistics frozen; base step on ``w_d·g' + (1 − w_d)·g``.
+    ``average`` maps the batch's φ to the φ the step uses (the method's EMA); its result is
+    kept as :attr:`StepResult.phi_ema`.  Cost: one SAM step plus the no-grad coalition pass.
+    """
     if not isinstance(optimizer, MSAM):
         raise TypeError(
             f"msam_step needs an msam_core.MSAM optimizer (its second_step takes the dominant "
@@ -472,6 +517,9 @@ def msam_step(
         )
     if value is None:
         raise ValueError("msam_step needs Shapley values: value must be accuracy, prob or neg_loss")
+    targeted = check_perturb(perturb) == "dominant"
+    if targeted and parts is None:
+        parts = modality_parameters(unwrap(model), "msam's targeted ascent (perturb=dominant)")
     start = time.perf_counter()
     first = forward_pass(model, inputs, targets, loss_fn)
     optimizer.zero_grad()
@@ -479,8 +527,12 @@ def msam_step(
     shapley = batch_shapley(
         model, inputs, targets, first, value, masking, baselines, chunk_size, reuse_first_pass
     )
-    weight = float(shapley.weights[shapley.dominant_index])
-    perturbed = perturbed_backward(model, optimizer, inputs, targets, loss_fn)
+    used = None if average is None else average(shapley.phi)
+    d = shapley.dominant_index if used is None else dominant_index(used)
+    weights = shapley.weights if used is None else balance_weights(used)
+    weight = float(weights[d])
+    only = parts[shapley.modalities[d]] if targeted else None
+    perturbed_loss = perturbed_backward(model, optimizer, inputs, targets, loss_fn, only)
     optimizer.second_step(weight)
     loss = first.value
-    return StepResult(loss, shapley, perturbed, weight, time.perf_counter() - start)
+    return StepResult(loss, shapley, perturbed_loss, weight, time.perf_counter() - start, used)

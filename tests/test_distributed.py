@@ -50,11 +50,11 @@ def _setting() -> tuple[torch.nn.Module, dict[str, torch.Tensor], torch.Tensor]:
     return model, inputs, targets
 
 
-def _train(model, inputs, targets) -> dict[str, object]:
+def _train(model, inputs, targets, perturb) -> dict[str, object]:
     optimizer = MSAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, momentum=0.9)
     records = []
     for _ in range(STEPS):
-        result = msam_step(model, optimizer, inputs, targets)
+        result = msam_step(model, optimizer, inputs, targets, perturb=perturb)
         records.append(
             (result.dominant, [float(p) for p in result.shapley.phi], result.dominant_weight)
         )
@@ -79,29 +79,30 @@ def _in_group(rank: int, init_file: str, work) -> None:
         dist.destroy_process_group()
 
 
-def _train_half_batch(rank: int, out_dir: str) -> None:
+def _train_half_batch(rank: int, out_dir: str, perturb: str) -> None:
     model, inputs, targets = _setting()
     rows = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     local = {m: x[rows] for m, x in inputs.items()}
-    torch.save(_train(ddp, local, targets[rows]), Path(out_dir) / f"rank{rank}.pt")
+    torch.save(_train(ddp, local, targets[rows], perturb), Path(out_dir) / f"rank{rank}.pt")
 
 
-def _rank_main(rank: int, init_file: str, out_dir: str) -> None:
-    _in_group(rank, init_file, lambda r: _train_half_batch(r, out_dir))
+def _rank_main(rank: int, init_file: str, out_dir: str, perturb: str) -> None:
+    _in_group(rank, init_file, lambda r: _train_half_batch(r, out_dir, perturb))
 
 
 @pytest.mark.slow
-def test_two_ranks_take_the_one_process_full_batch_step(tmp_path):
+@pytest.mark.parametrize("perturb", ["dominant", "all"])  # the targeted default and the literal
+def test_two_ranks_take_the_one_process_full_batch_step(tmp_path, perturb):
     mp.spawn(
         _rank_main,
-        args=(str(tmp_path / "init"), str(tmp_path)),
+        args=(str(tmp_path / "init"), str(tmp_path), perturb),
         nprocs=WORLD,
         join=True,
     )
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     model, inputs, targets = _setting()
-    single = _train(model, inputs, targets)
+    single = _train(model, inputs, targets, perturb)
 
     # every rank agrees with the others exactly: same dominant modality, φ and parameters
     assert ranks[0]["records"] == ranks[1]["records"]

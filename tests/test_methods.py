@@ -19,12 +19,15 @@ from msam_core.config import TrainConfig
 from msam_core.data.base import ModalitySpec
 from msam_core.methods import build_method, method_names
 from msam_core.methods import registry as method_registry
-from msam_core.methods.msam_variants import MsamVariants, attributed_losses
+from msam_core.methods.base import base_optimizer_factory
+from msam_core.methods.msam import MsamMethod, attributed_losses
 from msam_core.methods.ogm_ge import OgmGe
 from msam_core.models import build_model
 from msam_core.models.base import LateFusionModel
 from msam_core.models.fusion import ConcatFusion
+from msam_core.optim import MSAM
 from msam_core.record import load_run
+from msam_core.step import msam_step
 from msam_core.train import train
 
 LN3 = math.log(3.0)
@@ -208,8 +211,8 @@ def test_asam_is_sam_with_the_adaptive_ascent():
 # -- M-SAM variants --------------------------------------------------------------------------
 
 
-def variant(model, rho=0.05, **options) -> MsamVariants:
-    return MsamVariants(model, config("msam", rho=rho, method_options=options))
+def variant(model, rho=0.05, **options) -> MsamMethod:
+    return MsamMethod(model, config("msam", rho=rho, method_options=options))
 
 
 def synthetic_batch(n_modalities=2, n=16, seed=0):
@@ -260,13 +263,16 @@ def test_variants_with_rho_zero_are_the_base_optimizer(options):
         assert torch.allclose(p, q, atol=1e-6), name
 
 
-def test_default_options_are_the_msam_step():
+def test_default_options_are_the_targeted_msam_step():
+    """One msam class: no options is the targeted step of msam_step (perturb=dominant)."""
     model, inputs, targets = synthetic_batch()
     twin = copy.deepcopy(model)
     method = variant(model)
-    assert method.is_default
+    assert (method.perturb, method.decomposition, method.phi_ema) == ("dominant", "weighted", 0)
     a = method.step(model, inputs, targets)
-    b = build_method("msam", twin, config("msam", rho=0.05)).step(twin, inputs, targets)
+    base, kwargs = base_optimizer_factory(config("msam"))
+    optimizer = MSAM(twin.parameters(), base, rho=0.05, **kwargs)
+    b = msam_step(twin, optimizer, inputs, targets).to_record(twin.modalities)
     assert a["loss"] == b["loss"] and a["sharpness"] == b["sharpness"]
     for p, q in zip(model.parameters(), twin.parameters(), strict=True):
         assert torch.equal(p, q)
@@ -329,7 +335,7 @@ def test_variants_leave_frozen_parameters_alone(options):
 
 
 def test_ascent_takes_one_norm_over_every_parameter_whatever_the_groups():
-    from msam_core.methods.msam_variants import ascent_steps
+    from msam_core.optim.ascent import ascent as ascent_steps
 
     torch.manual_seed(0)
     params = [torch.randn(3), torch.randn(2, 2)]
@@ -454,7 +460,7 @@ def test_resume_continues_method_state_bit_for_bit(tmp_path, method, options):
 
 def test_msam_name_runs_the_variant_class_so_options_reach_users():
     method_names()
-    assert method_registry.get_method("msam") is MsamVariants
+    assert method_registry.get_method("msam") is MsamMethod
 
 
 def test_loop_reports_epochs_so_a_modulation_window_applies_from_its_start_epoch(tmp_path):

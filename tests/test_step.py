@@ -56,7 +56,7 @@ def test_msam_step_is_shapley_weights_plus_the_two_phases(kind, value):
     twin_opt = MSAM(twin.parameters(), torch.optim.SGD, rho=0.05, **KW)
     for step in range(4):
         inputs, targets = batch(seed=step)
-        result = msam_step(model, opt, inputs, targets, value=value)
+        result = msam_step(model, opt, inputs, targets, value=value, perturb="all")
         w, phi = manual_msam(twin, twin_opt, inputs, targets, value)
         assert result.dominant_weight == pytest.approx(w, abs=1e-12)
         torch.testing.assert_close(result.phi, phi, atol=1e-6, rtol=0)
@@ -69,7 +69,7 @@ def test_step_result_measures_what_it_says():
     reference = copy.deepcopy(model)
     opt = MSAM(model.parameters(), torch.optim.SGD, rho=0.2, **KW)
     inputs, targets = batch()
-    result = msam_step(model, opt, inputs, targets, value="prob")
+    result = msam_step(model, opt, inputs, targets, value="prob", perturb="all")
     # ℓ(θ) and ℓ(θ+ε) recomputed independently on the untouched copy
     loss = F.cross_entropy(reference(inputs), targets)
     params = list(reference.parameters())

@@ -1,7 +1,8 @@
 """Early fusion: the (masked) inputs are flattened and joined, then one network classifies them.
 
 There is no per-modality encoder, so no ``encode`` / ``fuse`` and no feature-masking fast path:
-coalition values always come from input masking.
+coalition values always come from input masking.  What belongs to one modality is the slice of
+the first layer's weight that reads its inputs (:meth:`EarlyFusionModel.modality_parameters`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from msam_core.data.base import ModalitySpec
 from msam_core.models.base import MultimodalModel
@@ -38,6 +39,21 @@ class EarlyFusionModel(MultimodalModel):
         self.feature_dim = int(feature_dim)
         self.network = MLPEncoder(in_features, self.feature_dim, hidden=max(128, feature_dim))
         self.classifier = make_classifier(self.feature_dim, num_classes, hidden, dropout)
+
+    def modality_parameters(self) -> dict[str, list[tuple[nn.Parameter, Tensor]]]:
+        """Each modality's part: the first layer's weight ``[hidden, in]`` masked to the columns
+        that read that modality's flattened inputs (in ``modalities`` order, as ``forward``
+        joins them).  The bias and later layers are shared by every modality."""
+        first = next(m for m in self.network.modules() if isinstance(m, nn.Linear))
+        weight = first.weight
+        parts, start = {}, 0
+        for m in self.modalities:
+            width = math.prod(self.modality_specs[m].shape)
+            mask = torch.zeros(weight.shape, dtype=torch.bool, device=weight.device)
+            mask[:, start : start + width] = True
+            parts[m] = [(weight, mask)]
+            start += width
+        return parts
 
     def forward(self, inputs: Mapping[str, Tensor], mask: Tensor | None = None) -> Tensor:
         """Logits ``[B, C]``; absent modalities (``mask`` False) are replaced by baselines."""

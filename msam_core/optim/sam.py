@@ -19,13 +19,17 @@ base optimizer's state (momentum, Adam moments) together with the groups.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from msam_core.optim.ascent import ascent, combine, move
+
 Closure = Callable[[], Tensor]
+#: The parameters an ascent may move, each with a bool mask of its shape or None (all of it).
+Restriction = Sequence[tuple[Tensor, Tensor | None]]
 
 
 class _SharpnessAware(torch.optim.Optimizer):
@@ -51,6 +55,7 @@ class _SharpnessAware(torch.optim.Optimizer):
                 f"base_optimizer must be a torch.optim.Optimizer class such as torch.optim.SGD "
                 f"(the wrapper builds it on its own parameter groups), got {base_optimizer!r}"
             )
+        self._ascended = False
         super().__init__(params, dict(rho=rho, adaptive=adaptive, **base_kwargs))
         self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
         self.param_groups = self.base_optimizer.param_groups  # shared: schedulers see one lr
@@ -61,42 +66,55 @@ class _SharpnessAware(torch.optim.Optimizer):
     @property
     def perturbed(self) -> bool:
         """True between the ascent (``first_step``) and the descent (``second_step``)."""
-        return any("theta" in state for state in self.state.values())
+        return self._ascended
 
     @torch.no_grad()
-    def _ascend(self, zero_grad: bool) -> None:
+    def _ascend(
+        self,
+        zero_grad: bool,
+        only: Restriction | None = None,
+        kept: Mapping[Tensor, Tensor | None] | None = None,
+    ) -> None:
         if self.perturbed:
             raise RuntimeError(
                 "first_step called twice: the parameters are already at θ + ε; call "
                 "second_step (or restore) first"
             )
-        # the norm runs over the parameters actually perturbed: those with a gradient
-        scaled = [
-            (p.abs() * p.grad if group["adaptive"] else p.grad)
-            for group in self.param_groups
-            for p in group["params"]
-            if p.grad is not None
-        ]
-        if not scaled:
+        params = [p for group in self.param_groups for p in group["params"]]
+        with_grad = [p for p in params if p.grad is not None]
+        if not with_grad:
             raise RuntimeError(
                 "first_step found no gradients: call loss.backward() on the loss at θ first"
             )
-        device = scaled[0].device
-        grad_norm = torch.linalg.vector_norm(
-            torch.stack([torch.linalg.vector_norm(s).to(device) for s in scaled])
+        group_of = {p: group for group in self.param_groups for p in group["params"]}
+        if only is None:  # the whole model: the parameters that have a gradient
+            chosen = [(p, None) for p in with_grad]
+        else:
+            unknown = [tuple(p.shape) for p, _ in only if p not in group_of]
+            if unknown:
+                raise ValueError(
+                    f"first_step(only=...) names parameters of shapes {unknown} that this "
+                    "optimizer does not hold"
+                )
+            chosen = [(p, mask) for p, mask in only if p.grad is not None]
+        moved = [p for p, _ in chosen]
+        eps = ascent(
+            moved,
+            [p.grad for p in moved],
+            [group_of[p]["rho"] for p in moved],
+            [group_of[p]["adaptive"] for p in moved],
+            [mask for _, mask in chosen],
         )
-        for group in self.param_groups:
-            scale = group["rho"] / (grad_norm + 1e-12)
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                state["theta"] = p.detach().clone()  # restored by copy: exact, unlike θ+ε−ε
-                step = (p * p * p.grad if group["adaptive"] else p.grad) * scale.to(p)
-                if self._keeps_first_grad:
-                    state["first_grad"] = p.grad  # moved, not copied: the next backward starts at 0
-                p.grad = None
-                p.add_(step)
+        for p, theta in zip(moved, move(moved, eps), strict=True):
+            self.state[p]["theta"] = theta  # restored by copy: exact, unlike θ+ε−ε
+        self._ascended = True
+        if self._keeps_first_grad:  # moved, not copied: the next backward starts at 0
+            for p in with_grad if kept is None else params:
+                first = p.grad if kept is None else kept.get(p)
+                if first is not None:
+                    self.state[p]["first_grad"] = first
+        for p in with_grad:
+            p.grad = None
         if zero_grad:
             self.zero_grad()
 
@@ -114,13 +132,13 @@ class _SharpnessAware(torch.optim.Optimizer):
                 state.pop("first_grad", None)
                 if theta is not None:
                     p.copy_(theta)
+        self._ascended = False
         self.zero_grad()
 
     @torch.no_grad()
-    def _descend(self, dominant_weight: float, zero_grad: bool) -> None:
+    def _descend(self, a: float, b: float, zero_grad: bool) -> None:
         if not self.perturbed:
             raise RuntimeError("second_step called without first_step: nothing to descend from")
-        w = _check_weight(dominant_weight)
         for group in self.param_groups:
             for p in group["params"]:
                 state = self.state.get(p, {})
@@ -128,7 +146,8 @@ class _SharpnessAware(torch.optim.Optimizer):
                 first = state.pop("first_grad", None)
                 if theta is not None:  # every perturbed parameter, even without a second grad
                     p.copy_(theta)
-                p.grad = _combine(p.grad, first, w)
+                p.grad = combine(p.grad, first, a, b)
+        self._ascended = False
         self.base_optimizer.step()
         if zero_grad:
             self.zero_grad()
@@ -173,18 +192,6 @@ def _check_weight(weight: float | Tensor) -> float:
     return w
 
 
-def _combine(second: Tensor | None, first: Tensor | None, w: float) -> Tensor | None:
-    """``w·g' + (1 − w)·g``; a missing gradient counts as zero, and is None if both are.
-
-    The two ends are exact (no arithmetic): w = 1 gives g' (SAM), w = 0 gives g (base).
-    """
-    if w == 1.0 or first is None:
-        return None if second is None or w == 0.0 else (second if w == 1.0 else second.mul_(w))
-    if w == 0.0 or second is None:
-        return first if w == 0.0 else first.mul_(1.0 - w)
-    return second.mul_(w).add_(first, alpha=1.0 - w)  # in place: g' is this step's own tensor
-
-
 class MSAM(_SharpnessAware):
     """Modality-Aware SAM (arXiv 2510.24919): a SAM step on the dominant modality's share.
 
@@ -197,14 +204,31 @@ class MSAM(_SharpnessAware):
     gradients) next to ``θ``.
     """
 
-    def first_step(self, zero_grad: bool = False) -> None:
-        """Store ``g`` and ``θ``, move to ``θ + ε``.  Gradients of perturbed params are cleared
-        (moved into state); ``zero_grad=True`` also clears every other parameter's."""
-        self._ascend(zero_grad)
+    def first_step(
+        self,
+        zero_grad: bool = False,
+        *,
+        only: Restriction | None = None,
+        first_grads: Mapping[Tensor, Tensor | None] | None = None,
+    ) -> None:
+        """Store ``g`` and ``θ``, move to ``θ + ε``; every gradient is moved into the state.
 
-    def second_step(self, dominant_weight: float, zero_grad: bool = False) -> None:
-        """Restore ``θ``; the base optimizer steps on ``w_d·g' + (1 − w_d)·g``."""
-        self._descend(dominant_weight, zero_grad)
+        ``only``: ``[(parameter, mask or None), ...]``, the parameters the ascent may move (ε
+        is zero elsewhere and normalised over them; a mask restricts it to part of a tensor),
+        e.g. the dominant modality's (:func:`msam_core.param_groups.modality_parameters`).
+        ``first_grads``: the gradients the descent blends with ``g'`` when they are not the
+        ``∇ℓ(θ)`` in ``.grad`` (the attributed decomposition's ``∇L_s(θ)``).
+        """
+        self._ascend(zero_grad, only, first_grads)
+
+    def second_step(
+        self, dominant_weight: float, zero_grad: bool = False, *, first_weight: float | None = None
+    ) -> None:
+        """Restore ``θ``; the base optimizer steps on ``w_d·g' + (1 − w_d)·g``
+        (``first_weight`` replaces ``1 − w_d``: 1 for the attributed decomposition's sum)."""
+        w = _check_weight(dominant_weight)
+        b = 1.0 - w if first_weight is None else float(first_weight)
+        self._descend(w, b, zero_grad)
 
     def step(self, closure: Closure | None = None, dominant_weight: float = 1.0) -> Tensor:
         """The closure form: ``∇ℓ(θ)`` must already be in ``.grad``; ``closure`` recomputes the
@@ -235,13 +259,14 @@ class SAM(_SharpnessAware):
 
     _keeps_first_grad = False
 
-    def first_step(self, zero_grad: bool = False) -> None:
-        """Store ``θ``, move to ``θ + ε``; perturbed parameters' gradients are cleared."""
-        self._ascend(zero_grad)
+    def first_step(self, zero_grad: bool = False, *, only: Restriction | None = None) -> None:
+        """Store ``θ``, move to ``θ + ε`` (``only`` as in :meth:`MSAM.first_step`); the
+        gradients are cleared."""
+        self._ascend(zero_grad, only)
 
     def second_step(self, zero_grad: bool = False) -> None:
         """Restore ``θ``; the base optimizer steps on ``∇ℓ(θ + ε)``."""
-        self._descend(1.0, zero_grad)
+        self._descend(1.0, 0.0, zero_grad)
 
     def step(self, closure: Closure | None = None) -> Tensor:
         """Closure form as :meth:`MSAM.step`; returns the loss at ``θ + ε``."""
