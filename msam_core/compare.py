@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from msam_core.config import TrainConfig, as_stored, read_config_file, resolve_config
+from msam_core.executors import Executor, Job, JobResult
 from msam_core.methods import get_method
 from msam_core.record import CONFIG_FILE, SUMMARY_FILE, load_run, write_json_atomic
 from msam_core.train import RESUMABLE_KEYS, TrainingDiverged, train
@@ -147,11 +148,11 @@ def _config_differences(stored: Mapping[str, Any], wanted: TrainConfig) -> dict[
     }
 
 
-def ensure_run(cfg: TrainConfig, path: Path, *, overwrite: bool = False, quiet: bool = True) -> str:
-    """Make sure ``path`` holds the finished run of ``cfg``; return what was done.
+def plan_run(cfg: TrainConfig, path: Path, *, overwrite: bool = False) -> str:
+    """What :func:`ensure_run` will do with ``path``, checked before anything is written.
 
-    Returns ``"reused"``, ``"resumed"``, ``"trained"`` or ``"diverged"`` (the run stopped on
-    a non-finite loss, now or before).
+    Returns ``"reuse"``, ``"diverged"``, ``"resume"`` or ``"train"``.  ValueError when the
+    stored run's config differs from ``cfg`` or it has more epochs than asked for.
     """
     state = "missing" if overwrite else run_state(path)
     if state in ("finished", "diverged", "resumable"):
@@ -173,18 +174,38 @@ def ensure_run(cfg: TrainConfig, path: Path, *, overwrite: bool = False, quiet: 
         if state == "diverged":
             return "diverged"
         if state == "finished" and stored_epochs == cfg.epochs:
-            return "reused"
-        state = "resumable"  # a finished run with fewer epochs is extended
+            return "reuse"
+        return "resume"  # a finished run with fewer epochs is extended
+    return "train"
+
+
+def ensure_run(cfg: TrainConfig, path: Path, *, overwrite: bool = False, quiet: bool = True) -> str:
+    """Make sure ``path`` holds the finished run of ``cfg``; return what was done.
+
+    Returns ``"reused"``, ``"resumed"``, ``"trained"`` or ``"diverged"`` (the run stopped on
+    a non-finite loss, now or before).
+    """
+    plan = plan_run(cfg, path, overwrite=overwrite)
+    if plan == "diverged":
+        return "diverged"
+    if plan == "reuse":
+        return "reused"
     try:
-        if state == "resumable":
+        if plan == "resume":
             resumable = {k: getattr(cfg, k) for k in RESUMABLE_KEYS if hasattr(cfg, k)}
             train(out=path, resume=True, quiet=quiet, **resumable)
             return "resumed"
-        train(cfg, out=path, overwrite=state != "missing" or overwrite, quiet=quiet)
+        restart = overwrite or run_state(path) != "missing"
+        train(cfg, out=path, overwrite=restart, quiet=quiet)
         return "trained"
     except TrainingDiverged as err:
         warnings.warn(f"{cfg.method} seed {cfg.seed}: {err}", RuntimeWarning, stacklevel=2)
         return "diverged"
+
+
+def run_job(job: Job) -> str:
+    """:func:`ensure_run` for one executor job (module level, so it travels to processes)."""
+    return ensure_run(job.config, job.path, **job.options)
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,12 +265,35 @@ def _seconds_per_step(path: Path, summary: Mapping[str, Any]) -> float:
     return float(summary.get("train_time_s", np.nan)) / steps if steps else np.nan
 
 
+def failed_row(method: str, seed: int, path: str | os.PathLike, error: str) -> dict[str, Any]:
+    """The ``runs.csv`` line of a run that raised: no metrics, ``failed`` 1 and the error."""
+    return {"method": method, "seed": seed, "failed": 1, "error": error, "path": str(path)}
+
+
 def collect_runs(
-    out: str | os.PathLike, methods: Sequence[str], seeds: Sequence[int]
+    out: str | os.PathLike,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    failures: Mapping[tuple[str, int], str] | None = None,
 ) -> pd.DataFrame:
-    """The per-run table (``runs.csv``) of the finished runs in ``out``, methods in order."""
-    rows = [run_row(run_path(out, m, s)) for m in methods for s in seeds]
-    return pd.DataFrame(rows)
+    """The per-run table (``runs.csv``) of the runs in ``out``, methods in order.
+
+    ``failures`` maps ``(method, seed)`` of runs that raised to their error; they get a row
+    without metrics (``failed`` 1, ``error``) instead of stopping the table.
+    """
+    failures = dict(failures or {})
+    rows = []
+    for m in methods:
+        for s in seeds:
+            path = run_path(out, m, s)
+            if (m, s) in failures:
+                rows.append(failed_row(m, s, path, failures[(m, s)]))
+            else:
+                rows.append({**run_row(path), "failed": 0})
+    runs = pd.DataFrame(rows)
+    if "error" not in runs:
+        runs["error"] = ""
+    return runs.fillna({"failed": 0, "diverged": 0, "error": ""})
 
 
 def metric_columns(runs: pd.DataFrame) -> list[str]:
@@ -270,10 +314,12 @@ def summarise(runs: pd.DataFrame, methods: Sequence[str] | None = None) -> pd.Da
     rows = []
     for method in order:
         part = runs.loc[runs["method"] == method]
+        failed = int(part["failed"].sum()) if "failed" in part else 0
         row: dict[str, Any] = {
             "method": method,
-            "seeds": len(part),
+            "seeds": len(part) - failed,
             "diverged": int(part["diverged"].sum()),
+            "failed": failed,
         }
         for c in columns:
             values = part[c].astype(float)
@@ -305,8 +351,9 @@ def markdown_table(summary: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in summary.iterrows():
         seeds = str(row["seeds"])
-        if row.get("diverged"):
-            seeds += f" ({row['diverged']} diverged)"
+        for what in ("diverged", "failed"):
+            if row.get(what):
+                seeds += f" ({row[what]} {what})"
         cells = [str(row["method"]), seeds]
         for s in stems:
             if s == "sec_per_step":
@@ -331,6 +378,21 @@ def write_results(
 # the entry point
 
 
+def check_writable(out: Path) -> None:
+    """Create ``out`` and write a file there, or raise PermissionError saying so (a shared
+    folder mounted read-only, or owned by someone else), before any run starts."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(
+            f"cannot write into the comparison folder {str(out)!r} ({err.strerror or err}); "
+            "choose an --out you can write (with Ray: a folder every node can write)"
+        ) from None
+
+
 def compare(
     dataset: str | None = None,
     methods: str | Sequence[str] = DEFAULT_METHODS,
@@ -341,6 +403,10 @@ def compare(
     overwrite: bool = False,
     quiet: bool = True,
     progress: bool = False,
+    jobs: int = 1,
+    executor: str = "local",
+    ray_address: str | None = None,
+    gpus_per_run: float = 0.0,
     **overrides: Any,
 ) -> pd.DataFrame:
     """Train (or reuse) every (method, seed) run in ``out`` and tabulate them.
@@ -354,6 +420,12 @@ def compare(
         overwrite: train every run again even if ``out`` holds it.
         quiet: no progress bar or epoch lines from the training loop.
         progress: print one line per run (what was done with it).
+        jobs: runs at once: local worker processes (CPU threads shared out between them),
+            or the CPU count of a local Ray instance.
+        executor: ``"local"`` (this machine) or ``"ray"`` (each run a Ray task; ``out`` must
+            then be a folder every Ray node sees).
+        ray_address: the Ray cluster to use; None starts a local instance.
+        gpus_per_run: GPUs each Ray task asks for.
         **overrides: config keys for every run, e.g. ``epochs=5, lr=0.1``.
 
     Returns:
@@ -362,9 +434,14 @@ def compare(
         ``acc/<m>``, ``share/<m>``, balance and sec_per_step.  The per-run table is
         ``OUT/runs.csv`` (:func:`collect_runs` rebuilds it).
 
+    A run that raises is tabulated with ``failed`` 1 and its error, without metrics, and
+    the others go on; re-running the command retries it.
+
     Raises:
-        ValueError / KeyError: unknown method, dataset or config key, bad seeds, or a stored
-            run whose config differs from the one asked for.
+        ValueError / KeyError: unknown method, dataset or config key, bad seeds, a stored
+            run whose config differs from the one asked for, an executor that cannot run
+            (Ray missing or unreachable), all before anything is written.
+        PermissionError: ``out`` cannot be written.
     """
     forbidden = sorted(k for k in overrides if k.replace("-", "_") in PER_RUN_KEYS)
     if forbidden:
@@ -382,28 +459,51 @@ def compare(
         raise ValueError(
             f"{str(out)!r} is a single run directory; give compare a folder of its own"
         )
-    out.mkdir(parents=True, exist_ok=True)
-    request = {
-        "dataset": base.dataset,
-        "methods": method_list,
-        "seeds": seed_list,
-        "overrides": {k: v for k, v in overrides.items()},
-        "config": base.to_dict(),
-    }
-    write_json_atomic(out / REQUEST_FILE, request)
+    options = {"overwrite": overwrite, "quiet": quiet}
+    # seeds outermost: an interrupted sequential comparison has every method
+    job_list = [
+        Job(
+            f"{method} seed {seed}",
+            base.replace(method=method, seed=seed, name=f"{method}/seed{seed}"),
+            run_path(out, method, seed),
+            options,
+        )
+        for seed in seed_list
+        for method in method_list
+    ]
+    # config clashes are refused before anything is written; stored runs need no worker
+    plans = [plan_run(job.config, job.path, overwrite=overwrite) for job in job_list]
+    stored = {"reuse": "reused", "diverged": "diverged"}
+    todo = [job for job, plan in zip(job_list, plans, strict=True) if plan not in stored]
+    with Executor(executor, jobs, ray_address=ray_address, gpus_per_run=gpus_per_run) as runner:
+        check_writable(out)
+        request = {
+            "dataset": base.dataset,
+            "methods": method_list,
+            "seeds": seed_list,
+            "overrides": {k: v for k, v in overrides.items()},
+            "config": base.to_dict(),
+        }
+        write_json_atomic(out / REQUEST_FILE, request)
 
-    total = len(method_list) * len(seed_list)
-    done = 0
-    for seed in seed_list:  # seeds outermost: an interrupted comparison has every method
-        for method in method_list:
-            cfg = base.replace(method=method, seed=seed, name=f"{method}/seed{seed}")
-            path = run_path(out, method, seed)
-            action = ensure_run(cfg, path, overwrite=overwrite, quiet=quiet)
-            done += 1
+        finished: list[JobResult] = []
+
+        def report(result: JobResult, *_: int) -> None:
+            finished.append(result)
             if progress:
-                print(f"[{done}/{total}] {method} seed {seed}: {action} ({path})", flush=True)
+                what = f"failed: {result.error}" if result.failed else result.action
+                count = f"[{len(finished)}/{len(job_list)}]"
+                print(f"{count} {result.job.label}: {what} ({result.job.path})", flush=True)
 
-    runs = collect_runs(out, method_list, seed_list)
+        for job, plan in zip(job_list, plans, strict=True):
+            if plan in stored:
+                report(JobResult(job, stored[plan]))
+        runner.run(run_job, todo, on_done=report)
+    failures = {
+        (r.job.config.method, r.job.config.seed): r.error or "failed" for r in finished if r.failed
+    }
+
+    runs = collect_runs(out, method_list, seed_list, failures)
     summary = summarise(runs, method_list)
     header = (
         f"Dataset `{base.dataset}`, {len(seed_list)} seed(s) {seed_list}, {base.epochs} epochs. "

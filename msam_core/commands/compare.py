@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 HELP = "train every (method, seed) on one dataset and tabulate them; re-run to resume"
 EXTRA_ARGS = True  # unknown --key value pairs are config overrides for every run
@@ -34,6 +35,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--verbose", action="store_true", help="show each run's progress bar and epoch lines"
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at once: N local processes sharing the CPU threads (default 1: one after "
+        "the other in this process); with --executor ray and no --ray-address, the CPUs of "
+        "the local Ray instance",
+    )
+    parser.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local (default) or ray: each run a Ray task; --out must be a folder every node "
+        "can write (needs pip install 'msam[ray]')",
+    )
+    parser.add_argument(
+        "--ray-address",
+        help="a running Ray cluster (host:port, ray://host:port or auto); default: start a "
+        "local Ray instance",
+    )
+    parser.add_argument(
+        "--gpus-per-run", type=float, default=0.0, help="GPUs each Ray task asks for (e.g. 0.5)"
+    )
     parser.epilog = (
         "Runs already finished in --out are reused and interrupted ones resumed, so re-running "
         "the same command after an interruption trains only what is missing. Any config key "
@@ -43,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from msam_core.compare import RESULTS_CSV, RESULTS_MD, compare, markdown_table
+    from msam_core.compare import RESULTS_CSV, RESULTS_MD, RUNS_CSV, compare, markdown_table
     from msam_core.config import parse_overrides
 
     overrides = parse_overrides(list(getattr(args, "extra", [])))
@@ -60,9 +84,21 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         quiet=not args.verbose,
         progress=True,
+        jobs=args.jobs,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        gpus_per_run=args.gpus_per_run,
         **overrides,
     )
     print()
     print(markdown_table(summary), end="")
     print(f"\nresults written to {args.out}/{RESULTS_CSV} and {args.out}/{RESULTS_MD}")
+    failed = int(summary["failed"].sum())
+    if failed:
+        print(
+            f"{failed} run(s) failed (their errors are in {args.out}/{RUNS_CSV}); "
+            "re-run the same command to retry them",
+            file=sys.stderr,
+        )
+        return 1
     return 0

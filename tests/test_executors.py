@@ -1,0 +1,112 @@
+"""Many runs at once: ``msam compare --jobs N`` (local processes) and ``--executor ray``.
+
+Whatever runs the jobs, the table is the sequential one; a run that raises is a row of the
+table and the others finish; what cannot run is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import pandas as pd
+import pytest
+
+from msam_core.cli import main
+from msam_core.compare import compare
+from msam_core.executors import threads_per_job
+
+compare_module = importlib.import_module("msam_core.compare")
+
+TINY = {
+    "dataset_options": {"n_train": 64, "n_val": 32, "n_test": 32},
+    "batch_size": 32,
+    "epochs": 1,
+    "device": "cpu",
+}
+#: columns that differ between two trainings of the same run (wall-clock time) or place
+UNTIMED = ("sec_per_step", "path")
+
+
+def _tables(out):
+    runs = pd.read_csv(out / "runs.csv")
+    results = pd.read_csv(out / "results.csv")
+    runs = runs[[c for c in runs.columns if not c.startswith(UNTIMED)]]
+    results = results[[c for c in results.columns if not c.startswith(UNTIMED)]]
+    return runs, results
+
+
+def _same_tables(a, b) -> None:
+    for left, right in zip(_tables(a), _tables(b), strict=True):
+        pd.testing.assert_frame_equal(left, right, check_exact=False, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.slow
+def test_two_local_processes_give_the_sequential_table(tmp_path):
+    compare("synthetic", "joint,msam", 1, tmp_path / "seq", **TINY)
+    compare("synthetic", "joint,msam", 1, tmp_path / "par", jobs=2, **TINY)
+    _same_tables(tmp_path / "seq", tmp_path / "par")
+    # and re-running in parallel reuses every finished run
+    stamp = (tmp_path / "par" / "msam" / "seed0" / "iterations.jsonl").stat().st_mtime_ns
+    compare("synthetic", "joint,msam", 1, tmp_path / "par", jobs=2, **TINY)
+    assert (tmp_path / "par" / "msam" / "seed0" / "iterations.jsonl").stat().st_mtime_ns == stamp
+
+
+def test_a_failed_run_is_a_row_and_the_others_finish(tmp_path):
+    # OGM-GE needs a unimodal readout, which early fusion lacks: that run raises when built
+    out = tmp_path / "cmp"
+    table = compare("synthetic", "joint,ogm_ge", 1, out, fusion="early", **TINY)
+    runs = pd.read_csv(out / "runs.csv")
+    joint, ogm = (runs.loc[runs["method"] == m].iloc[0] for m in ("joint", "ogm_ge"))
+    assert joint["failed"] == 0 and joint["test_acc"] > 0
+    assert ogm["failed"] == 1 and "early fusion" in ogm["error"].lower()
+    assert pd.isna(ogm["test_acc"])
+    assert table.set_index("method").loc["ogm_ge", "failed"] == 1
+    assert "| ogm_ge | 0 (1 failed) |" in (out / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_run_failing_in_a_worker_process_is_reported_by_the_cli(tmp_path, capsys):
+    argv = ["compare", "--methods", "joint,ogm_ge", "--seeds", "1", "--out", str(tmp_path / "c")]
+    argv += ["--epochs", "1", "--batch_size", "32", "--device", "cpu", "--fusion", "early"]
+    argv += ["--dataset_options.n_train", "64", "--dataset_options.n_val", "32"]
+    argv += ["--dataset_options.n_test", "32", "--jobs", "2"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "| joint | 1 |" in captured.out and "1 run(s) failed" in captured.err
+
+
+def test_threads_are_shared_out_between_jobs(monkeypatch):
+    monkeypatch.setattr("msam_core.executors.available_cpus", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert [threads_per_job(n) for n in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's cap holds
+    assert threads_per_job(2) == 1
+
+
+def test_what_cannot_run_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    out = tmp_path / "cmp"
+    with pytest.raises(ValueError, match="at least 1"):
+        compare("synthetic", "joint", 1, out, jobs=0, **TINY)
+    with pytest.raises(ValueError, match="need --executor ray"):
+        compare("synthetic", "joint", 1, out, gpus_per_run=1, **TINY)
+    with pytest.raises(ValueError, match=r"no Ray cluster at '127\.0\.0\.1:9'"):
+        compare("synthetic", "joint", 1, out, executor="ray", ray_address="127.0.0.1:9", **TINY)
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(ValueError, match=r"pip install 'msam\[ray\]'"):
+        compare("synthetic", "joint", 1, out, executor="ray", **TINY)
+    assert not out.exists()
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    with pytest.raises(PermissionError, match="cannot write into the comparison folder"):
+        compare("synthetic", "joint", 1, blocked / "cmp", **TINY)
+
+
+@pytest.mark.slow
+def test_ray_tasks_on_a_local_instance_give_the_sequential_table(tmp_path):
+    import ray  # the ray extra, which make test installs
+
+    compare("synthetic", "joint,msam", 1, tmp_path / "seq", **TINY)
+    compare("synthetic", "joint,msam", 1, tmp_path / "ray", executor="ray", jobs=2, **TINY)
+    assert not ray.is_initialized()  # the local instance it started is shut down
+    _same_tables(tmp_path / "seq", tmp_path / "ray")
