@@ -233,7 +233,10 @@ def test_training_measures_with_the_chosen_eigen_solver_and_names_bad_options(tm
         run = load_run(train(config, out=tmp_path / method, quiet=True))
         eig = run.iterations["hessian/top_eig"].dropna()
         assert len(eig) == 1 and eig.iloc[0] > 0
-    with pytest.raises(ValueError, match=r"unknown measure_options \['metod'\]; choose from"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown measure_options \['metod'\] \(did you mean 'method'\?\); choose from",
+    ):
         TrainConfig.from_dict({**base, "measure_options": {"metod": "power"}})
     with pytest.raises(ValueError, match=r"measure_options.method='qr'.*'lanczos', 'power'"):
         TrainConfig.from_dict({**base, "measure_options": {"method": "qr"}})
