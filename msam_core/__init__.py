@@ -4,6 +4,7 @@ The flat public API re-exports the pieces in data-flow order (DESIGN.md):
 masking -> coalitions -> shapley -> optim -> train -> record.
 """
 
+from msam_core.check import ModelCheck, check_model
 from msam_core.coalitions import coalition_values, coalition_values_from_features
 
 # `compare` the function shadows its submodule as a package attribute (as `train` does):
@@ -77,6 +78,7 @@ __all__ = [
     "LateFusionModel",
     "Method",
     "ModalitySpec",
+    "ModelCheck",
     "MultimodalDataset",
     "NonFiniteLossError",
     "Run",
@@ -92,6 +94,7 @@ __all__ = [
     "balance_weights",
     "build_method",
     "build_model",
+    "check_model",
     "coalition_values",
     "coalition_values_from_features",
     "compare",

@@ -30,6 +30,7 @@ BASELINES = ("zeros", "mean")
 #: the loop does not set itself (a test keeps the two in step)
 MEASURE_OPTIONS = ("hessian", "blocks", "tol", "max_iter", "n_samples", "seed", "method")
 EIGEN_METHODS = ("lanczos", "power")
+LOG_TARGETS = ("tensorboard",)  # msam_core.sinks.LOG_TARGETS
 #: keys a run directory's config.json adds to the config; ignored when reading one back
 RESERVED_KEYS = ("run",)
 
@@ -93,6 +94,7 @@ class TrainConfig:
     landscape_epochs: list[int] = field(default_factory=list)
     landscape_options: dict[str, Any] = field(default_factory=dict)
     fsync: bool = False  # force each record to disk (slower; survives power loss)
+    log_to: list[str] = field(default_factory=list)  # also write records to: tensorboard
     name: str | None = None
 
     # -- validation ------------------------------------------------------------------------
@@ -129,6 +131,8 @@ class TrainConfig:
         _choice(
             "measure_options.method", self.measure_options.get("method", "lanczos"), EIGEN_METHODS
         )
+        for target in self.log_to:
+            _choice("log_to", target, LOG_TARGETS)
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
         if not (math.isfinite(self.rho) and self.rho >= 0):
@@ -197,6 +201,7 @@ DESCRIPTIONS: dict[str, str] = {
     "landscape_epochs": "epochs after which a loss landscape is computed and saved",
     "landscape_options": "options of compute_landscape: steps, span, dims, norm, ...",
     "fsync": "force every record to disk (slower; survives power loss)",
+    "log_to": "also send the records to: tensorboard (RUN/tensorboard/; --tensorboard)",
     "name": "display name of the run (default: the directory name)",
 }
 

@@ -61,6 +61,7 @@ from msam_core.rundir import (
 from msam_core.rundir import build_dataset as build_dataset
 from msam_core.rundir import build_run_model as build_run_model
 from msam_core.rundir import load_checkpoint as load_checkpoint
+from msam_core.sinks import check_log_targets, open_sinks
 
 SPLITS = ("train", "val", "test")
 #: keys a resumed run may change; anything else would make it a different run
@@ -76,6 +77,7 @@ RESUMABLE_KEYS = (
     "name",
     "landscape_epochs",
     "landscape_options",
+    "log_to",
 )
 Callback = Callable[[dict[str, Any]], "bool | None"]
 
@@ -308,10 +310,14 @@ def train(
     else:
         cfg = resolve_config(config, **overrides)
     device = resolve_device(cfg.device)
+    check_log_targets(cfg.log_to)  # a missing tensorboard package is said before any file
     seed_everything(cfg.seed)
 
     # 2. data and model
     dataset = data if data is not None else build_dataset(cfg)
+    if data is not None and cfg.dataset != dataset.name:
+        # the run is named after the data it saw (config.json, load_run, figures, compare)
+        cfg = with_overrides(cfg, {"dataset": dataset.name})
     model = model if model is not None else build_run_model(cfg, dataset)
     check_model_matches_data(model, dataset)
     check_splits_have_samples(dataset)
@@ -360,13 +366,19 @@ def train(
             "modalities": modalities,
             "num_classes": int(dataset.num_classes),
             "dataset_name": dataset.name,
+            # what train(data=..., model=...) was given: such a run is rebuilt with
+            # load_trained(run, model=..., data=...), not from its config
+            "custom_data": data is not None,
+            "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
             "n_train": n_train,
             "steps_per_epoch": steps_per_epoch,
             "dataset_info": dataset.info,
         },
     )
 
+    sinks = open_sinks(cfg.log_to, run_dir, modalities)
     loop = _Loop(
+        sinks=sinks,
         cfg=cfg,
         device=device,
         dataset=dataset,
@@ -386,6 +398,8 @@ def train(
         loop.run()
     finally:
         writer.close()
+        for sink in sinks:
+            sink.close()
     return run_dir
 
 
@@ -534,8 +548,12 @@ class _Loop:
         """Write one record, hand it to the callback; False if the callback asks to stop."""
         if "split" in record:
             self.writer.log_epoch(record)
+            for sink in self.sinks:
+                sink.log_epoch(record)
         else:
             self.writer.log_iteration(record)
+            for sink in self.sinks:
+                sink.log_iteration(record)
         if self.callback is not None and self.callback(record) is False:
             return False
         return not (self.control is not None and self.control.stopped)

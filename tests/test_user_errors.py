@@ -160,3 +160,21 @@ def test_msam_report_on_a_broken_record_is_one_line_naming_it(tmp_path, capsys):
     assert main(["report", str(run), "--out", str(tmp_path / "r.html")]) == 2
     err = capsys.readouterr().err
     assert "iterations.jsonl, line 2" in err and "Traceback" not in err
+
+
+def test_a_custom_dataset_is_recorded_under_its_own_name(tmp_path):
+    import dataclasses
+
+    from msam_core import train
+
+    data = dataclasses.replace(
+        load_dataset("synthetic", n_train=32, n_val=16, n_test=16), name="my_sensors"
+    )
+    out = train({"epochs": 1}, out=tmp_path / "run", data=data, quiet=True)
+    run = load_run(out)
+    assert run.dataset == "my_sensors" and run.config["dataset"] == "my_sensors"
+    assert run.config["run"]["custom_data"] is True
+    assert run.summary["dataset"] == "my_sensors"
+    # resuming with the same data continues the same run
+    train(out=out, resume=True, data=data, quiet=True, epochs=2)
+    assert load_run(out).summary["epochs_done"] == 2

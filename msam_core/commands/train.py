@@ -31,6 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+    parser.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write the records for TensorBoard in RUN/tensorboard/ (config log_to)",
+    )
     parser.epilog = (
         "Any config key can be set as --key value, e.g. --lr 0.1 --rho 0.05 --fusion gated "
         "--dataset_options.noise 0.5; see msam_core.config.TrainConfig for every key."
@@ -46,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value is not None:
             overrides[key] = value
+    if args.tensorboard:
+        overrides["log_to"] = "tensorboard"
     if args.data_root is not None:
         # a path, never YAML: "2024", "on" or "data #1" must stay the folder's name
         overrides["dataset_options.data_root"] = Path(args.data_root)

@@ -27,6 +27,25 @@ from msam_core.masking import apply_input_mask, check_inputs
 BASELINE_KINDS = ("zeros", "mean")
 
 
+def feature_dims(feature_dim: int | Mapping[str, int], modalities: Sequence[str]) -> dict[str, int]:
+    """``{modality: width}`` from one width for all or a mapping naming every modality."""
+    if isinstance(feature_dim, Mapping):
+        missing = [m for m in modalities if m not in feature_dim]
+        extra = sorted(set(feature_dim) - set(modalities))
+        if missing or extra:
+            raise ValueError(
+                f"feature_dim gives widths for {sorted(feature_dim)} but the modalities are "
+                f"{list(modalities)}; give one width per modality, or one int for all"
+            )
+        dims = {m: feature_dim[m] for m in modalities}
+    else:
+        dims = dict.fromkeys(modalities, feature_dim)
+    for m, width in dims.items():
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ValueError(f"feature_dim of modality {m!r} must be a positive int, got {width!r}")
+    return dims
+
+
 class MultimodalModel(nn.Module):
     """Holds the modality order, per-modality baselines (buffers) and input checks.
 
@@ -125,9 +144,10 @@ class MultimodalModel(nn.Module):
 class LateFusionModel(MultimodalModel):
     """One encoder per modality, then a fusion head: ``fuse(encode(masked inputs), mask)``.
 
-    ``encoders[m]`` maps ``[B, *shape_m]`` to features ``[B, feature_dim]`` (an
-    ``nn.ModuleDict``: ``model.encoders["audio"].parameters()`` are one modality's parameters);
-    ``head`` maps the feature dict and the mask to logits ``[B, C]``.
+    ``encoders[m]`` maps ``[B, *shape_m]`` to features ``[B, F_m]`` (an ``nn.ModuleDict``:
+    ``model.encoders["audio"].parameters()`` are one modality's parameters); ``head`` maps the
+    feature dict and the mask to logits ``[B, C]``.  ``feature_dim`` is one width ``F`` for
+    every modality or ``{modality: F_m}`` (encoders of different sizes).
     """
 
     def __init__(
@@ -136,7 +156,7 @@ class LateFusionModel(MultimodalModel):
         num_classes: int,
         encoders: Mapping[str, nn.Module],
         head: nn.Module,
-        feature_dim: int,
+        feature_dim: int | Mapping[str, int],
     ) -> None:
         super().__init__(modalities, num_classes)
         if set(encoders) != set(self.modalities):
@@ -146,25 +166,29 @@ class LateFusionModel(MultimodalModel):
             )
         self.encoders = nn.ModuleDict({m: encoders[m] for m in self.modalities})
         self.head = head
-        self.feature_dim = int(feature_dim)
+        self.feature_dims: dict[str, int] = feature_dims(feature_dim, self.modalities)
+        widths = set(self.feature_dims.values())
+        #: the one feature width when every modality has it, else None (see feature_dims)
+        self.feature_dim: int | None = widths.pop() if len(widths) == 1 else None
 
     def encode(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Features ``{m: [B, feature_dim]}``, each encoder run on its own modality only."""
+        """Features ``{m: [B, F_m]}``, each encoder run on its own modality only."""
         self.check_shapes(inputs)
         features = {}
         for m in self.modalities:
             encoder = self.encoders[m]
             h = encoder(inputs[m])
-            if h.ndim != 2 or h.shape[1] != self.feature_dim:
+            width = self.feature_dims[m]
+            if h.ndim != 2 or h.shape[1] != width:
                 raise ValueError(
                     f"encoder of modality {m!r} ({type(encoder).__name__}) returned features of "
-                    f"shape {list(h.shape)}; expected [B, {self.feature_dim}]"
+                    f"shape {list(h.shape)}; expected [B, {width}]"
                 )
             features[m] = h
         return features
 
     def fuse(self, features: Mapping[str, Tensor], mask: Tensor | None = None) -> Tensor:
-        """Logits ``[B, C]`` from per-modality features ``{m: [B, feature_dim]}``."""
+        """Logits ``[B, C]`` from per-modality features ``{m: [B, F_m]}``."""
         missing = [m for m in self.modalities if m not in features]
         if missing:
             raise KeyError(
@@ -173,7 +197,7 @@ class LateFusionModel(MultimodalModel):
         return self.head(features, mask)
 
     def baseline_features(self) -> dict[str, Tensor]:
-        """Encoding of each modality's baseline input, ``{m: [1, feature_dim]}``.
+        """Encoding of each modality's baseline input, ``{m: [1, F_m]}``.
 
         The feature-masking fast path substitutes these for absent modalities before ``fuse``.
         """

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from torch import nn
 
 from msam_core.data.base import ModalitySpec
-from msam_core.models.base import LateFusionModel
+from msam_core.models.base import LateFusionModel, feature_dims
 from msam_core.models.early import EarlyFusionModel
 from msam_core.models.encoders import build_encoder, encoder_names
 from msam_core.models.fusion import FUSION_HEADS
@@ -26,7 +26,7 @@ def build_model(
     num_classes: int,
     fusion: str = "concat",
     encoder: str | Mapping[str, str] = "auto",
-    feature_dim: int = 64,
+    feature_dim: int | Mapping[str, int] = 64,
     hidden: int | None = None,
     dropout: float = 0.0,
 ) -> nn.Module:
@@ -40,7 +40,9 @@ def build_model(
         encoder: registered encoder name for every modality, or ``{modality: name}``; ``auto``
             picks by kind (vector -> mlp, image / spectrogram -> cnn, sequence -> cnn1d).
             Ignored by early fusion, whose single network is an MLP over the joined inputs.
-        feature_dim: width ``F`` of each modality's features (and of early fusion's network).
+        feature_dim: width ``F`` of each modality's features (and of early fusion's network),
+            or ``{modality: F_m}`` for encoders of different widths (late fusion; ``sum``
+            needs one width).
         hidden: width of the classifier's hidden layer; ``None`` gives a linear classifier,
             as in the imbalance literature.
         dropout: dropout probability before each classifier layer.
@@ -72,7 +74,13 @@ def build_model(
                 f"choose one of {encoder_names()}"
             )
     if fusion == "early":
+        if isinstance(feature_dim, Mapping):
+            raise ValueError(
+                f"early fusion has one network over the joined inputs, so one feature_dim; "
+                f"got {dict(feature_dim)}"
+            )
         return EarlyFusionModel(specs, num_classes, feature_dim, hidden, dropout)
-    encoders = {s.name: build_encoder(s, choice[s.name], feature_dim) for s in specs}
+    dims = feature_dims(feature_dim, names)
+    encoders = {s.name: build_encoder(s, choice[s.name], dims[s.name]) for s in specs}
     head = FUSION_HEADS[fusion](names, feature_dim, num_classes, hidden, dropout)
     return LateFusionModel(specs, num_classes, encoders, head, feature_dim)

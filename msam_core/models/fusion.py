@@ -1,16 +1,18 @@
-"""Late-fusion heads: per-modality features ``{m: [B, F]}`` -> fused vector -> classifier logits.
+"""Late-fusion heads: per-modality features ``{m: [B, F_m]}`` -> fused vector -> logits.
 
 Every head is ``head(features, mask) -> [B, C]``: ``combine`` joins the features into one vector
 ``[B, fused_dim]``, then a classifier (dropout, optional hidden ReLU layer, linear) gives logits.
+``feature_dim`` is one width ``F`` for every modality, or ``{m: F_m}`` when the encoders differ.
 
-* ``concat``: ``[h_1, ..., h_M]`` (``fused_dim = M * F``).
-* ``sum``: ``h_1 + ... + h_M`` (``F``); one classifier shared by every modality.
+* ``concat``: ``[h_1, ..., h_M]`` (``fused_dim = F_1 + ... + F_M``).
+* ``sum``: ``h_1 + ... + h_M`` (``F``); one classifier shared by every modality; needs one ``F``.
 * ``gated``: a gated multimodal unit (Arevalo et al., 2017) for ``M`` modalities:
-  ``t_m = tanh(W_m h_m)``, gates ``z = softmax_m(W_z [h_1, ..., h_M])`` per feature, fused
-  ``sum_m z_m * t_m`` (``F``). :meth:`GatedFusion.gates` returns ``z`` for inspection.
+  ``t_m = tanh(W_m h_m)`` (each ``[B, F]``, ``F = max F_m``), gates
+  ``z = softmax_m(W_z [h_1, ..., h_M])`` per feature, fused ``sum_m z_m * t_m`` (``F``).
+  :meth:`GatedFusion.gates` returns ``z`` for inspection.
 * ``film``: feature-wise linear modulation (Perez et al., 2018). The first modality (in
   ``model.modalities`` order) is modulated, all the others condition it together:
-  ``[gamma, beta] = W [h_2, ..., h_M]``, fused ``(1 + gamma) * h_1 + beta`` (``F``). With two
+  ``[gamma, beta] = W [h_2, ..., h_M]``, fused ``(1 + gamma) * h_1 + beta`` (``F_1``). With two
   modalities that is "the second modulates the first"; reorder the modalities to choose which is
   modulated. ``1 + gamma`` starts the modulation near identity.
 
@@ -26,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from msam_core.masking import validate_mask
+from msam_core.models.base import feature_dims
 
 
 def make_classifier(
@@ -56,14 +59,16 @@ class FusionHead(nn.Module):
     def __init__(
         self,
         modalities: Sequence[str],
-        feature_dim: int,
+        feature_dim: int | Mapping[str, int],
         num_classes: int,
         hidden: int | None = None,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.modalities = list(modalities)
-        self.feature_dim = int(feature_dim)
+        self.feature_dims = feature_dims(feature_dim, self.modalities)
+        #: the width the head works in: the largest modality's (all of them when equal)
+        self.feature_dim = max(self.feature_dims.values())
         self.fused_dim = self._fused_dim()
         self.classifier = make_classifier(self.fused_dim, num_classes, hidden, dropout)
 
@@ -71,7 +76,7 @@ class FusionHead(nn.Module):
         return self.feature_dim
 
     def combine(self, features: Mapping[str, Tensor]) -> Tensor:
-        """Fused vector ``[B, fused_dim]`` from ``{m: [B, feature_dim]}``."""
+        """Fused vector ``[B, fused_dim]`` from ``{m: [B, F_m]}``."""
         raise NotImplementedError
 
     def forward(self, features: Mapping[str, Tensor], mask: Tensor | None = None) -> Tensor:
@@ -84,14 +89,23 @@ class ConcatFusion(FusionHead):
     """Concatenate the features in modality order."""
 
     def _fused_dim(self) -> int:
-        return len(self.modalities) * self.feature_dim
+        return sum(self.feature_dims.values())
 
     def combine(self, features: Mapping[str, Tensor]) -> Tensor:
         return torch.cat([features[m] for m in self.modalities], dim=1)
 
 
 class SumFusion(FusionHead):
-    """Add the features element-wise."""
+    """Add the features element-wise (every modality's width must be the same)."""
+
+    def _fused_dim(self) -> int:
+        if len(set(self.feature_dims.values())) > 1:
+            raise ValueError(
+                f"sum fusion adds the features element-wise, so every modality needs the same "
+                f"width; got {self.feature_dims}. Use concat, gated or film fusion, or one "
+                f"feature_dim for all"
+            )
+        return self.feature_dim
 
     def combine(self, features: Mapping[str, Tensor]) -> Tensor:
         return torch.stack([features[m] for m in self.modalities]).sum(0)
@@ -111,9 +125,9 @@ class GatedFusion(FusionHead):
         super().__init__(modalities, feature_dim, num_classes, hidden, dropout)
         n = len(self.modalities)
         self.transforms = nn.ModuleDict(
-            {m: nn.Linear(self.feature_dim, self.feature_dim) for m in self.modalities}
+            {m: nn.Linear(self.feature_dims[m], self.feature_dim) for m in self.modalities}
         )
-        self.gate = nn.Linear(n * self.feature_dim, n * self.feature_dim)
+        self.gate = nn.Linear(sum(self.feature_dims.values()), n * self.feature_dim)
 
     def gates(self, features: Mapping[str, Tensor]) -> Tensor:
         """Gate weights ``[B, M, F]``; they sum to 1 over modalities for every feature."""
@@ -147,10 +161,14 @@ class FiLMFusion(FusionHead):
         super().__init__(modalities, feature_dim, num_classes, hidden, dropout)
         self.target = self.modalities[0]
         self.conditioners = self.modalities[1:]
-        self.film = nn.Linear(len(self.conditioners) * self.feature_dim, 2 * self.feature_dim)
+        condition = sum(self.feature_dims[m] for m in self.conditioners)
+        self.film = nn.Linear(condition, 2 * self.feature_dims[self.target])
+
+    def _fused_dim(self) -> int:
+        return self.feature_dims[self.modalities[0]]  # the modulated modality's width
 
     def modulation(self, features: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """``(gamma, beta)``, each ``[B, F]``, computed from the conditioning modalities."""
+        """``(gamma, beta)``, each ``[B, F_1]``, computed from the conditioning modalities."""
         condition = torch.cat([features[m] for m in self.conditioners], dim=1)
         gamma, beta = self.film(condition).chunk(2, dim=1)
         return gamma, beta
