@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,7 +217,7 @@ def save_landscape(
         value = getattr(landscape, key)
         if value is not None:
             arrays[key] = np.asarray(value)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz.tmp")
+    fd, tmp = temp_file_beside(path)  # the mode a plain open gives, not mkstemp's 0600
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **arrays)
@@ -309,15 +308,21 @@ class TrainedModel:
 
 
 def load_trained(
-    run: Any, which: str | int = "best", device: str | torch.device = "cpu"
+    run: Any,
+    which: str | int = "best",
+    device: str | torch.device = "cpu",
+    *,
+    model: nn.Module | None = None,
+    data: MultimodalDataset | None = None,
 ) -> TrainedModel:
     """Rebuild ``run``'s model with the weights of checkpoint ``which`` (see
     :func:`checkpoint_path`), and its dataset, from the run's config.
 
     ``run`` is a run directory or anything with a ``.path`` (a :class:`~msam_core.Run`).
-    The model is returned in eval mode on ``device``.  A run trained with a model or data
-    passed to ``train(model=..., data=...)`` cannot be rebuilt from its config: the error
-    says so, and ``torch.load(checkpoint)["model"]`` gives its weights.
+    The model is returned in eval mode on ``device``.  A run trained on your own model or data
+    (``train(model=..., data=...)``, :class:`~msam_core.Recorder`) cannot be rebuilt from its
+    config: pass them again, ``model`` (a fresh instance of the same architecture, whose
+    weights are replaced) and ``data``; the error says which is needed.
     """
     run_dir = Path(getattr(run, "path", run))
     path = checkpoint_path(run_dir, which)
@@ -326,16 +331,51 @@ def load_trained(
         config = TrainConfig.from_dict(state["config"])
     else:  # best.pt holds the weights only; the run's config.json has the rest
         config = TrainConfig.from_file(run_dir / CONFIG_FILE)
-    dataset = build_dataset(config)
-    model = build_run_model(config, dataset)
+    own = _own_parts(run_dir)
+    if data is None and own["data"]:
+        raise ValueError(
+            f"run {str(run_dir)!r} was trained on your own data (dataset {config.dataset!r}, not "
+            "a registered name); pass it again: load_trained(run, data=..., model=...)"
+        )
+    dataset = data if data is not None else build_dataset(config)
+    if model is None and own["model"]:
+        raise ValueError(
+            f"run {str(run_dir)!r} was trained on your own model ({own['model']}); pass a fresh "
+            "instance of it: load_trained(run, model=..., data=...)"
+        )
+    what = (
+        f"the model given ({type(model).__name__})"
+        if model is not None
+        else f"the model its config builds ({config.fusion} fusion, encoder {config.encoder!r})"
+    )
+    model = model if model is not None else build_run_model(config, dataset)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as err:
         raise ValueError(
-            f"the weights in {str(path)!r} do not fit the model its config builds "
-            f"({config.fusion} fusion, encoder {config.encoder!r}); was the run trained "
-            f"with its own model (train(model=...))? Build that model and load "
-            f"torch.load(path)['model'] into it. ({str(err).splitlines()[0]})"
+            f"the weights in {str(path)!r} do not fit {what}; pass the architecture the run "
+            f"trained: load_trained(run, model=...) ({str(err).splitlines()[0]})"
         ) from err
     model.to(device).eval()
     return TrainedModel(model, dataset, config, state.get("epoch"), state.get("step"), path)
+
+
+#: the model classes msam builds from a config (anything else is the user's own)
+_BUILT_MODELS = (
+    "msam_core.models.base.LateFusionModel",
+    "msam_core.models.early.EarlyFusionModel",
+)
+
+
+def _own_parts(run_dir: Path) -> dict[str, Any]:
+    """What the run's config.json says was the user's own: ``{"data": bool, "model": class
+    name or None}`` (runs written before these facts were recorded: neither)."""
+    import json
+
+    try:
+        info = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8")).get("run") or {}
+    except (OSError, ValueError, AttributeError):
+        info = {}
+    model_class = info.get("model_class")
+    own_model = model_class if model_class and model_class not in _BUILT_MODELS else None
+    return {"data": bool(info.get("custom_data", False)), "model": own_model}

@@ -115,12 +115,18 @@ def test_written_files_have_the_mode_plain_files_get(tmp_path):
 
     mask = os.umask(0)
     os.umask(mask)
-    config = TrainConfig(epochs=1, dataset_options={"n_train": 64, "n_val": 32, "n_test": 32})
+    config = TrainConfig(
+        epochs=1,
+        dataset_options={"n_train": 64, "n_val": 32, "n_test": 32},
+        landscape_epochs=[1],
+        landscape_options={"steps": 3, "dims": 1},
+    )
     path = train(config, out=tmp_path / "run", quiet=True)
     train(out=path, resume=True, epochs=2, quiet=True)  # rewrites the logs through temp files
     expected = 0o666 & ~mask
     files = [p for p in path.rglob("*") if p.is_file()]
     assert {p.name for p in files} >= {"config.json", "summary.json", "last.pt", "best.pt"}
+    assert [p.suffix for p in files].count(".npz") == 1  # landscapes too (they were 0600)
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {
         p.name: expected for p in files
     }

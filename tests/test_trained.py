@@ -73,5 +73,15 @@ def test_a_run_with_its_own_model_is_named(tmp_path):
     dataset = build_dataset(config)
     own = build_model(dataset.modalities, dataset.num_classes, feature_dim=5)  # not the config's
     path = train(config, out=tmp_path / "run", data=dataset, model=own, quiet=True)
-    with pytest.raises(ValueError, match=r"do not fit the model its config builds.*train\(model"):
+    with pytest.raises(ValueError, match=r"trained on your own data .* load_trained\(run, data="):
         load_trained(path, "last")
+    with pytest.raises(
+        ValueError, match=r"do not fit the model its config builds.*load_trained\(run, model="
+    ):
+        load_trained(path, "last", data=dataset)
+    # given the same architecture and data again, the run's model comes back
+    fresh = build_model(dataset.modalities, dataset.num_classes, feature_dim=5)
+    trained = load_trained(path, "last", model=fresh, data=dataset)
+    assert trained.model is fresh and trained.dataset is dataset and trained.epoch == 1
+    saved = torch.load(path / "checkpoints" / "best.pt", weights_only=True)["model"]  # = last
+    assert all(torch.equal(v, saved[k]) for k, v in fresh.state_dict().items())
