@@ -43,6 +43,7 @@ from msam_core.models import (
 from msam_core.optim import MSAM, SAM
 from msam_core.param_groups import modality_parameter_groups
 from msam_core.record import Run, RunWriter, load_run
+from msam_core.recorder import Recorder
 from msam_core.rundir import TrainedModel, load_trained
 from msam_core.shapley import (
     ShapleyResult,
@@ -81,6 +82,7 @@ __all__ = [
     "ModelCheck",
     "MultimodalDataset",
     "NonFiniteLossError",
+    "Recorder",
     "Run",
     "RunWriter",
     "ShapleyResult",

@@ -55,6 +55,16 @@ def _batches(split: Dataset, batch_size: int, device: torch.device, num_workers:
 EVAL_PERMUTATIONS = 64
 
 
+#: how a run's best epoch is chosen (summary.json "selection"); :func:`selection_key` is the rule
+SELECTION = "best val accuracy (ties: lower val loss, then earlier epoch); never test"
+
+
+def selection_key(val: Mapping[str, Any]) -> tuple[float, float]:
+    """Model selection on a val record: higher accuracy, then lower loss; an epoch is better
+    than the best so far only if its key is strictly larger (so ties keep the earlier one)."""
+    return (val.get("acc", -math.inf), -val.get("loss", math.inf))
+
+
 @torch.no_grad()
 def evaluate_split(
     model: nn.Module,

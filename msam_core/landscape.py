@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from msam_core.batches import fetch_batch
+from msam_core.data import MultimodalDataset
 from msam_core.hessian import eval_mode
 from msam_core.layout import LANDSCAPES_DIR as LANDSCAPES_DIR
 from msam_core.layout import epoch_checkpoints
@@ -559,6 +560,8 @@ def landscape_for_run(
     batch_size: int | None = 256,
     device: str | torch.device = "cpu",
     name: str | None = None,
+    model: nn.Module | None = None,
+    data: MultimodalDataset | None = None,
 ) -> Path:
     """Compute a landscape of a run's checkpoint and save it in ``RUN/landscapes/``.
 
@@ -566,7 +569,8 @@ def landscape_for_run(
     (the latest if ``epoch`` is None), and evaluates on a fixed random subset of ``n_eval``
     samples of ``split`` (drawn with ``seed``).  ``modality`` restricts random directions to
     one encoder (or ``"fusion"``); ``pca`` uses the PCA of the checkpoints up to ``epoch``
-    instead.  Returns the path of the ``.npz`` written.
+    instead.  ``model`` / ``data``: a run of your own model or data needs them, as
+    :func:`~msam_core.load_trained` does.  Returns the path of the ``.npz`` written.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -579,7 +583,7 @@ def landscape_for_run(
     available = epoch_checkpoints(run_dir, purpose="get landscapes of")
     if epoch is None:
         epoch = max(available)
-    trained = load_trained(run_dir, epoch, device)
+    trained = load_trained(run_dir, epoch, device, model=model, data=data)
     model, dataset = trained.model, trained.dataset
     check_subspace(model, modality)
     inputs, targets = _evaluation_subset(dataset.split(split), n_eval, seed)

@@ -46,7 +46,7 @@ from msam_core.config import (
     with_overrides,
 )
 from msam_core.data import MultimodalDataset
-from msam_core.evaluate import evaluate_split
+from msam_core.evaluate import SELECTION, evaluate_split, selection_key
 from msam_core.landscape import compute_landscape
 from msam_core.methods import build_method
 from msam_core.record import CONFIG_FILE, RunWriter
@@ -622,7 +622,7 @@ class _Loop:
         self.epoch_metrics[epoch] = metrics
         val = metrics["val"]
         # model selection on val only: higher accuracy, then lower loss, then earlier epoch
-        key = (val.get("acc", -math.inf), -val.get("loss", math.inf))
+        key = selection_key(val)
         if epoch > 0 and (self.state.best_key is None or key > tuple(self.state.best_key)):
             self.state.best_key = key
             self.state.best_epoch = epoch
@@ -712,7 +712,7 @@ def build_summary(loop: _Loop) -> dict[str, Any]:
         "finished": state.epoch >= cfg.epochs and loop.stop_reason is None,
         "stopped": loop.stop_reason,
         "diverged": loop.diverged,
-        "selection": "best val accuracy (ties: lower val loss, then earlier epoch); never test",
+        "selection": SELECTION,
         "best_epoch": state.best_epoch,
         "best": {split: dict(best[split]) for split in best},
         "train_time_s": state.train_time_s,
