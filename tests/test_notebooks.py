@@ -25,6 +25,7 @@ EXPECTED = (
     "04_landscape_and_sharpness.ipynb",
     "05_real_data.ipynb",
     "06_live_dashboard.ipynb",
+    "07_bring_your_own_model.ipynb",
 )
 
 
