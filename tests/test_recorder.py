@@ -155,3 +155,15 @@ def test_tensorboard_and_the_ignored_mask_watch_work_in_your_loop(tmp_path, monk
         with pytest.warns(RuntimeWarning, match="does not seem to depend on `mask`"):
             rec.log_step(same, epoch=1)
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_the_landscape_explorer_takes_the_users_model(tmp_path):
+    from msam_viz.widgets import LandscapeExplorer
+
+    _, data = _own_loop(tmp_path / "run")
+    fresh = TwoTowers({"audio": 12, "visual": 20}, data.num_classes)
+    explorer = LandscapeExplorer(tmp_path / "run", steps=5, n_eval=32, model=fresh, data=data)
+    assert explorer.epoch.options == (0, 1, 2)
+    explorer.compute(wait=True)
+    assert explorer.landscape.steps == 5 and explorer.landscape.epoch == 2
+    assert explorer.path.parent == tmp_path / "run" / "landscapes"

@@ -52,6 +52,8 @@ class LandscapeExplorer(W.VBox):
     ``run``: a :class:`~msam_viz.io.Run` or its directory; it needs ``checkpoints/epoch_*.pt``
     (``checkpoint_every >= 1``).  ``steps`` / ``span``: initial grid resolution and extent
     (``α ∈ [-span, span]`` in filter-normalised units).  ``n_eval``: evaluation samples.
+    ``model`` / ``data``: for a run of your own model or data (a fresh instance of the
+    architecture and the dataset, as ``load_trained(run, model=..., data=...)`` takes them).
 
     In code: set ``explorer.epoch.value``, ``.subspace.value``, ``.span.value``,
     ``.steps.value``, ``.view.value`` then ``explorer.compute(wait=True)``;
@@ -68,8 +70,13 @@ class LandscapeExplorer(W.VBox):
         n_eval: int = 512,
         seed: int = 0,
         style: Style | None = None,
+        model: Any = None,
+        data: Any = None,
     ) -> None:
         self.run = run if isinstance(run, Run) else load_run(run)
+        # a run of your own model or data (msam_core.Recorder, train(model=, data=)) is rebuilt
+        # from these, as load_trained(run, model=..., data=...) does
+        self.model, self.data = model, data
         self.epochs = epoch_checkpoints(self.run.path, purpose="explore the landscapes of")
         if view not in VIEWS:
             raise ValueError(f"view must be one of {list(VIEWS)}, got {view!r}")
@@ -172,7 +179,9 @@ class LandscapeExplorer(W.VBox):
 
         path = self.run.path / LANDSCAPES_DIR / f"{name}.npz"
         if not path.exists():
-            path = landscape_for_run(self.run.path, **settings, name=name)
+            path = landscape_for_run(
+                self.run.path, **settings, name=name, model=self.model, data=self.data
+            )
         landscape = load_landscape(path)
         with self._lock:
             self.landscape, self.path = landscape, path
