@@ -33,6 +33,8 @@ from functools import lru_cache
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.dropout import _DropoutNd
 
 from msam_core.masking import apply_input_mask, check_inputs, coalition_masks, validate_mask
 from msam_core.suggest import did_you_mean
@@ -96,6 +98,12 @@ def _modalities(model: nn.Module) -> list[str]:
             f"`modalities` list (the order of mask columns and coalition bits)"
         )
     return list(names)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The protocol model inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper."""
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    return model.module if isinstance(model, wrappers) else model
 
 
 def training_modules(model: nn.Module) -> list[nn.Module]:
@@ -550,3 +558,89 @@ def coalition_values(
     """
     coalitions = all_coalitions(len(_modalities(model)))
     return _values(model, inputs, targets, coalitions, value, masking, baselines, chunk_size)
+
+
+# --------------------------------------------------------------------------------------------
+# a training batch's values, reduced across ranks
+
+
+def is_distributed() -> bool:
+    """True under ``torch.distributed`` with more than one rank."""
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def mean_over_ranks(
+    values: Tensor, batch_size: int, device: torch.device | str | None = None
+) -> Tensor:
+    """Batch-size-weighted mean of per-rank ``values`` under ``torch.distributed`` (else as is).
+
+    Every rank must see the same numbers (the same dominant modality, the same modulation
+    coefficients), or the replicas drift apart.  ``device``: where the collective runs (the
+    backend's device; default ``values``'s); the result comes back on ``values``'s device and
+    dtype.
+    """
+    if not is_distributed():
+        return values
+    weight = values.new_tensor([batch_size], dtype=torch.float64)
+    packed = torch.cat([values.double() * batch_size, weight.to(values.device)])
+    packed = packed.to(values.device if device is None else device)
+    torch.distributed.all_reduce(packed)
+    return (packed[:-1] / packed[-1]).to(values.device, values.dtype)
+
+
+def same_in_train_and_eval(model: nn.Module, training: list[nn.Module] | None = None) -> bool:
+    """True when no module would compute differently in eval mode: no active dropout
+    (p > 0) and no batch norm in training mode.  Then a training forward's outputs are the
+    eval-mode outputs, and a step may reuse them as coalition values.  ``training``: the
+    :func:`training_modules` of ``model`` when the caller already has them."""
+    for module in training_modules(model) if training is None else training:
+        if isinstance(module, _DropoutNd) and module.p > 0:
+            return False
+        if isinstance(module, _BatchNorm):
+            return False
+    return True
+
+
+def batch_values(
+    model: nn.Module,
+    inputs: Mapping[str, Tensor],
+    targets: Tensor,
+    value: str = "accuracy",
+    masking: str = "auto",
+    baselines: Mapping[str, Tensor] | None = None,
+    chunk_size: int | None = None,
+    *,
+    logits: Tensor | None = None,
+    features: Mapping[str, Tensor] | None = None,
+) -> Tensor:
+    """``v(S)`` for every coalition of a training batch, averaged over ranks: ``[2**M]``, CPU
+    float64, as :func:`coalition_values`, reusing what a training step already computed.
+
+    ``logits``: the step's first-pass logits ``[B, C]``; they are the full coalition's value
+    when train and eval mode compute the same (:func:`same_in_train_and_eval`), so that
+    coalition is not run again.  ``features``: the first pass's detached features, which
+    feature masking uses instead of running the encoders (only ``fuse`` runs; the baseline
+    features are one eval-mode encoder pass on one sample).  Under ``torch.distributed`` the
+    values are averaged over ranks, weighted by batch size, so every rank has the same ones.
+    """
+    check_value_kind(value)
+    modalities = _modalities(model)
+    resolved = resolve_masking(model, masking)
+    if logits is None and features is None:  # the step checked these otherwise
+        check_targets(targets, check_inputs(inputs, modalities))
+    training = training_modules(model)  # one walk of the module tree serves both uses below
+    reuse_full = logits is not None and same_in_train_and_eval(model, training)
+    coalitions = all_coalitions(len(modalities))
+    coalitions = coalitions[:-1] if reuse_full else coalitions  # the full one is the last
+    features = features if resolved == "feature" else None
+    with torch.no_grad(), eval_mode(model, training):
+        sums, positions = coalition_sums(
+            model, inputs, targets, coalitions, value, resolved, baselines, chunk_size, features
+        )
+    if reuse_full:
+        sums.append(value_sums(logits.detach(), targets, 1, value))
+        positions.append(len(coalitions))
+    batch_size = int(targets.shape[0])
+    values = mean_values(sums, positions, batch_size)  # the one device-to-host copy
+    return mean_over_ranks(values, batch_size, targets.device)

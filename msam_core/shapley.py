@@ -14,7 +14,9 @@ which satisfies efficiency: Σ_m φ_m = v(N) − v(∅).
   (each permutation paired with its reverse), unbiased, with a standard error.
 * :func:`balance_weights` turns φ into M-SAM's loss shares ``w_m``.
 * :func:`modality_shapley` does it all for a model and a batch and returns a
-  :class:`ShapleyResult` (coalition values from :mod:`msam_core.coalitions`).
+  :class:`ShapleyResult` (coalition values from :mod:`msam_core.coalitions`);
+  :func:`batch_shapley` is the same for a training step's batch, reusing its first pass and
+  the same on every ``torch.distributed`` rank.
 """
 
 from __future__ import annotations
@@ -23,11 +25,18 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
-from msam_core.coalitions import coalition_values, masked_values
+from msam_core.coalitions import (
+    batch_values,
+    coalition_values,
+    masked_values,
+    mean_over_ranks,
+    unwrap,
+)
 from msam_core.masking import coalition_masks, mask_to_index
 
 #: Largest number of players :func:`exact_shapley` enumerates (2**10 = 1024 coalitions).
@@ -294,3 +303,53 @@ def modality_shapley(
         value_fn, len(modalities), n_permutations or DEFAULT_PERMUTATIONS, generator
     )
     return ShapleyResult(modalities, phi, None, stderr)
+
+
+class FirstPassOutputs(Protocol):
+    """What a training step's first forward left behind (``msam_core.step.FirstPass``):
+    ``logits [B, C]`` and, for a late-fusion model run as ``fuse(encode(x))``, ``features``."""
+
+    logits: Tensor
+    features: dict[str, Tensor] | None
+
+
+def batch_shapley(
+    model: nn.Module,
+    inputs: Mapping[str, Tensor],
+    targets: Tensor,
+    first: FirstPassOutputs | None = None,
+    value: str = "accuracy",
+    masking: str = "auto",
+    baselines: Mapping[str, Tensor] | None = None,
+    chunk_size: int | None = None,
+    reuse_first_pass: bool = True,
+) -> ShapleyResult:
+    """Shapley values of a training batch, the same on every ``torch.distributed`` rank.
+
+    ``model`` may be wrapped (DDP); ``first`` is the step's first pass, reused where the model
+    allows (:func:`~msam_core.coalitions.batch_values`: its features for feature masking, its
+    logits as the full coalition's value when train and eval mode agree);
+    ``reuse_first_pass=False`` (or ``first=None``) runs every coalition afresh.  Exact for
+    ``M <= 10`` (coalition values averaged over ranks); above, sampled as
+    :func:`modality_shapley` with φ averaged over ranks.
+    """
+    core = unwrap(model)
+    modalities = list(core.modalities)
+    batch_size = int(targets.shape[0])
+    if len(modalities) > MAX_EXACT_PLAYERS:  # sampled; φ averaged over ranks instead
+        result = modality_shapley(core, inputs, targets, value, masking, baselines, chunk_size)
+        phi = mean_over_ranks(result.phi, batch_size, targets.device)
+        return ShapleyResult(modalities, phi, None, result.stderr)
+    reuse = reuse_first_pass and first is not None
+    values = batch_values(
+        core,
+        inputs,
+        targets,
+        value,
+        masking,
+        baselines,
+        chunk_size,
+        logits=first.logits if reuse else None,
+        features=(first.features or None) if reuse else None,
+    )
+    return ShapleyResult.from_values(modalities, values)

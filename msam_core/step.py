@@ -1,27 +1,25 @@
 """One optimisation step in one call: plain, SAM or M-SAM, each recording modality Shapley.
 
-Every helper returns a :class:`StepResult` whose :meth:`StepResult.to_record` gives the
-DESIGN.md iteration keys, so a training loop treats all methods alike.  The pieces are public
-so other methods (OGM-GE, AGM, M-SAM variants) reuse them instead of copying a step:
+Every step has the same skeleton, :func:`run_step`: the forward at ``θ``, ``zero_grad``, the
+backward, the batch's Shapley values, then the method's own *update* (a function of the first
+pass and the Shapley result that changes the parameters), timed as a whole.  It returns a
+:class:`StepResult` whose :meth:`StepResult.to_record` gives the iteration keys
+(docs/design.md, "Run directory"), so a training loop treats all methods alike.  The pieces
+updates are built from are public:
 
 1. :func:`forward_pass`: the forward with grad, through ``encode`` / ``fuse`` when the model
    has them (so the features can be reused), loss checked for NaN/inf;
-2. :func:`batch_shapley`: coalition values of the batch -> :class:`ShapleyResult`
-   (from the detached first-pass features when possible, else a no-grad input-masking pass;
-   averaged over ranks under ``torch.distributed``);
-3. :func:`perturbed_backward`: ``first_step``, the second forward/backward at ``θ + ε`` with
-   batch-norm running statistics frozen; parameters restored if anything fails.
+2. :func:`~msam_core.shapley.batch_shapley` (imported here): the batch's φ, reusing the first
+   pass where the model allows, the same on every ``torch.distributed`` rank;
+3. :func:`perturbed_backward`: ``first_step`` (optionally restricted to some parameters), the
+   second forward/backward at ``θ + ε`` with batch-norm running statistics frozen; parameters
+   restored if anything fails.
 
-M-SAM step (DESIGN.md): g = ∇ℓ(θ); φ on the batch; d = argmax φ, w from
-:func:`~msam_core.shapley.balance_weights`; ε = ρ·g/‖g‖; g' = ∇ℓ(θ+ε); base step on
-w_d·g' + (1 − w_d)·g.  Cost: one SAM step plus the no-grad coalition pass.
-
-Reusing the first pass: a late-fusion model's coalition values come from the training-mode
-features of the first forward (dropout / batch statistics as in training; only the head runs
-again, in eval mode).  For any model, the first pass's logits are the full coalition's when
-train and eval mode compute the same (:func:`same_in_train_and_eval`), so 2**M − 1 coalitions
-remain, the empty one a single row.  ``reuse_first_pass=False`` gives eval-mode values from a
-fresh no-grad pass.
+:func:`plain_step`, :func:`sam_step` and :func:`msam_step` (docs/design.md, "M-SAM step") are
+the three updates every built-in method uses; OGM-GE / AGM and M-SAM's attributed variant pass
+their own update to :func:`run_step`.  Step time: :attr:`StepResult.time_s` is the skeleton's
+measure for callers of these functions; in a run, ``time/step_s`` is the loop's measure of the
+whole ``Method.step`` (the same clock for every method, plug-ins included).
 """
 
 from __future__ import annotations
@@ -36,32 +34,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.dropout import _DropoutNd
 
-from msam_core.coalitions import (
-    all_coalitions,
-    check_targets,
-    check_value_kind,
-    coalition_sums,
-    eval_mode,
-    has_feature_path,
-    mean_values,
-    resolve_masking,
-    training_modules,
-    value_sums,
-)
+from msam_core.coalitions import check_targets, has_feature_path, unwrap
 from msam_core.masking import check_inputs
 from msam_core.optim.ascent import ascent, perturbed
 from msam_core.optim.sam import MSAM, SAM, Restriction
 from msam_core.param_groups import ModalityParameters, modality_parameters
-from msam_core.shapley import (
-    MAX_EXACT_PLAYERS,
-    ShapleyResult,
-    balance_weights,
-    dominant_index,
-    modality_shapley,
-)
+from msam_core.shapley import ShapleyResult, balance_weights, batch_shapley, dominant_index
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -75,12 +54,6 @@ class NonFiniteLossError(FloatingPointError):
 
 # --------------------------------------------------------------------------------------------
 # small pieces
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The protocol model inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper."""
-    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
-    return model.module if isinstance(model, wrappers) else model
 
 
 @contextmanager
@@ -141,7 +114,7 @@ def check_finite_loss(
 
 
 # --------------------------------------------------------------------------------------------
-# the first pass and the Shapley record
+# the first pass
 
 
 @dataclass
@@ -198,92 +171,6 @@ def forward_pass(
         )
     value = check_finite_loss(loss, "at θ (first pass)", core, inputs)
     return FirstPass(logits, loss, features, value)
-
-
-def same_in_train_and_eval(model: nn.Module) -> bool:
-    """True when no module would compute differently in eval mode: no active dropout
-    (p > 0) and no batch norm in training mode.  Then a training forward's outputs are the
-    eval-mode outputs, and the step may reuse them as coalition values."""
-    return _same_in_train_and_eval(training_modules(model))
-
-
-def _same_in_train_and_eval(training: list[nn.Module]) -> bool:
-    """:func:`same_in_train_and_eval` from the modules in training mode."""
-    for module in training:
-        if isinstance(module, _DropoutNd) and module.p > 0:
-            return False
-        if isinstance(module, _BatchNorm):
-            return False
-    return True
-
-
-def is_distributed() -> bool:
-    """True under ``torch.distributed`` with more than one rank."""
-    dist = torch.distributed
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _reduce_values(values: Tensor, batch_size: int, device: torch.device) -> Tensor:
-    """Sample-weighted mean of ``values`` over ``torch.distributed`` ranks (identity alone)."""
-    if not is_distributed():
-        return values
-    packed = torch.cat([values * batch_size, values.new_tensor([batch_size])]).to(device)
-    torch.distributed.all_reduce(packed)
-    packed = packed.cpu()
-    return packed[:-1] / packed[-1]
-
-
-def batch_shapley(
-    model: nn.Module,
-    inputs: Mapping[str, Tensor],
-    targets: Tensor,
-    first: FirstPass | None = None,
-    value: str = "accuracy",
-    masking: str = "auto",
-    baselines: Mapping[str, Tensor] | None = None,
-    chunk_size: int | None = None,
-    reuse_first_pass: bool = True,
-) -> ShapleyResult:
-    """Shapley values of the batch, reusing the first pass ``first`` where the model allows.
-
-    Late fusion (feature masking): only ``fuse`` runs, on the detached first-pass features (the
-    baseline features are one eval-mode encoder pass on one sample).  Otherwise a no-grad
-    coalition pass as :func:`~msam_core.coalitions.coalition_values`.  Either way the full
-    coalition is skipped when ``first.logits`` already are its eval-mode logits
-    (:func:`same_in_train_and_eval`).
-    ``reuse_first_pass=False`` (or ``first=None``) always runs the full coalition pass.  Under
-    ``torch.distributed`` the coalition values are averaged over ranks (weighted by batch
-    size), so every rank picks the same dominant modality.
-    """
-    core = unwrap(model)
-    resolved = resolve_masking(core, masking)
-    modalities = list(core.modalities)
-    if len(modalities) > MAX_EXACT_PLAYERS:  # sampled; φ averaged over ranks instead
-        result = modality_shapley(core, inputs, targets, value, resolved, baselines, chunk_size)
-        batch_size = int(targets.shape[0])
-        phi = _reduce_values(result.phi, batch_size, targets.device)
-        return ShapleyResult(modalities, phi, None, result.stderr)
-    check_value_kind(value)
-    if first is None:  # forward_pass checked these otherwise
-        check_targets(targets, check_inputs(inputs, modalities))
-    reuse = reuse_first_pass and first is not None
-    training = training_modules(core)  # one walk of the module tree serves both uses below
-    # the first pass's logits are the full coalition's when train and eval mode agree
-    reuse_full = reuse and _same_in_train_and_eval(training)
-    coalitions = all_coalitions(len(modalities))
-    coalitions = coalitions[:-1] if reuse_full else coalitions  # the full one is the last
-    features = first.features if resolved == "feature" and reuse and first.features else None
-    with torch.no_grad(), eval_mode(core, training):
-        sums, positions = coalition_sums(
-            core, inputs, targets, coalitions, value, resolved, baselines, chunk_size, features
-        )
-    if reuse_full:
-        sums.append(value_sums(first.logits.detach(), targets, 1, value))
-        positions.append(len(coalitions))
-    batch_size = int(targets.shape[0])
-    values = mean_values(sums, positions, batch_size)  # the one device-to-host copy
-    values = _reduce_values(values, batch_size, targets.device)
-    return ShapleyResult.from_values(modalities, values)
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,6 +288,58 @@ class StepResult:
         return record
 
 
+@dataclass
+class Update:
+    """What a method's update reports to :func:`run_step`: ``loss_perturbed`` = ℓ(θ+ε) when it
+    took an ascent, ``dominant_weight`` the w_d its descent used, ``phi_ema`` the averaged φ it
+    took the dominant modality and weights from (see :class:`StepResult`)."""
+
+    loss_perturbed: float | None = None
+    dominant_weight: float | None = None
+    phi_ema: Tensor | None = None
+
+
+#: A method's update: ``(first pass, the batch's Shapley result or None) -> Update``.
+UpdateFn = Callable[[FirstPass, ShapleyResult | None], Update]
+
+
+def run_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: Mapping[str, Tensor],
+    targets: Tensor,
+    update: UpdateFn,
+    loss_fn: LossFn = F.cross_entropy,
+    value: str | None = "accuracy",
+    masking: str = "auto",
+    baselines: Mapping[str, Tensor] | None = None,
+    chunk_size: int | None = None,
+    reuse_first_pass: bool = True,
+    *,
+    backward: bool = True,
+) -> StepResult:
+    """The skeleton of every step: forward at ``θ``, ``optimizer.zero_grad()``, backward
+    (``backward=False``: the update takes its own gradients), the batch's Shapley values
+    (``value=None``: none; ``masking``, ``baselines``, ``chunk_size``, ``reuse_first_pass`` as
+    :func:`~msam_core.shapley.batch_shapley`), then ``update(first, shapley)``, which changes
+    the parameters.  Returns the :class:`StepResult`, timed over the whole step."""
+    start = time.perf_counter()
+    first = forward_pass(model, inputs, targets, loss_fn)
+    optimizer.zero_grad()
+    if backward:
+        first.loss.backward()
+    shapley = None
+    if value is not None:
+        shapley = batch_shapley(
+            model, inputs, targets, first, value, masking, baselines, chunk_size, reuse_first_pass
+        )
+    done = update(first, shapley)
+    elapsed = time.perf_counter() - start
+    return StepResult(
+        first.value, shapley, done.loss_perturbed, done.dominant_weight, elapsed, done.phi_ema
+    )
+
+
 def plain_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -416,21 +355,16 @@ def plain_step(
 ) -> StepResult:
     """One step of the base optimizer, recording the batch's Shapley values (``value=None``:
     none).  ``sharpness_rho`` adds ℓ(θ+ε) − ℓ(θ) for ε = ρ·g/‖g‖ (one more no-grad forward)."""
-    start = time.perf_counter()
-    first = forward_pass(model, inputs, targets, loss_fn)
-    optimizer.zero_grad()
-    first.loss.backward()
-    shapley = None
-    if value is not None:
-        shapley = batch_shapley(
-            model, inputs, targets, first, value, masking, baselines, chunk_size, reuse_first_pass
-        )
-    perturbed = None
-    if sharpness_rho is not None:
-        perturbed = _loss_after_ascent(model, inputs, targets, loss_fn, sharpness_rho)
-    optimizer.step()
-    loss = first.value
-    return StepResult(loss, shapley, perturbed, None, time.perf_counter() - start)
+
+    def update(first: FirstPass, shapley: ShapleyResult | None) -> Update:
+        perturbed = None
+        if sharpness_rho is not None:
+            perturbed = _loss_after_ascent(model, inputs, targets, loss_fn, sharpness_rho)
+        optimizer.step()
+        return Update(perturbed)
+
+    shapley_args = (value, masking, baselines, chunk_size, reuse_first_pass)
+    return run_step(model, optimizer, inputs, targets, update, loss_fn, *shapley_args)
 
 
 def sam_step(
@@ -446,22 +380,17 @@ def sam_step(
     reuse_first_pass: bool = True,
 ) -> StepResult:
     """One SAM step (``w_d = 1``), recording the batch's Shapley values and sharpness."""
-    start = time.perf_counter()
-    first = forward_pass(model, inputs, targets, loss_fn)
-    optimizer.zero_grad()
-    first.loss.backward()
-    shapley = None
-    if value is not None:
-        shapley = batch_shapley(
-            model, inputs, targets, first, value, masking, baselines, chunk_size, reuse_first_pass
-        )
-    perturbed = perturbed_backward(model, optimizer, inputs, targets, loss_fn)
-    if isinstance(optimizer, MSAM):
-        optimizer.second_step(1.0)
-    else:
-        optimizer.second_step()
-    loss = first.value
-    return StepResult(loss, shapley, perturbed, 1.0, time.perf_counter() - start)
+
+    def update(first: FirstPass, shapley: ShapleyResult | None) -> Update:
+        perturbed = perturbed_backward(model, optimizer, inputs, targets, loss_fn)
+        if isinstance(optimizer, MSAM):
+            optimizer.second_step(1.0)
+        else:
+            optimizer.second_step()
+        return Update(perturbed, 1.0)
+
+    shapley_args = (value, masking, baselines, chunk_size, reuse_first_pass)
+    return run_step(model, optimizer, inputs, targets, update, loss_fn, *shapley_args)
 
 
 #: Where M-SAM's ascent may move: the dominant modality's parameters (the default) or every
@@ -520,19 +449,16 @@ def msam_step(
     targeted = check_perturb(perturb) == "dominant"
     if targeted and parts is None:
         parts = modality_parameters(unwrap(model), "msam's targeted ascent (perturb=dominant)")
-    start = time.perf_counter()
-    first = forward_pass(model, inputs, targets, loss_fn)
-    optimizer.zero_grad()
-    first.loss.backward()
-    shapley = batch_shapley(
-        model, inputs, targets, first, value, masking, baselines, chunk_size, reuse_first_pass
-    )
-    used = None if average is None else average(shapley.phi)
-    d = shapley.dominant_index if used is None else dominant_index(used)
-    weights = shapley.weights if used is None else balance_weights(used)
-    weight = float(weights[d])
-    only = parts[shapley.modalities[d]] if targeted else None
-    perturbed_loss = perturbed_backward(model, optimizer, inputs, targets, loss_fn, only)
-    optimizer.second_step(weight)
-    loss = first.value
-    return StepResult(loss, shapley, perturbed_loss, weight, time.perf_counter() - start, used)
+
+    def update(first: FirstPass, shapley: ShapleyResult | None) -> Update:
+        used = None if average is None else average(shapley.phi)
+        d = shapley.dominant_index if used is None else dominant_index(used)
+        weights = shapley.weights if used is None else balance_weights(used)
+        weight = float(weights[d])
+        only = parts[shapley.modalities[d]] if targeted else None
+        perturbed = perturbed_backward(model, optimizer, inputs, targets, loss_fn, only)
+        optimizer.second_step(weight)
+        return Update(perturbed, weight, used)
+
+    shapley_args = (value, masking, baselines, chunk_size, reuse_first_pass)
+    return run_step(model, optimizer, inputs, targets, update, loss_fn, *shapley_args)

@@ -9,7 +9,6 @@ step.  A subclass supplies :meth:`EncoderModulation.readout` (and may override
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,7 +21,8 @@ from msam_core.methods._readouts import (
     require_modality_encoders,
 )
 from msam_core.methods.base import Method
-from msam_core.step import StepResult, batch_shapley, forward_pass
+from msam_core.shapley import ShapleyResult
+from msam_core.step import FirstPass, Update, run_step
 
 
 class EncoderModulation(Method):
@@ -65,20 +65,24 @@ class EncoderModulation(Method):
                     p.grad.mul_(k)
 
     def step(self, model: nn.Module, inputs: Mapping[str, Tensor], targets: Tensor) -> dict:
-        start = time.perf_counter()
-        first = forward_pass(model, inputs, targets)
-        self.optimizer.zero_grad()
-        first.loss.backward()
-        shapley = batch_shapley(model, inputs, targets, first, self.config.shapley_value)
-        coefs, fields = self.readout(model, inputs, targets, first.features)
-        active = self.window.active(self.epoch)
-        if active:
-            self.modulate(coefs)
-        self.optimizer.step()
-        result = StepResult(float(first.loss.detach()), shapley, time_s=time.perf_counter() - start)
-        record = result.to_record(self.modalities)
+        found: dict[str, Any] = {}
+
+        def update(first: FirstPass, shapley: ShapleyResult | None) -> Update:
+            coefs, fields = self.readout(model, inputs, targets, first.features)
+            active = self.window.active(self.epoch)
+            if active:
+                self.modulate(coefs)
+            self.optimizer.step()
+            found.update(coefs=coefs, fields=fields, active=active)
+            return Update()
+
+        value = self.config.shapley_value
+        record = run_step(model, self.optimizer, inputs, targets, update, value=value).to_record(
+            self.modalities
+        )
+        coefs, active = found["coefs"], found["active"]
         for m, name in enumerate(self.modalities):
-            for field, values in fields.items():
+            for field, values in found["fields"].items():
                 record[f"{field}/{name}"] = float(values[m])
             record[f"coef/{name}"] = float(coefs[m]) if active else 1.0
         return record

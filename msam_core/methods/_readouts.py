@@ -22,10 +22,15 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from msam_core.coalitions import baseline_inputs, encode_baselines, eval_mode, has_feature_path
+from msam_core.coalitions import (
+    baseline_inputs,
+    encode_baselines,
+    eval_mode,
+    has_feature_path,
+    unwrap,
+)
 from msam_core.masking import coalition_masks
 from msam_core.param_groups import has_modality_groups, modality_parameter_groups
-from msam_core.step import is_distributed, unwrap
 
 
 def singleton_masks(n_modalities: int, device: torch.device | str | None = None) -> Tensor:
@@ -119,18 +124,6 @@ def encoder_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """Each modality's encoder parameters, ``{m: [...]}`` in ``model.modalities`` order."""
     groups = modality_parameter_groups(unwrap(model))
     return {m: groups[m] for m in unwrap(model).modalities}
-
-
-def mean_over_ranks(values: Tensor, batch_size: int) -> Tensor:
-    """Batch-size-weighted mean of per-rank ``values`` under ``torch.distributed`` (else as is).
-
-    Every rank must apply the same modulation coefficients, or the replicas drift apart.
-    """
-    if not is_distributed():
-        return values
-    packed = torch.cat([values.double() * batch_size, values.new_tensor([batch_size]).double()])
-    torch.distributed.all_reduce(packed)
-    return (packed[:-1] / packed[-1]).to(values.dtype)
 
 
 class ModulationWindow:

@@ -37,7 +37,6 @@ modality's parameters and has norm ρ.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,22 +44,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from msam_core.methods._readouts import all_masks, coalition_logits, is_distributed
+from msam_core.coalitions import is_distributed, unwrap
+from msam_core.methods._readouts import all_masks, coalition_logits
 from msam_core.methods.base import Method, base_optimizer_factory
 from msam_core.methods.registry import register_method
 from msam_core.optim.modulation import mono_modal_responses
 from msam_core.optim.sam import MSAM, Restriction
 from msam_core.param_groups import modality_parameters
-from msam_core.shapley import balance_weights, dominant_index
+from msam_core.shapley import ShapleyResult, balance_weights, dominant_index
 from msam_core.step import (
-    StepResult,
-    batch_shapley,
+    FirstPass,
+    Update,
     check_finite_loss,
     check_perturb,
-    forward_pass,
     frozen_batchnorm_stats,
     msam_step,
-    unwrap,
+    run_step,
 )
 
 DECOMPOSITIONS = ("weighted", "attributed")
@@ -162,40 +161,38 @@ class MsamMethod(Method):
                 "would drift apart; under torch.distributed use the default decomposition "
                 "(weighted), phi_ema or perturb"
             )
-        start = time.perf_counter()
         optimizer = self.optimizer
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        optimizer.zero_grad()
-        first = forward_pass(model, inputs, targets)
-        shapley = batch_shapley(model, inputs, targets, first, self.config.shapley_value)
-        phi = self.averaged_phi(shapley.phi)
-        d = dominant_index(phi)
-        w = float(balance_weights(phi)[d])
         masks = all_masks(len(self.modalities))
-        # the gradients are taken inside the block: restoring the running statistics on exit
-        # writes buffers the eval-mode baseline encoding saved for backward
-        with frozen_batchnorm_stats(model):
-            logits = coalition_logits(model, inputs, masks, features=first.features, grad=True)
-            loss_d, loss_s, _ = attributed_losses(logits, targets, d)
-            for p, g in zip(params, _grads(loss_d, params, retain_graph=True), strict=True):
-                p.grad = g
-            kept = dict(zip(params, _grads(loss_s, params), strict=True))
-        optimizer.first_step(zero_grad=True, only=self.restriction(d), first_grads=kept)
-        try:
+
+        def update(first: FirstPass, shapley: ShapleyResult | None) -> Update:
+            phi = self.averaged_phi(shapley.phi)
+            d = dominant_index(phi)
+            w = float(balance_weights(phi)[d])
+            # the gradients are taken inside the block: restoring the running statistics on
+            # exit writes buffers the eval-mode baseline encoding saved for backward
             with frozen_batchnorm_stats(model):
-                logits = coalition_logits(model, inputs, masks, grad=True)
-                loss_d, _, fused = attributed_losses(logits, targets, d)
-                where = "at θ+ε (second, perturbed pass)"
-                check_finite_loss(fused, where, unwrap(model), inputs)
-                loss_d.backward()
-        except BaseException:
-            optimizer.restore()
-            raise
-        optimizer.second_step(1.0, first_weight=1.0)  # ∇L_d(θ+ε) + ∇L_s(θ)
-        used = phi if self.phi_ema else None
-        result = StepResult(
-            first.value, shapley, float(fused), w, time.perf_counter() - start, used
-        )
+                logits = coalition_logits(model, inputs, masks, features=first.features, grad=True)
+                loss_d, loss_s, _ = attributed_losses(logits, targets, d)
+                for p, g in zip(params, _grads(loss_d, params, retain_graph=True), strict=True):
+                    p.grad = g
+                kept = dict(zip(params, _grads(loss_s, params), strict=True))
+            optimizer.first_step(zero_grad=True, only=self.restriction(d), first_grads=kept)
+            try:
+                with frozen_batchnorm_stats(model):
+                    logits = coalition_logits(model, inputs, masks, grad=True)
+                    loss_d, _, fused = attributed_losses(logits, targets, d)
+                    where = "at θ+ε (second, perturbed pass)"
+                    check_finite_loss(fused, where, unwrap(model), inputs)
+                    loss_d.backward()
+            except BaseException:
+                optimizer.restore()
+                raise
+            optimizer.second_step(1.0, first_weight=1.0)  # ∇L_d(θ+ε) + ∇L_s(θ)
+            return Update(float(fused), w, phi if self.phi_ema else None)
+
+        value = self.config.shapley_value
+        result = run_step(model, optimizer, inputs, targets, update, value=value, backward=False)
         return result.to_record(self.modalities)
 
     # -- checkpoints -------------------------------------------------------------------------

@@ -34,10 +34,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from msam_core.coalitions import mean_over_ranks
 from msam_core.methods._modulated import EncoderModulation
 from msam_core.methods._readouts import (
     coalition_logits,
-    mean_over_ranks,
     singleton_masks,
 )
 from msam_core.methods.registry import register_method
