@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from msam_core.config import TrainConfig, as_stored, read_config_file, resolve_config
+from msam_core.derived import shares
 from msam_core.executors import Executor, Job, JobResult
 from msam_core.methods import get_method
 from msam_core.record import CONFIG_FILE, SUMMARY_FILE, load_run, write_json_atomic
@@ -212,16 +213,6 @@ def run_job(job: Job) -> str:
 # tabulating
 
 
-def _shares(phi: Sequence[float]) -> list[float]:
-    if not any(math.isfinite(float(v)) for v in phi):
-        return [math.nan] * len(phi)  # nothing measured: no shares, not equal ones
-    positive = [max(float(v), 0.0) if math.isfinite(float(v)) else 0.0 for v in phi]
-    total = sum(positive)
-    if total <= 0:
-        return [1.0 / len(positive)] * len(positive)
-    return [v / total for v in positive]
-
-
 def run_row(path: str | os.PathLike) -> dict[str, Any]:
     """One run's line of ``runs.csv``: best-val epoch metrics on test, val accuracy, s/step."""
     path = Path(path)
@@ -248,7 +239,7 @@ def run_row(path: str | os.PathLike) -> dict[str, Any]:
     for m in modalities:
         row[f"acc/{m}"] = test.get(f"acc/{m}", np.nan)
     phi = [test.get(f"phi/{m}", np.nan) for m in modalities]
-    for m, share in zip(modalities, _shares(phi), strict=True):
+    for m, share in zip(modalities, shares(phi), strict=True):
         row[f"share/{m}"] = share
     row["balance"] = test.get("balance", np.nan)
     row["sec_per_step"] = _seconds_per_step(path, summary)

@@ -32,18 +32,18 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from msam_core.batches import iterate_batches
+from msam_core.derived import shares
 
 
 def balance_entropy(phi: Sequence[float] | Tensor) -> float | None:
     """Normalised entropy of the positive Shapley shares (module docstring); None if undefined."""
-    values = [max(float(v), 0.0) for v in (phi.tolist() if isinstance(phi, Tensor) else phi)]
-    total = sum(values)
+    values = [float(v) for v in (phi.tolist() if isinstance(phi, Tensor) else phi)]
+    total = sum(max(v, 0.0) for v in values)
     if len(values) < 2:
         return 1.0 if total > 0 else None
     if not total > 0 or not math.isfinite(total):
         return None
-    shares = [v / total for v in values]
-    entropy = -sum(w * math.log(w) for w in shares if w > 0)
+    entropy = -sum(w * math.log(w) for w in shares(values) if w > 0)
     return max(0.0, entropy / math.log(len(values)))  # max: no -0.0 for a single share
 
 
@@ -53,16 +53,6 @@ def _batches(split: Dataset, batch_size: int, device: torch.device, num_workers:
 
 #: permutations per batch when a model has more modalities than exact Shapley enumerates
 EVAL_PERMUTATIONS = 64
-
-
-#: how a run's best epoch is chosen (summary.json "selection"); :func:`selection_key` is the rule
-SELECTION = "best val accuracy (ties: lower val loss, then earlier epoch); never test"
-
-
-def selection_key(val: Mapping[str, Any]) -> tuple[float, float]:
-    """Model selection on a val record: higher accuracy, then lower loss; an epoch is better
-    than the best so far only if its key is strictly larger (so ties keep the earlier one)."""
-    return (val.get("acc", -math.inf), -val.get("loss", math.inf))
 
 
 @torch.no_grad()

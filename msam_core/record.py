@@ -427,7 +427,7 @@ def record_problem(record: Any) -> str | None:
     return None
 
 
-def _frame(records: list[dict[str, Any]], first: Iterable[str]) -> pd.DataFrame:
+def records_frame(records: list[dict[str, Any]], first: Iterable[str]) -> pd.DataFrame:
     """Tidy DataFrame, one row per record; leading columns in ``first`` order; null -> NaN."""
     frame = pd.DataFrame.from_records(records) if records else pd.DataFrame()
     lead = [c for c in first if c in frame.columns]
@@ -558,8 +558,8 @@ def load_run(path: str | os.PathLike) -> Run:
             summary = _read_json_object(path / SUMMARY_FILE)
         except ValueError as err:  # rewritten every epoch: the records are what counts
             warnings.warn(f"{err}; ignored", RuntimeWarning, 2)
-    iterations = _frame(read_jsonl(path / ITERATIONS_FILE), ("step", "epoch"))
-    epochs = _frame(read_jsonl(path / EPOCHS_FILE), ("epoch", "split"))
+    iterations = records_frame(read_jsonl(path / ITERATIONS_FILE), ("step", "epoch"))
+    epochs = records_frame(read_jsonl(path / EPOCHS_FILE), ("epoch", "split"))
     landscapes = sorted((path / LANDSCAPES_DIR).glob("*.npz"))
     checkpoints = sorted((path / CHECKPOINTS_DIR).glob("epoch_*.pt"))
     return Run(

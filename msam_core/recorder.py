@@ -32,7 +32,8 @@ from torch import nn
 
 from msam_core.config import TrainConfig, resolve_config
 from msam_core.data import MultimodalDataset
-from msam_core.evaluate import SELECTION, evaluate_split, selection_key
+from msam_core.derived import SELECTION, selection_key
+from msam_core.evaluate import evaluate_split
 from msam_core.layout import epoch_checkpoint_name
 from msam_core.record import RunWriter
 from msam_core.rundir import CHECKPOINT_FORMAT, save_checkpoint

@@ -37,6 +37,7 @@ from msam_core.coalitions import (
     mean_over_ranks,
     unwrap,
 )
+from msam_core.derived import shares
 from msam_core.masking import coalition_masks, mask_to_index
 
 #: Largest number of players :func:`exact_shapley` enumerates (2**10 = 1024 coalitions).
@@ -192,11 +193,9 @@ def balance_weights(phi: Tensor) -> Tensor:
         raise ValueError(f"phi must be a 1-D tensor [M] with M >= 1, got {list(phi.shape)}")
     if not phi.is_floating_point():
         phi = phi.to(torch.float64)
-    positive = phi.clamp(min=0)
-    total = positive.sum()
-    if not bool(total > 0):  # also NaN: no usable contribution -> uniform
+    if not bool(phi.isfinite().any()):  # nothing usable: uniform, as at initialisation
         return torch.full_like(phi, 1.0 / phi.shape[0])
-    return positive / total
+    return phi.new_tensor(shares(phi.tolist()))
 
 
 def dominant_index(phi: Tensor) -> int:

@@ -46,7 +46,8 @@ from msam_core.config import (
     with_overrides,
 )
 from msam_core.data import MultimodalDataset
-from msam_core.evaluate import SELECTION, evaluate_split, selection_key
+from msam_core.derived import SELECTION, default_run_dir, selection_key
+from msam_core.evaluate import evaluate_split
 from msam_core.landscape import compute_landscape
 from msam_core.methods import build_method
 from msam_core.record import CONFIG_FILE, RunWriter
@@ -339,7 +340,7 @@ def train(
 
     # 4. the run directory: fresh, or restored from the last checkpoint
     if out is None:
-        out = Path("runs") / f"{cfg.method}_{dataset.name}_seed{cfg.seed}"
+        out = default_run_dir(cfg.method, dataset.name, cfg.seed)
     writer = RunWriter(out, resume=resume, overwrite=overwrite, fsync=cfg.fsync)
     run_dir = writer.path
     state = _LoopState()

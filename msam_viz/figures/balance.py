@@ -19,6 +19,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from msam_core.derived import shares
 from msam_viz.figures._common import (
     ACC,
     PHI,
@@ -46,12 +47,9 @@ def shapley_share_table(run: Any) -> pd.DataFrame:
     if not cols:
         return pd.DataFrame(columns=["step"])
     rows = frame.loc[frame[cols].notna().any(axis=1)]
-    phi = rows[cols].to_numpy(dtype=float)
-    positive = np.clip(np.nan_to_num(phi, nan=0.0), 0.0, None)
-    total = positive.sum(axis=1, keepdims=True)
-    # No positive contribution (e.g. at initialisation): equal weights, as M-SAM uses.
-    shares = np.where(total > 0, positive / np.where(total > 0, total, 1.0), 1.0 / len(cols))
-    out = pd.DataFrame(shares, columns=modalities, index=rows.index)
+    # msam_core's rule: no positive contribution (e.g. at initialisation) gives equal shares
+    table = [shares(phi) for phi in rows[cols].to_numpy(dtype=float)]
+    out = pd.DataFrame(table, columns=modalities, index=rows.index, dtype=float)
     out.insert(0, "step", rows["step"].to_numpy() if "step" in rows else np.arange(len(rows)))
     return out.reset_index(drop=True)
 

@@ -18,6 +18,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from msam_core.derived import best_epoch
 from msam_viz.figures._common import (
     ACC,
     as_run_list,
@@ -151,15 +152,9 @@ def _best_epoch(run: Any) -> int | None:
         return int(summary["best_epoch"])
     epochs = run.epochs
     val = epochs.loc[epochs["split"] == "val"] if "split" in epochs else epochs
-    val = val.loc[val["epoch"] > 0]
     if not present(val, "acc"):
         return None
-    loss = val["loss"] if "loss" in val else pd.Series(0.0, index=val.index)
-    ranked = pd.DataFrame({"epoch": val["epoch"], "acc": val["acc"], "loss": loss.fillna(np.inf)})
-    ranked = ranked.dropna(subset=["acc"]).sort_values(
-        ["acc", "loss", "epoch"], ascending=[False, True, True]
-    )
-    return int(ranked["epoch"].iloc[0]) if len(ranked) else None
+    return best_epoch(val.to_dict("records"))
 
 
 COLUMNS = ["run", "dataset", "group", "seed", "metric", "value"]

@@ -31,7 +31,7 @@ import plotly.graph_objects as go
 from plotly.utils import PlotlyJSONEncoder
 
 # One tidy-frame builder for files and live records alike, so live figures equal reloaded ones.
-from msam_core.record import _frame
+from msam_core.record import records_frame
 from msam_viz.figures import MissingRecordsWarning
 from msam_viz.io import Run
 
@@ -200,8 +200,8 @@ class RecordBuffer:
         return Run(
             path=self.path,
             config=config,
-            iterations=_frame(iterations, ("step", "epoch")),
-            epochs=_frame(epochs, ("epoch", "split")),
+            iterations=records_frame(iterations, ("step", "epoch")),
+            epochs=records_frame(epochs, ("epoch", "split")),
         )
 
 

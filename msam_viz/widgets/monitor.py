@@ -23,6 +23,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from msam_core.config import TrainConfig, resolve_config
+from msam_core.derived import SAM_FAMILY, default_run_dir
 from msam_core.record import CONFIG_FILE
 from msam_viz.figures import accuracy_curves, shapley_shares, sharpness_curves
 from msam_viz.figures._common import bin_mean, empty_message, run_subtitle, smooth
@@ -31,7 +32,6 @@ from msam_viz.style import DEFAULT_STYLE, Style, rgba
 from msam_viz.widgets._live import BackgroundJob, LiveFigure, RecordBuffer
 
 #: methods that take a SAM step, so record ``sharpness`` at every step
-SAM_FAMILY = ("sam", "asam", "msam")
 FIGURES = ("loss", "shapley", "accuracy", "sharpness")
 
 
@@ -77,7 +77,7 @@ def loss_curve(
 
 def default_out(config: TrainConfig, root: str | os.PathLike = "runs") -> Path:
     """``runs/<method>_<dataset>_seed<seed>``: the directory :func:`msam_core.train` picks."""
-    return Path(root) / f"{config.method}_{config.dataset}_seed{config.seed}"
+    return default_run_dir(config.method, config.dataset, config.seed, root)
 
 
 class LiveRun:
