@@ -494,23 +494,6 @@ class Run:
         """True once the loop reached its last epoch (``summary["finished"]``)."""
         return bool(self.summary.get("finished", False))
 
-    def load_landscape(self, key: int | str = -1) -> dict[str, np.ndarray]:
-        """Arrays of one ``landscapes/*.npz`` file, by index in :attr:`landscapes` or by stem."""
-        if not self.landscapes:
-            raise FileNotFoundError(f"run {str(self.path)!r} has no landscapes/*.npz yet")
-        if isinstance(key, str):
-            matches = [p for p in self.landscapes if p.stem == key or p.name == key]
-            if not matches:
-                raise KeyError(
-                    f"no landscape {key!r} in {str(self.path)!r}; "
-                    f"choose one of {[p.stem for p in self.landscapes]}"
-                )
-            target = matches[0]
-        else:
-            target = self.landscapes[key]
-        with np.load(target, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-
     def reload(self) -> Run:
         """Read the directory again (for a run that is still being written)."""
         return load_run(self.path)

@@ -21,7 +21,7 @@ from msam_core.methods import build_method, method_names
 from msam_core.methods import registry as method_registry
 from msam_core.methods.base import base_optimizer_factory
 from msam_core.methods.msam import MsamMethod, attributed_losses
-from msam_core.methods.ogm_ge import OgmGe
+from msam_core.methods.ogm_ge import OgmGeMethod
 from msam_core.models import build_model
 from msam_core.models.base import LateFusionModel
 from msam_core.models.fusion import ConcatFusion
@@ -422,9 +422,9 @@ def test_bad_options_name_the_choices():
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         variant(model, phi_ema=1.0)
     with pytest.raises(ValueError, match="continuous"):
-        OgmGe(model, config("ogm_ge", method_options={"ogm_form": "paper"}))
+        OgmGeMethod(model, config("ogm_ge", method_options={"ogm_form": "paper"}))
     with pytest.raises(ValueError, match="before it starts"):
-        OgmGe(model, config("ogm_ge", method_options={"ogm_start": 5, "ogm_end": 2}))
+        OgmGeMethod(model, config("ogm_ge", method_options={"ogm_start": 5, "ogm_end": 2}))
 
 
 # -- resume ----------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from msam_core.optim.modulation import (
+from msam_core.modulation import (
     agm_coefficients,
     agm_ratios,
     agm_scores,

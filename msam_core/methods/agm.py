@@ -46,7 +46,7 @@ from msam_core.methods._readouts import (
     coalition_logits,
 )
 from msam_core.methods.registry import register_method
-from msam_core.optim.modulation import (
+from msam_core.modulation import (
     agm_coefficients,
     agm_ratios,
     agm_scores,
@@ -56,7 +56,7 @@ from msam_core.optim.modulation import (
 
 
 @register_method("agm")
-class Agm(EncoderModulation):
+class AgmMethod(EncoderModulation):
     """AGM around the base optimizer (module docstring)."""
 
     OPTIONS = ("agm_alpha", "agm_clamp", "agm_start", "agm_end")

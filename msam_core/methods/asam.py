@@ -18,11 +18,11 @@ from typing import Any
 from torch import nn
 
 from msam_core.methods.registry import register_method
-from msam_core.methods.sam import Sam
+from msam_core.methods.sam import SamMethod
 
 
 @register_method("asam")
-class Asam(Sam):
+class AsamMethod(SamMethod):
     """SAM with ``adaptive=True`` whatever the config says."""
 
     def __init__(self, model: nn.Module, config: Any) -> None:

@@ -57,13 +57,24 @@ def build_base_optimizer(params: Iterable[Tensor], config: Any) -> torch.optim.O
     return cls(params, **kwargs)
 
 
+def sharpness_aware_optimizer(
+    cls: type[torch.optim.Optimizer], model: nn.Module, config: Any
+) -> torch.optim.Optimizer:
+    """``cls`` (:class:`~msam_core.optim.SAM` or :class:`~msam_core.optim.MSAM`) around the
+    configured base optimizer, with the config's ``rho`` and ``adaptive``."""
+    base_cls, kwargs = base_optimizer_factory(config)
+    rho, adaptive = float(_get(config, "rho", 0.05)), bool(_get(config, "adaptive", False))
+    return cls(model.parameters(), base_cls, rho=rho, adaptive=adaptive, **kwargs)
+
+
 class Method:
     """Base class of every training method (joint, sam, msam, ...).
 
-    Subclasses set :attr:`optimizer` in ``__init__`` (default: the base optimizer) and
-    implement :meth:`step`.  ``optimizer`` must be a ``torch.optim.Optimizer`` whose
-    ``param_groups`` carry ``lr``, so the loop's learning-rate scheduler drives it, and whose
-    ``state_dict`` round-trips (the loop checkpoints it under ``"optimizer"``).
+    Subclasses implement :meth:`step` and, when they need another optimizer than the base
+    one, override :meth:`build_optimizer` (called once, by ``__init__``).  ``optimizer`` must
+    be a ``torch.optim.Optimizer`` whose ``param_groups`` carry ``lr``, so the loop's
+    learning-rate scheduler drives it, and whose ``state_dict`` round-trips (the loop
+    checkpoints it under ``"optimizer"``).
 
     Attributes: ``name`` (the registry name), ``model``, ``config``, ``modalities``
     (``model.modalities`` order), ``optimizer``.
@@ -79,7 +90,12 @@ class Method:
         self.model = model
         self.config = config
         self.modalities: list[str] = list(model.modalities)
-        self.optimizer: torch.optim.Optimizer = build_base_optimizer(model.parameters(), config)
+        self.optimizer: torch.optim.Optimizer = self.build_optimizer(model, config)
+
+    def build_optimizer(self, model: nn.Module, config: Any) -> torch.optim.Optimizer:
+        """The method's optimizer over ``model``'s parameters: the base optimizer
+        (:func:`build_base_optimizer`); the SAM family overrides it to wrap that optimizer."""
+        return build_base_optimizer(model.parameters(), config)
 
     def option(self, key: str, default: Any = None) -> Any:
         """A method-specific knob: ``config.method_options[key]``, else ``config.<key>``.

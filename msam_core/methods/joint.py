@@ -24,7 +24,7 @@ from msam_core.step import plain_step
 
 
 @register_method("joint")
-class Joint(Method):
+class JointMethod(Method):
     """Joint training with the base optimizer (SGD / Adam / AdamW)."""
 
     OPTIONS = ("batch_sharpness",)

@@ -46,9 +46,9 @@ from torch import Tensor, nn
 
 from msam_core.coalitions import is_distributed, unwrap
 from msam_core.methods._readouts import all_masks, coalition_logits
-from msam_core.methods.base import Method, base_optimizer_factory
+from msam_core.methods.base import Method, sharpness_aware_optimizer
 from msam_core.methods.registry import register_method
-from msam_core.optim.modulation import mono_modal_responses
+from msam_core.modulation import mono_modal_responses
 from msam_core.optim.sam import MSAM, Restriction
 from msam_core.param_groups import modality_parameters
 from msam_core.shapley import ShapleyResult, balance_weights, dominant_index
@@ -87,6 +87,8 @@ class MsamMethod(Method):
     OPTIONS = ("decomposition", "phi_ema", "perturb")
     measures_sharpness = True
 
+    optimizer: MSAM
+
     def __init__(self, model: nn.Module, config: Any) -> None:
         super().__init__(model, config)
         self.decomposition = str(self.option("decomposition", "weighted"))
@@ -107,16 +109,12 @@ class MsamMethod(Method):
             self.parts = modality_parameters(
                 unwrap(model), "msam's targeted ascent (the default, perturb=dominant)"
             )
-        base_cls, kwargs = base_optimizer_factory(config)
-        self.optimizer: MSAM = MSAM(
-            model.parameters(),
-            base_cls,
-            rho=float(config.rho),
-            adaptive=bool(config.adaptive),
-            **kwargs,
-        )
         self.ema = torch.zeros(len(self.modalities), dtype=torch.float64)
         self.ema_steps = 0
+
+    def build_optimizer(self, model: nn.Module, config: Any) -> MSAM:
+        """The :class:`~msam_core.optim.MSAM` wrapper around the configured base optimizer."""
+        return sharpness_aware_optimizer(MSAM, model, config)
 
     # -- φ and its average -------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ from msam_core.methods._readouts import (
     singleton_masks,
 )
 from msam_core.methods.registry import register_method
-from msam_core.optim.modulation import (
+from msam_core.modulation import (
     discrepancy_ratios,
     gaussian_enhancement,
     ogm_coefficients,
@@ -50,7 +50,7 @@ from msam_core.optim.modulation import (
 
 
 @register_method("ogm_ge")
-class OgmGe(EncoderModulation):
+class OgmGeMethod(EncoderModulation):
     """OGM-GE around the base optimizer (module docstring)."""
 
     OPTIONS = ("ogm_alpha", "ogm_form", "ogm_ge", "ogm_start", "ogm_end")

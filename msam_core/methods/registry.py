@@ -2,8 +2,7 @@
 
 Built-in methods live one per module in ``msam_core/methods/``; every module there is
 imported on first lookup, so a new method registers itself just by adding its module with
-``@register_method("name")``.  Third-party packages may also register through the entry-point
-group ``msam.methods`` (each entry point names a module or a Method class to import).
+``@register_method("name")``; a method defined elsewhere registers when its module is imported.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable
-from importlib.metadata import entry_points
 from typing import Any
 
 from torch import nn
@@ -19,7 +17,6 @@ from torch import nn
 from msam_core.methods.base import Method
 from msam_core.suggest import did_you_mean
 
-ENTRY_POINT_GROUP = "msam.methods"
 _METHODS: dict[str, type[Method]] = {}
 _BROKEN: dict[str, str] = {}  # module -> import error, named when a lookup fails
 _discovered = False
@@ -41,7 +38,7 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
 
 
 def _discover() -> None:
-    """Import every module of this package, then entry points, once."""
+    """Import every module of this package, once."""
     global _discovered
     if _discovered:
         return
@@ -49,15 +46,13 @@ def _discover() -> None:
     package = importlib.import_module("msam_core.methods")
     for info in pkgutil.iter_modules(package.__path__):
         if info.name not in ("base", "registry") and not info.name.startswith("_"):
-            _import(f"msam_core.methods.{info.name}", importlib.import_module)
-    for entry in entry_points(group=ENTRY_POINT_GROUP):
-        _import(entry.value, lambda _, entry=entry: entry.load())
+            _import(f"msam_core.methods.{info.name}")
 
 
-def _import(name: str, load: Callable[[str], Any]) -> None:
+def _import(name: str) -> None:
     # one broken method module must not take the others down; its error is reported on lookup
     try:
-        load(name)
+        importlib.import_module(name)
     except Exception as err:
         _BROKEN[name] = f"{type(err).__name__}: {err}"
 

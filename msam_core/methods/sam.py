@@ -12,28 +12,21 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from msam_core.methods.base import Method, base_optimizer_factory
+from msam_core.methods.base import Method, sharpness_aware_optimizer
 from msam_core.methods.registry import register_method
 from msam_core.optim.sam import SAM
 from msam_core.step import sam_step
 
 
 @register_method("sam")
-class Sam(Method):
+class SamMethod(Method):
     """SAM: both passes at full weight, ``w_d = 1`` in M-SAM's terms."""
 
     measures_sharpness = True
 
-    def __init__(self, model: nn.Module, config: Any) -> None:
-        super().__init__(model, config)
-        base_cls, kwargs = base_optimizer_factory(config)
-        self.optimizer = SAM(
-            model.parameters(),
-            base_cls,
-            rho=float(config.rho),
-            adaptive=bool(config.adaptive),
-            **kwargs,
-        )
+    def build_optimizer(self, model: nn.Module, config: Any) -> SAM:
+        """The :class:`~msam_core.optim.SAM` wrapper around the configured base optimizer."""
+        return sharpness_aware_optimizer(SAM, model, config)
 
     def step(self, model: nn.Module, inputs: Mapping[str, Tensor], targets: Tensor) -> dict:
         result = sam_step(model, self.optimizer, inputs, targets, value=self.config.shapley_value)
