@@ -1,6 +1,6 @@
 """msam_core: train multimodal models with Modality-Aware SAM and record modality balance.
 
-The flat public API re-exports the pieces in data-flow order (DESIGN.md):
+The flat public API re-exports the pieces in data-flow order (docs/design.md, "Layers"):
 masking -> coalitions -> shapley -> optim -> train -> record.
 """
 

@@ -1,7 +1,7 @@
 """Coalition values ``v(S)`` of a model on a batch, all coalitions in batched no-grad passes.
 
 ``v(S)`` is the value of the model with only the modalities in ``S`` present (the others
-replaced by their baselines), on the batch (DESIGN.md, "Modality Shapley"):
+replaced by their baselines), on the batch (docs/design.md, "Modality Shapley"):
 
 * ``"accuracy"``: fraction of samples whose argmax logit is the target class (default);
 * ``"prob"``: mean softmax probability of the target class;
@@ -10,7 +10,7 @@ replaced by their baselines), on the batch (DESIGN.md, "Modality Shapley"):
 Two ways to remove a modality (``masking``):
 
 * ``"input"``: the batch is repeated once per coalition and the model sees a ``[K*B, M]`` mask;
-  the model replaces each absent input by its baseline (DESIGN.md's protocol). Works for any
+  the model replaces each absent input by its baseline (docs/design.md, "Model protocol"). Works for any
   model, early fusion included.
 * ``"feature"``: for late-fusion models with ``encode`` / ``fuse``: each encoder runs once on
   the real inputs and once on the baseline inputs, and only the fusion head sees the repeated

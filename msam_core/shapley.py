@@ -1,4 +1,4 @@
-"""Shapley values of the modalities from coalition values (DESIGN.md, "Modality Shapley").
+"""Shapley values of the modalities from coalition values (docs/design.md, "Modality Shapley").
 
 A game over ``M`` players (modalities) is given by its coalition values ``v(S)``, stored in a
 tensor of length ``2**M`` indexed by bitmask (bit ``m`` set = modality ``m`` present, modality
@@ -183,7 +183,7 @@ def permutation_shapley(
 
 
 def balance_weights(phi: Tensor) -> Tensor:
-    """M-SAM's loss shares (DESIGN.md): ``w_m = max(φ_m, 0) / Σ_k max(φ_k, 0)``.
+    """M-SAM's loss shares (docs/design.md, "Modality Shapley"): ``w_m = max(φ_m, 0) / Σ_k max(φ_k, 0)``.
 
     When no modality contributes positively (the sum is 0, e.g. at initialisation) every
     modality gets ``1/M``.  Returns ``[M]`` in ``phi``'s dtype (float64 for integer input).
@@ -258,7 +258,7 @@ class ShapleyResult:
         return balance_weights(self.phi)
 
     def to_record(self) -> dict[str, float | str]:
-        """DESIGN.md keys: ``dominant``, ``phi/<m>``, ``weight/<m>``."""
+        """Iteration keys (docs/design.md, "The run directory"): ``dominant``, ``phi/<m>``, ``weight/<m>``."""
         record: dict[str, float | str] = {"dominant": self.dominant}
         weights = self.weights
         for m, name in enumerate(self.modalities):

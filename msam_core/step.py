@@ -4,7 +4,7 @@ Every step has the same skeleton, :func:`run_step`: the forward at ``θ``, ``zer
 backward, the batch's Shapley values, then the method's own *update* (a function of the first
 pass and the Shapley result that changes the parameters), timed as a whole.  It returns a
 :class:`StepResult` whose :meth:`StepResult.to_record` gives the iteration keys
-(docs/design.md, "Run directory"), so a training loop treats all methods alike.  The pieces
+(docs/design.md, "The run directory"), so a training loop treats all methods alike.  The pieces
 updates are built from are public:
 
 1. :func:`forward_pass`: the forward with grad, through ``encode`` / ``fuse`` when the model
@@ -265,7 +265,7 @@ class StepResult:
         return None if self.shapley is None else self.shapley.values
 
     def to_record(self, modalities: Sequence[str] | None = None) -> dict[str, Any]:
-        """DESIGN.md iteration keys: ``loss``, ``dominant``, ``phi/<m>``, ``weight/<m>``,
+        """Iteration keys (docs/design.md, "The run directory"): ``loss``, ``dominant``, ``phi/<m>``, ``weight/<m>``,
         ``sharpness``, ``time/step_s``; what was not measured is absent (never zero)."""
         record: dict[str, Any] = {"loss": self.loss}
         if self.shapley is not None:

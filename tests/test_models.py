@@ -1,4 +1,4 @@
-"""Models follow DESIGN.md's protocol: shapes, masking semantics, baselines, errors, registry."""
+"""Models follow the model protocol (docs/design.md, "Model protocol"): shapes, masking semantics, baselines, errors, registry."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MSAM / SAM optimizers against an independent implementation of DESIGN.md's update rule."""
+"""MSAM / SAM optimizers against an independent implementation of docs/design.md's update."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def assert_same_params(a, b, atol=1e-6):
 
 
 def reference_step(model, base, batch, rho, w, adaptive=False):
-    """DESIGN.md's step written from the formula, independently of msam_core.optim."""
+    """docs/design.md's step written from the formula, independently of msam_core.optim."""
     params = [p for p in model.parameters()]
     grads = torch.autograd.grad(loss_of(model, batch), params, allow_unused=True)
     pairs = [(p, g) for p, g in zip(params, grads, strict=True) if g is not None]

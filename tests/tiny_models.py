@@ -1,4 +1,4 @@
-"""Tiny models that follow DESIGN.md's model protocol, for tests (importable by any test).
+"""Tiny models that follow the model protocol (docs/design.md), for tests (importable by any test).
 
 * :class:`TinyLateFusion`: one small encoder per modality (``encode``), a linear head on the
   concatenated features (``fuse``); optional BatchNorm in the encoders, and ``ignore`` names

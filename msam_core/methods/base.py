@@ -3,7 +3,7 @@
 A :class:`Method` is built from the model and the training config, owns its optimizer (the
 base optimizer, or a SAM-family wrapper around it) and any state of its own (running
 averages, EMAs), and performs exactly one optimisation step per :meth:`Method.step` call,
-returning that step's record (DESIGN.md iteration keys).  The loop never needs to know which
+returning that step's record (docs/design.md, "Methods and steps").  The loop never needs to know which
 method it runs; resume is exact because :meth:`Method.state_dict` carries the method's own
 state next to the optimizer's.
 """
@@ -32,7 +32,7 @@ def base_optimizer_factory(config: Any) -> tuple[type[torch.optim.Optimizer], di
     """The base optimizer class and its keyword arguments from ``config``.
 
     Knobs: ``optimizer`` (sgd | adam | adamw), ``lr``, ``momentum`` (SGD only),
-    ``weight_decay`` (the base optimizer's, as DESIGN.md prescribes for M-SAM).
+    ``weight_decay`` (the base optimizer's, as docs/design.md, "M-SAM step", prescribes).
     """
     name = str(_get(config, "optimizer", "sgd")).lower()
     lr = float(_get(config, "lr", 0.01))

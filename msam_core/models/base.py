@@ -1,4 +1,4 @@
-"""The model protocol (DESIGN.md) as base classes: modality order, baselines, masking, checks.
+"""The model protocol (docs/design.md) as base classes: modality order, baselines, masking, checks.
 
 Every model maps ``inputs: dict[str, Tensor]`` (one ``[B, *shape]`` tensor per modality) and an
 optional bool ``mask`` (``[M]`` or ``[B, M]``, in ``model.modalities`` order) to logits

@@ -1,6 +1,6 @@
 """SAM and Modality-Aware SAM as ``torch.optim.Optimizer`` wrappers around a base optimizer.
 
-One M-SAM step (DESIGN.md, "M-SAM step"), in two explicit phases::
+One M-SAM step (docs/design.md, "M-SAM step"), in two explicit phases::
 
     loss(model(x), y).backward()                # g = ∇ℓ(θ)
     optimizer.first_step(zero_grad=True)        # θ -> θ + ε,  ε = ρ·g/‖g‖
