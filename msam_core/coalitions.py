@@ -10,8 +10,8 @@ replaced by their baselines), on the batch (docs/design.md, "Modality Shapley"):
 Two ways to remove a modality (``masking``):
 
 * ``"input"``: the batch is repeated once per coalition and the model sees a ``[K*B, M]`` mask;
-  the model replaces each absent input by its baseline (docs/design.md, "Model protocol"). Works for any
-  model, early fusion included.
+  the model replaces each absent input by its baseline (docs/design.md, "Model protocol").
+  Works for any model, early fusion included.
 * ``"feature"``: for late-fusion models with ``encode`` / ``fuse``: each encoder runs once on
   the real inputs and once on the baseline inputs, and only the fusion head sees the repeated
   batch, an absent modality's features replaced by the encoding of its baseline. Equal to input

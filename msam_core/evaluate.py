@@ -12,12 +12,13 @@ Balance measure (the ``balance`` key): the normalised entropy of the positive Sh
 
 in [0, 1]: 1 when every modality contributes equally to the fused model, 0 when one modality
 carries all the positive contribution.  Why this one: it is computed from the same shares
-``w_m`` that M-SAM uses to split its loss (docs/design.md, "M-SAM step"), so the balance plotted per epoch is the
-balance the method acts on; it is scale-free and defined for any number of modalities; and
-unlike a ratio of unimodal accuracies it measures what the *fused* model relies on, not what
-each modality could do alone (a weak modality can sit above chance alone yet contribute
-nothing to the fused prediction).  When no modality contributes positively (e.g. at
-initialisation) the shares are undefined and ``balance`` is absent from the record.
+``w_m`` that M-SAM uses to split its loss (docs/design.md, "M-SAM step"), so the balance
+plotted per epoch is the balance the method acts on; it is scale-free and defined for any
+number of modalities; and unlike a ratio of unimodal accuracies it measures what the *fused*
+model relies on, not what each modality could do alone (a weak modality can sit above chance
+alone yet contribute nothing to the fused prediction).  When no modality contributes
+positively (e.g. at initialisation) the shares are undefined and ``balance`` is absent from
+the record.
 """
 
 from __future__ import annotations

@@ -398,7 +398,8 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     return records
 
 
-#: record keys with one fixed type (docs/design.md, "The run directory"); any other key is a number or null
+#: record keys with one fixed type (docs/design.md, "The run directory"); any other key is a
+#: number or null
 _INT_KEYS = ("step", "epoch")
 _STR_KEYS = ("split", "dominant")
 #: prefixes of the keys figures plot: their values must be numbers (or null: not finite)

@@ -183,7 +183,7 @@ def permutation_shapley(
 
 
 def balance_weights(phi: Tensor) -> Tensor:
-    """M-SAM's loss shares (docs/design.md, "Modality Shapley"): ``w_m = max(φ_m, 0) / Σ_k max(φ_k, 0)``.
+    """M-SAM's shares ``w_m = max(φ_m, 0) / Σ_k max(φ_k, 0)`` (docs/design.md, "Modality Shapley").
 
     When no modality contributes positively (the sum is 0, e.g. at initialisation) every
     modality gets ``1/M``.  Returns ``[M]`` in ``phi``'s dtype (float64 for integer input).
@@ -258,7 +258,8 @@ class ShapleyResult:
         return balance_weights(self.phi)
 
     def to_record(self) -> dict[str, float | str]:
-        """Iteration keys (docs/design.md, "The run directory"): ``dominant``, ``phi/<m>``, ``weight/<m>``."""
+        """Iteration keys ``dominant``, ``phi/<m>``, ``weight/<m>`` (docs/design.md,
+        "The run directory")."""
         record: dict[str, float | str] = {"dominant": self.dominant}
         weights = self.weights
         for m, name in enumerate(self.modalities):

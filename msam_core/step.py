@@ -265,8 +265,9 @@ class StepResult:
         return None if self.shapley is None else self.shapley.values
 
     def to_record(self, modalities: Sequence[str] | None = None) -> dict[str, Any]:
-        """Iteration keys (docs/design.md, "The run directory"): ``loss``, ``dominant``, ``phi/<m>``, ``weight/<m>``,
-        ``sharpness``, ``time/step_s``; what was not measured is absent (never zero)."""
+        """Iteration keys (docs/design.md, "The run directory"): ``loss``, ``dominant``,
+        ``phi/<m>``, ``weight/<m>``, ``sharpness``, ``time/step_s``; what was not measured is
+        absent (never zero)."""
         record: dict[str, Any] = {"loss": self.loss}
         if self.shapley is not None:
             if modalities is not None and list(modalities) != self.shapley.modalities:

@@ -44,7 +44,7 @@ from msam_viz.figures._common import (
     run_labels,
     run_name,
 )
-from msam_viz.figures.comparison import dataset_labels
+from msam_viz.figures.comparison_table import dataset_labels
 from msam_viz.style import DEFAULT_STYLE, Style
 
 NO_BROWSER_MESSAGE = (

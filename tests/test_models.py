@@ -1,4 +1,4 @@
-"""Models follow the model protocol (docs/design.md, "Model protocol"): shapes, masking semantics, baselines, errors, registry."""
+"""Models follow the model protocol (docs/design.md): shapes, masking, baselines, errors."""
 
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ from msam_viz import (
 )
 from msam_viz.figures import shapley_share_table
 from msam_viz.figures._common import run_labels, run_subtitle
-from msam_viz.figures.comparison import dataset_labels
+from msam_viz.figures.comparison_table import dataset_labels
 
 MODS = ("audio", "visual")
 EPOCHS, PER_EPOCH, EVERY = 4, 25, 5

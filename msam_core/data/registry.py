@@ -1,4 +1,4 @@
-"""Dataset registry: names users type (docs/design.md, "Names users type") mapped to loader functions."""
+"""Dataset registry: the names users type (docs/design.md, "Names users type") -> loaders."""
 
 from __future__ import annotations
 

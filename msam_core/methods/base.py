@@ -3,9 +3,9 @@
 A :class:`Method` is built from the model and the training config, owns its optimizer (the
 base optimizer, or a SAM-family wrapper around it) and any state of its own (running
 averages, EMAs), and performs exactly one optimisation step per :meth:`Method.step` call,
-returning that step's record (docs/design.md, "Methods and steps").  The loop never needs to know which
-method it runs; resume is exact because :meth:`Method.state_dict` carries the method's own
-state next to the optimizer's.
+returning that step's record (docs/design.md, "Methods and steps").  The loop never needs to
+know which method it runs; resume is exact because :meth:`Method.state_dict` carries the
+method's own state next to the optimizer's.
 """
 
 from __future__ import annotations

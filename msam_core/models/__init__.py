@@ -1,4 +1,4 @@
-"""Models that follow the model protocol (docs/design.md): encoders per input kind, early and late fusion.
+"""Models that follow the model protocol (docs/design.md): encoders, early and late fusion.
 
 ``build_model(dataset.modalities, dataset.num_classes, fusion="concat")`` is the usual entry.
 Encoder modules register themselves on import; a new one needs one import line below.

@@ -17,7 +17,8 @@ Every head is ``head(features, mask) -> [B, C]``: ``combine`` joins the features
   modulated. ``1 + gamma`` starts the modulation near identity.
 
 The mask is validated but not otherwise used: an absent modality is already represented by the
-features of its baseline input (docs/design.md, "Model protocol"), so heads need no special case for it.
+features of its baseline input (docs/design.md, "Model protocol"), so heads need no special
+case for it.
 """
 
 from __future__ import annotations

@@ -14,13 +14,8 @@ from msam_viz.figures.balance import (
     shapley_share_table,
     shapley_shares,
 )
-from msam_viz.figures.comparison import (
-    compare_curves,
-    compare_runs,
-    epoch_table,
-    run_metrics,
-    summary_grid,
-)
+from msam_viz.figures.comparison import compare_curves, compare_runs
+from msam_viz.figures.comparison_table import epoch_table, run_metrics
 from msam_viz.figures.landscape import (
     landscape_contour,
     landscape_curves,
@@ -29,6 +24,7 @@ from msam_viz.figures.landscape import (
     run_landscapes,
 )
 from msam_viz.figures.sharpness import sharpness_curves
+from msam_viz.figures.summary_grid import summary_grid
 
 __all__ = [
     "MissingRecordsWarning",

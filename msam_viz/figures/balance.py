@@ -5,7 +5,7 @@
 - :func:`dominance`: the dominant modality over time as a timeline, with switches per epoch.
 - :func:`accuracy_curves`: fused and unimodal (others masked) accuracy per epoch.
 
-Shares follow the M-SAM decomposition (docs/design.md, "Modality Shapley"): ``s_m = max(φ_m, 0) / Σ_k max(φ_k, 0)``,
+Shares follow M-SAM (docs/design.md, "Modality Shapley"): ``s_m = max(φ_m, 0) / Σ_k max(φ_k, 0)``,
 and ``1/M`` each when no modality contributes positively, so the area is the weight M-SAM
 would give each modality, whatever method trained the run.
 """

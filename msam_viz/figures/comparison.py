@@ -1,16 +1,15 @@
-"""Runs side by side: one panel per metric, one bar per method, seeds as error bars.
+"""Runs side by side in plotly: one panel per metric, one bar per method, seeds as error bars.
 
-:func:`run_metrics` turns runs into a tidy table (one row per run and metric) that
-:func:`compare_runs` (plotly bars, mean ± sd over seeds, each seed as a dot) and
-:func:`summary_grid` (seaborn, per-epoch curves with a band over seeds, static) both draw.
-Runs are grouped by a config key, ``method`` by default, so seeds of one method pool.
+:func:`compare_runs` draws :func:`~msam_viz.figures.comparison_table.run_metrics` (mean ± sd
+over seeds, each seed as a dot); :func:`compare_curves` draws per-epoch curves of
+:func:`~msam_viz.figures.comparison_table.epoch_table`.  The static seaborn version is
+:mod:`msam_viz.figures.summary_grid`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -18,214 +17,26 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from msam_core.derived import best_epoch
 from msam_viz.figures._common import (
     ACC,
     as_run_list,
-    config_value,
     empty_message,
     note_missing,
-    present,
-    run_dataset,
-    run_labels,
     run_modalities,
 )
-from msam_viz.figures.balance import dominant_switches
-from msam_viz.style import DEFAULT_STYLE, METHOD_COLORS, Style, rgba
+from msam_viz.figures.comparison_table import (
+    MAX_COLS_MANY,
+    MAX_COLS_ONE,
+    default_metrics,
+    epoch_table,
+    group_order,
+    metric_applies,
+    metric_label,
+    run_metrics,
+    runs_by_dataset,
+)
+from msam_viz.style import DEFAULT_STYLE, Style, rgba
 
-#: metrics computed from iteration records rather than read from an epoch row
-DERIVED = ("switches", "sharpness")
-AT_CHOICES = ("last", "best")
-
-LABELS = {
-    "acc": "accuracy",
-    "loss": "loss (nats)",
-    "balance": "balance",
-    "switches": "dominance switches",
-    "sharpness": "mean sharpness, last epoch",
-    "hessian/top_eig": "Hessian λ_max",
-}
-
-
-def metric_label(metric: str) -> str:
-    if metric.startswith(ACC):
-        return f"{metric[len(ACC) :]}-only accuracy"
-    return LABELS.get(metric, metric)
-
-
-def default_metrics(runs: Sequence[Any]) -> list[str]:
-    """Fused accuracy, each modality's accuracy, balance and switches, where recorded."""
-    names: list[str] = ["acc"]
-    for run in runs:
-        names += [ACC + m for m in run_modalities(run) if present(run.epochs, ACC + m)]
-    if any(present(run.epochs, "balance") for run in runs):
-        names.append("balance")
-    names.append("switches")
-    return list(dict.fromkeys(names))
-
-
-def _data_options(run: Any) -> dict[str, str]:
-    """The run's ``dataset_options`` as ``{key: compact JSON}``, without the split seed."""
-    options = config_value(run, "dataset_options") or {}
-    if not isinstance(options, Mapping):
-        return {}
-    return {
-        str(k): json.dumps(v, sort_keys=True, separators=(",", ":"), default=str)
-        for k, v in options.items()
-        if k != "seed"
-    }
-
-
-def dataset_labels(runs: Any) -> list[str]:
-    """The dataset each run is compared within, one label per run.
-
-    Runs are only ever pooled within one label: the dataset's name, plus what tells runs of
-    that name apart, when they differ: the modalities (``synthetic (audio+visual+text)``) and
-    the ``dataset_options`` that differ (``synthetic (strengths=[8,1])``), so runs on
-    different data never pass for seeds of one experiment.  A run that does not record its
-    dataset is labelled ``unknown dataset``.
-    """
-    runs = as_run_list(runs)
-    names = [run_dataset(run) or "unknown dataset" for run in runs]
-    mods = ["+".join(run_modalities(run)) for run in runs]
-    opts = [_data_options(run) for run in runs]
-    members: dict[str, list[int]] = {}
-    for i, name in enumerate(names):
-        members.setdefault(name, []).append(i)
-    labels = list(names)
-    for name, idx in members.items():
-        keys = sorted({k for i in idx for k in opts[i]})
-        differing = [k for k in keys if len({opts[i].get(k) for i in idx}) > 1]
-        show_mods = len({mods[i] for i in idx}) > 1
-        for i in idx:
-            parts = [mods[i]] if show_mods else []
-            parts += [f"{k}={opts[i].get(k, 'default')}" for k in differing]
-            if parts:
-                labels[i] = f"{name} ({', '.join(parts)})"
-    return labels
-
-
-def _by_dataset(runs: Sequence[Any]) -> dict[str, list[Any]]:
-    """Runs per dataset label, datasets in the order they first appear."""
-    out: dict[str, list[Any]] = {}
-    for run, label in zip(runs, dataset_labels(runs), strict=True):
-        out.setdefault(label, []).append(run)
-    return out
-
-
-def _applies(metric: str, dataset_runs: Sequence[Any], all_runs: Sequence[Any]) -> bool:
-    """False for ``acc/<m>`` of a modality that belongs to another dataset only (not missing
-    from this one, just not part of it); every other metric applies to every dataset."""
-    if not metric.startswith(ACC):
-        return True
-    modality = metric[len(ACC) :]
-    if any(modality in run_modalities(run) for run in dataset_runs):
-        return True
-    return not any(modality in run_modalities(run) for run in all_runs)
-
-
-def _epoch_row(run: Any, split: str, at: str) -> pd.Series | None:
-    """The epoch record a run is summarised by: the last one, or the best-val-accuracy one.
-
-    ``best`` always picks the epoch on validation accuracy (never on the reported split)."""
-    epochs = run.epochs
-    if epochs is None or epochs.empty or "epoch" not in epochs:
-        return None
-    rows = epochs.loc[epochs["split"] == split] if "split" in epochs else epochs
-    if rows.empty:
-        return None
-    if at == "last":
-        return rows.sort_values("epoch").iloc[-1]
-    best_epoch = _best_epoch(run)
-    if best_epoch is None:
-        return rows.sort_values("epoch").iloc[-1]
-    chosen = rows.loc[rows["epoch"] == best_epoch]
-    return chosen.iloc[-1] if len(chosen) else None
-
-
-def _best_epoch(run: Any) -> int | None:
-    """The epoch training selected (``summary.json``'s ``best_epoch``, the one in ``best.pt``);
-    for a run without one (still running, or older), the same rule on its records: highest
-    validation accuracy, then lowest validation loss, then the earliest, never epoch 0."""
-    summary = getattr(run, "summary", None) or {}
-    if summary.get("best_epoch") is not None:
-        return int(summary["best_epoch"])
-    epochs = run.epochs
-    val = epochs.loc[epochs["split"] == "val"] if "split" in epochs else epochs
-    if not present(val, "acc"):
-        return None
-    return best_epoch(val.to_dict("records"))
-
-
-COLUMNS = ["run", "dataset", "group", "seed", "metric", "value"]
-
-
-def run_metrics(
-    runs: Any,
-    metrics: Sequence[str] | None = None,
-    *,
-    split: str = "val",
-    at: str = "last",
-    by: str = "method",
-) -> pd.DataFrame:
-    """Tidy ``[run, dataset, group, seed, metric, value]``, one row per run and recorded metric.
-
-    ``metrics``: epoch keys (``acc``, ``acc/<m>``, ``loss``, ``balance``, ``hessian/top_eig``)
-    and the derived ``switches`` (dominance switches in the run) and ``sharpness`` (mean over
-    the last epoch's steps).  ``at``: ``last`` epoch, or ``best`` by validation accuracy.
-    ``by``: the config key that groups runs; only rows of one ``dataset`` (see
-    :func:`dataset_labels`) and one group are seeds of the same thing.  ``run``: a label
-    unique among ``runs`` (:func:`~msam_viz.figures._common.run_labels`).
-    """
-    runs = as_run_list(runs)
-    if at not in AT_CHOICES:
-        raise ValueError(f"at must be one of {AT_CHOICES}, got {at!r}")
-    metrics = list(metrics) if metrics is not None else default_metrics(runs)
-    records = []
-    for run, label, dataset in zip(runs, run_labels(runs), dataset_labels(runs), strict=True):
-        row = _epoch_row(run, split, at)
-        group = str(config_value(run, by, "unknown"))
-        for metric in metrics:
-            value = _metric_value(run, row, metric)
-            if value is None or (isinstance(value, float) and math.isnan(value)):
-                continue
-            records.append(
-                {
-                    "run": label,
-                    "dataset": dataset,
-                    "group": group,
-                    "seed": config_value(run, "seed"),
-                    "metric": metric,
-                    "value": float(value),
-                }
-            )
-    return pd.DataFrame(records, columns=COLUMNS)
-
-
-def _metric_value(run: Any, row: pd.Series | None, metric: str) -> float | None:
-    if metric == "switches":
-        return float(len(dominant_switches(run))) if present(run.iterations, "step") else None
-    if metric == "sharpness":
-        frame = run.iterations
-        if not present(frame, "sharpness") or "epoch" not in frame:
-            return None
-        last = frame.loc[frame["epoch"] == frame["epoch"].max(), "sharpness"]
-        return float(last.mean())
-    if row is None or metric not in row.index:
-        return None
-    value = row[metric]
-    return None if pd.isna(value) else float(value)
-
-
-def _group_order(groups: Sequence[str]) -> list[str]:
-    """Methods in the style's order (msam first, baselines after), then others alphabetically."""
-    known = [m for m, _ in METHOD_COLORS]
-    unique = list(dict.fromkeys(groups))
-    return [g for g in known if g in unique] + sorted(g for g in unique if g not in known)
-
-
-#: most panels side by side in one dataset's row before it wraps, one dataset / several
-MAX_COLS_ONE, MAX_COLS_MANY = 3, 5
 ROW_PX, GAP_PX = 300, 100  # height of one row of panels, and the gap above each row (titles)
 
 
@@ -234,12 +45,12 @@ def _panels(
 ) -> tuple[dict[str, list[str]], list[str]]:
     """Per dataset the metrics it has values for (in the asked order), and the notes for the
     metrics asked for (or default) that a dataset lacks."""
-    groups = _by_dataset(runs)
+    groups = runs_by_dataset(runs)
     shown: dict[str, list[str]] = {}
     lacking: dict[str, list[str]] = {}
     for dataset, members in groups.items():
         wanted = list(metrics) if metrics is not None else default_metrics(members)
-        wanted = [m for m in wanted if _applies(m, members, runs)]
+        wanted = [m for m in wanted if metric_applies(m, members, runs)]
         have = table.loc[table["dataset"] == dataset, "metric"]
         shown[dataset] = [m for m in wanted if (have == m).any()]
         for m in wanted:
@@ -276,7 +87,7 @@ def compare_runs(
     runs = as_run_list(runs)
     table = run_metrics(runs, metrics, split=split, at=at, by=by)
     shown, notes = _panels(runs, table, metrics)
-    datasets = list(_by_dataset(runs))
+    datasets = list(runs_by_dataset(runs))
     many = len(datasets) > 1
     widest = max((len(ms) for ms in shown.values()), default=1)
     cols = min(widest, MAX_COLS_MANY if many else MAX_COLS_ONE)
@@ -324,7 +135,7 @@ def compare_runs(
             fig.update_yaxes(dtick=1, range=[0, top * 1.05], row=row, col=col)
     if many:
         for dataset, row in first_row.items():
-            _dataset_heading(fig, dataset, row, _by_dataset(runs)[dataset])
+            _dataset_heading(fig, dataset, row, runs_by_dataset(runs)[dataset])
     # The x tick labels already name each method: no legend, and room under the subtitle
     # for the panel titles (and the first dataset's heading).
     fig.update_layout(
@@ -341,7 +152,7 @@ def _draw_bars(
     fig: go.Figure, part: pd.DataFrame, dataset: str, metric: str, row: int, col: int, style: Style
 ) -> None:
     """One bar (mean, ±1 sd) and one dot per seed for each group of one dataset and metric."""
-    for group in _group_order(part["group"].tolist()):
+    for group in group_order(part["group"].tolist()):
         values = part.loc[part["group"] == group]
         colour = style.method_color(group)
         n = len(values)
@@ -412,38 +223,6 @@ def _dataset_heading(fig: go.Figure, dataset: str, row: int, members: Sequence[A
     )
 
 
-def epoch_table(
-    runs: Any,
-    metrics: Sequence[str] | None = None,
-    *,
-    split: str = "val",
-    by: str = "method",
-) -> pd.DataFrame:
-    """Tidy per-epoch ``[run, dataset, group, seed, epoch, metric, value]`` of epoch keys on
-    ``split`` (``run`` and ``dataset`` as in :func:`run_metrics`)."""
-    runs = as_run_list(runs)
-    metrics = list(metrics) if metrics is not None else None
-    parts = []
-    for run, label, dataset in zip(runs, run_labels(runs), dataset_labels(runs), strict=True):
-        epochs = run.epochs
-        if epochs is None or epochs.empty or "epoch" not in epochs:
-            continue
-        rows = epochs.loc[epochs["split"] == split] if "split" in epochs else epochs
-        chosen = metrics or [m for m in default_metrics([run]) if m not in DERIVED]
-        cols = [m for m in chosen if m in rows.columns]
-        if not cols:
-            continue
-        long = rows.melt(id_vars=["epoch"], value_vars=cols, var_name="metric").dropna()
-        long.insert(0, "seed", config_value(run, "seed"))
-        long.insert(0, "group", str(config_value(run, by, "unknown")))
-        long.insert(0, "dataset", dataset)
-        long.insert(0, "run", label)
-        parts.append(long)
-    if not parts:
-        return pd.DataFrame(columns=["run", "dataset", "group", "seed", "epoch", "metric", "value"])
-    return pd.concat(parts, ignore_index=True)
-
-
 def compare_curves(
     runs: Any,
     metric: str = "acc",
@@ -461,8 +240,8 @@ def compare_curves(
     style = style or DEFAULT_STYLE
     runs = as_run_list(runs)
     table = epoch_table(runs, [metric], split=split, by=by)
-    groups = _by_dataset(runs)
-    applies = [d for d, members in groups.items() if _applies(metric, members, runs)]
+    groups = runs_by_dataset(runs)
+    applies = [d for d, members in groups.items() if metric_applies(metric, members, runs)]
     datasets = [d for d in applies if (table["dataset"] == d).any()]
     many = len(groups) > 1
     cols = min(len(datasets), 2) or 1
@@ -483,7 +262,7 @@ def compare_curves(
     for k, dataset in enumerate(datasets):
         row, col = divmod(k, cols)
         part = table.loc[table["dataset"] == dataset]
-        for group in _group_order(part["group"].tolist()):
+        for group in group_order(part["group"].tolist()):
             _draw_curve(fig, part, dataset, group, style, row + 1, col + 1, group in legend_done)
             legend_done.add(group)
     if not datasets:
@@ -561,89 +340,3 @@ def _draw_curve(
         row=row,
         col=col,
     )
-
-
-def summary_grid(
-    runs: Any,
-    metrics: Sequence[str] | None = None,
-    *,
-    split: str = "val",
-    by: str = "method",
-    style: Style | None = None,
-    col_wrap: int | None = None,
-):
-    """Static seaborn grid for papers: one panel per epoch metric, one line per method
-    (mean over seeds, band = ±1 sd).  Runs on different datasets get their own panels
-    (titled ``dataset · metric``, each dataset starting a new row).  ``col_wrap``: panels
-    per row, default a dataset's metrics on one row, up to 5.  Returns a
-    ``matplotlib.figure.Figure``, already closed in pyplot (nothing shows by itself;
-    ``fig.savefig(...)`` or display it)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)  # no-op where a backend is already chosen
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-    from matplotlib.lines import Line2D
-
-    style = style or DEFAULT_STYLE
-    runs = as_run_list(runs)
-    table = epoch_table(runs, metrics, split=split, by=by)
-    if table.empty:
-        raise ValueError(
-            f"no epoch records on split {split!r} for metrics {metrics or 'default'}; "
-            "check the runs' epochs.jsonl and the split name"
-        )
-    groups = _by_dataset(runs)
-    many = len(groups) > 1
-    per_dataset = [table.loc[table["dataset"] == d, "metric"].nunique() for d in groups]
-    if col_wrap is None:
-        col_wrap = min(max(per_dataset), MAX_COLS_MANY)
-    if col_wrap < 1:
-        raise ValueError(f"col_wrap must be a positive number of panels, got {col_wrap}")
-    panels: list[list[tuple[str, str]]] = []  # rows of (dataset, metric)
-    for dataset in groups:
-        have = table.loc[table["dataset"] == dataset, "metric"]
-        ms = list(dict.fromkeys(have))
-        panels += [
-            [(dataset, m) for m in ms[i : i + col_wrap]] for i in range(0, len(ms), col_wrap)
-        ]
-    cols = max(len(r) for r in panels)
-    order = _group_order(table["group"].tolist())
-    palette = {g: style.method_color(g) for g in order}
-    with sns.axes_style("whitegrid"), sns.plotting_context("paper", font_scale=1.2):
-        fig, axes = plt.subplots(
-            len(panels), cols, figsize=(3.64 * cols, 2.8 * len(panels)), squeeze=False
-        )
-        for r, row in enumerate(panels):
-            for c in range(cols):
-                ax = axes[r][c]
-                if c >= len(row):
-                    ax.remove()
-                    continue
-                dataset, metric = row[c]
-                part = table.loc[(table["dataset"] == dataset) & (table["metric"] == metric)]
-                sns.lineplot(
-                    data=part,
-                    x="epoch",
-                    y="value",
-                    hue="group",
-                    hue_order=[g for g in order if (part["group"] == g).any()],
-                    palette=palette,
-                    errorbar="sd",
-                    marker="o",
-                    markersize=4,
-                    legend=False,
-                    ax=ax,
-                )
-                label = metric_label(metric)
-                ax.set_title(f"{dataset} · {label}" if many else label)
-                ax.set_xlabel("epoch" if r == len(panels) - 1 or c >= len(panels[r + 1]) else "")
-                ax.set_ylabel("")
-        handles = [Line2D([], [], color=palette[g], marker="o", markersize=4) for g in order]
-        fig.legend(
-            handles, order, title=by, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False
-        )
-        fig.suptitle(f"Summary over seeds ({split} split)", fontsize=13)
-        fig.tight_layout()
-    plt.close(fig)
-    return fig

@@ -28,7 +28,7 @@ import plotly.graph_objects as go
 from msam_core.config import TrainConfig, resolve_config
 from msam_core.derived import SAM_FAMILY
 from msam_viz.figures import compare_curves, run_metrics, shapley_shares
-from msam_viz.figures.comparison import metric_label
+from msam_viz.figures.comparison_table import metric_label
 from msam_viz.style import DEFAULT_STYLE, Style
 from msam_viz.widgets._live import BackgroundJob, LiveFigure
 from msam_viz.widgets.monitor import LiveRun, Ticker

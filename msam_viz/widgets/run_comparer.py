@@ -14,7 +14,7 @@ from typing import Any
 import ipywidgets as W
 
 from msam_viz.figures import compare_curves, compare_runs
-from msam_viz.figures.comparison import AT_CHOICES, default_metrics, metric_label
+from msam_viz.figures.comparison_table import AT_CHOICES, default_metrics, metric_label
 from msam_viz.io import Run, load_run, load_runs
 from msam_viz.style import Style
 from msam_viz.widgets._live import LiveFigure
