@@ -28,12 +28,13 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -49,7 +50,7 @@ from msam_core.data import MultimodalDataset
 from msam_core.derived import SELECTION, default_run_dir, selection_key
 from msam_core.evaluate import evaluate_split
 from msam_core.landscape import compute_landscape
-from msam_core.methods import build_method
+from msam_core.methods import Method, build_method
 from msam_core.record import CONFIG_FILE, RunWriter
 
 # checkpoint I/O and model rebuilding live in msam_core.rundir; importable from here as before
@@ -62,7 +63,7 @@ from msam_core.rundir import (
 from msam_core.rundir import build_dataset as build_dataset
 from msam_core.rundir import build_run_model as build_run_model
 from msam_core.rundir import load_checkpoint as load_checkpoint
-from msam_core.sinks import check_log_targets, open_sinks
+from msam_core.sinks import Sink, check_log_targets, open_sinks
 
 SPLITS = ("train", "val", "test")
 #: keys a resumed run may change; anything else would make it a different run
@@ -413,7 +414,9 @@ def _all_inputs(split: Dataset, batch_size: int, num_workers: int = 0):
     return (x for x, _ in iterate_batches(split, order, batch_size, cpu, num_workers))
 
 
-def _probe_batch(split: Dataset, size: int, device: torch.device):
+def _probe_batch(
+    split: Dataset, size: int, device: torch.device
+) -> tuple[dict[str, Tensor], Tensor]:
     """The first ``size`` training samples: a fixed batch for periodic measurements."""
     indices = torch.arange(min(size, len(split)))
     inputs, targets = fetch_batch(split, indices)
@@ -444,11 +447,27 @@ class _LoopState:
         return state
 
 
+@dataclass
 class _Loop:
     """The epoch/step loop of :func:`train` (a class only to share its many locals)."""
 
-    def __init__(self, **parts: Any) -> None:
-        self.__dict__.update(parts)
+    cfg: TrainConfig
+    device: torch.device
+    dataset: MultimodalDataset
+    model: nn.Module
+    method: Method
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    data_generator: torch.Generator
+    probe: tuple[dict[str, Tensor], Tensor]  # the fixed batch of the periodic measures
+    writer: RunWriter
+    state: _LoopState
+    resumed: bool
+    callback: Callback | None
+    control: TrainingControl | None
+    quiet: bool
+    sinks: list[Sink]
+
+    def __post_init__(self) -> None:
         self.modalities = list(self.model.modalities)
         self.stop_reason: str | None = None
         self.diverged = False  # the loss became NaN/inf: summary.json says so explicitly
