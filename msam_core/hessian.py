@@ -14,28 +14,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from msam_core.coalitions import eval_mode
 from msam_core.param_groups import has_modality_groups, modality_parameter_groups
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 METHODS = ("lanczos", "power")
-
-
-@contextmanager
-def eval_mode(model: nn.Module):
-    """Put the model in eval mode and restore each submodule's own mode afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:

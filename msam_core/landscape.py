@@ -32,8 +32,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from msam_core.batches import fetch_batch
+from msam_core.coalitions import eval_mode
 from msam_core.data import MultimodalDataset
-from msam_core.hessian import eval_mode
 from msam_core.layout import LANDSCAPES_DIR as LANDSCAPES_DIR
 from msam_core.layout import epoch_checkpoints
 from msam_core.param_groups import block_choices, modality_parameter_names

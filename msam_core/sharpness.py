@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from msam_core.hessian import eval_mode, hessian_record, trainable_parameters
+from msam_core.coalitions import eval_mode
+from msam_core.hessian import hessian_record, trainable_parameters
 from msam_core.optim.ascent import ascent, perturbed
 from msam_core.param_groups import has_modality_groups, modality_parameter_groups
 
