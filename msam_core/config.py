@@ -41,12 +41,13 @@ class TrainConfig:
     ``eval_every`` and ``landscape_epochs`` in epochs; ``measure_every`` in steps.
 
     Data: ``dataset`` (registry name) with ``dataset_options`` passed to its loader (a
-    ``seed`` there defaults to ``seed``).  Model: ``fusion`` (early | concat | sum | gated |
-    film), ``encoder`` (``auto`` picks one per modality kind) and ``model_options`` passed to
-    ``build_model`` (feature_dim, hidden, dropout); ``baseline`` is what replaces an absent
-    modality (zeros, or the per-value mean of the training inputs).  Method: ``method``
-    (joint | sam | msam | ...), ``rho`` and ``adaptive`` for the SAM family,
-    ``method_options`` for anything method-specific.
+    ``seed`` there defaults to ``seed``); ``modalities`` trains and evaluates on a subset of
+    its modalities (same samples and splits; empty = all of them).  Model: ``fusion`` (early |
+    concat | sum | gated | film), ``encoder`` (``auto`` picks one per modality kind) and
+    ``model_options`` passed to ``build_model`` (feature_dim, hidden, dropout); ``baseline``
+    is what replaces an absent modality (zeros, or the per-value mean of the training
+    inputs).  Method: ``method`` (joint | sam | msam | ...), ``rho`` and ``adaptive`` for the
+    SAM family, ``method_options`` for anything method-specific.
     Measurement: every ``measure_every`` steps (and at each epoch end) per-modality sharpness
     and Hessian measures on a fixed probe batch of ``probe_size`` training samples
     (``measure_options`` go to :func:`msam_core.sharpness.periodic_measures`); a loss
@@ -57,6 +58,7 @@ class TrainConfig:
     # what to train on, with what
     dataset: str = "synthetic"
     dataset_options: dict[str, Any] = field(default_factory=dict)
+    modalities: list[str] = field(default_factory=list)  # subset to train on; empty = all
     method: str = "msam"
     method_options: dict[str, Any] = field(default_factory=dict)
     fusion: str = "concat"

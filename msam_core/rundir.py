@@ -30,6 +30,7 @@ from torch import nn
 
 from msam_core.config import TrainConfig
 from msam_core.data import MultimodalDataset, load_dataset
+from msam_core.data.subset import select_modalities
 from msam_core.layout import (
     CONFIG_FILE,
     LANDSCAPES_DIR,
@@ -271,9 +272,10 @@ def load_landscapes(run_dir: str | os.PathLike) -> dict[str, Landscape]:
 
 
 def build_dataset(config: TrainConfig) -> MultimodalDataset:
-    """The configured dataset; its ``seed`` option defaults to the run's seed."""
+    """The configured dataset, restricted to ``config.modalities`` (all when empty); its
+    ``seed`` option defaults to the run's seed."""
     options = {"seed": config.seed, **config.dataset_options}
-    return load_dataset(config.dataset, **options)
+    return select_modalities(load_dataset(config.dataset, **options), config.modalities)
 
 
 def build_run_model(config: TrainConfig, dataset: MultimodalDataset) -> nn.Module:

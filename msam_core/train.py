@@ -47,6 +47,7 @@ from msam_core.config import (
     with_overrides,
 )
 from msam_core.data import MultimodalDataset
+from msam_core.data.subset import select_modalities
 from msam_core.derived import SELECTION, default_run_dir, selection_key
 from msam_core.evaluate import evaluate_split
 from msam_core.landscape import compute_landscape
@@ -316,7 +317,10 @@ def train(
     seed_everything(cfg.seed)
 
     # 2. data and model
-    dataset = data if data is not None else build_dataset(cfg)
+    if data is not None:
+        dataset = select_modalities(data, cfg.modalities)
+    else:
+        dataset = build_dataset(cfg)
     if data is not None and cfg.dataset != dataset.name:
         # the run is named after the data it saw (config.json, load_run, figures, compare)
         cfg = with_overrides(cfg, {"dataset": dataset.name})

@@ -59,6 +59,11 @@ from msam_core.modulation import (
 class AgmMethod(EncoderModulation):
     """AGM around the base optimizer (module docstring)."""
 
+    MIN_MODALITIES = 2
+    MIN_MODALITIES_REASON = (
+        "it compares each modality's mono-modal response with the other modalities' responses, "
+        "which one modality alone does not have"
+    )
     OPTIONS = ("agm_alpha", "agm_clamp", "agm_start", "agm_end")
     prefix = "agm"  # the window options: agm_start, agm_end
 

@@ -67,6 +67,16 @@ def sharpness_aware_optimizer(
     return cls(model.parameters(), base_cls, rho=rho, adaptive=adaptive, **kwargs)
 
 
+def check_modality_count(cls: type[Method], modalities: list[str]) -> None:
+    """ValueError when method ``cls`` needs more modalities than ``modalities`` holds."""
+    if len(modalities) < cls.MIN_MODALITIES:
+        raise ValueError(
+            f"method {cls.name!r} needs at least {cls.MIN_MODALITIES} modalities but the run has "
+            f"{modalities}: {cls.MIN_MODALITIES_REASON}; train it on more modalities (the "
+            "modalities key) or use joint, sam, asam or msam"
+        )
+
+
 class Method:
     """Base class of every training method (joint, sam, msam, ...).
 
@@ -83,6 +93,10 @@ class Method:
     name: ClassVar[str] = ""
     #: the ``method_options`` keys this method reads (through :meth:`option`)
     OPTIONS: ClassVar[tuple[str, ...]] = ()
+    #: the fewest modalities the method is defined for, and why (a ``modalities`` subset with
+    #: fewer is refused before anything is written)
+    MIN_MODALITIES: ClassVar[int] = 1
+    MIN_MODALITIES_REASON: ClassVar[str] = ""
     #: True when :meth:`step` measures ``sharpness`` (l(θ+ε) − l(θ)) as a by-product.
     measures_sharpness: bool = False
 

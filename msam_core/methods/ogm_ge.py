@@ -53,6 +53,11 @@ from msam_core.modulation import (
 class OgmGeMethod(EncoderModulation):
     """OGM-GE around the base optimizer (module docstring)."""
 
+    MIN_MODALITIES = 2
+    MIN_MODALITIES_REASON = (
+        "it slows a modality by the ratio of its unimodal score to the other modalities' scores, "
+        "which one modality alone does not have"
+    )
     OPTIONS = ("ogm_alpha", "ogm_form", "ogm_ge", "ogm_start", "ogm_end")
     prefix = "ogm"  # the window options: ogm_start, ogm_end
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from msam_core.methods.base import Method
+from msam_core.methods.base import Method, check_modality_count
 from msam_core.suggest import did_you_mean
 
 _METHODS: dict[str, type[Method]] = {}
@@ -86,6 +86,7 @@ def build_method(name: str, model: nn.Module, config: Any) -> Method:
 
         config = TrainConfig.from_dict(config)
     check_method_options(getattr(config, "method_options", None) or {})
+    check_modality_count(cls, list(model.modalities))
     return cls(model, config)
 
 
