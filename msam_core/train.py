@@ -741,6 +741,9 @@ def build_summary(loop: _Loop) -> dict[str, Any]:
         "best": {split: dict(best[split]) for split in best},
         "train_time_s": state.train_time_s,
     }
+    limits = loop.dataset.info.get("bayes_limits")
+    if limits:  # a dataset that knows its generative model knows its ceilings
+        summary["bayes_limits"] = limits
     if state.sharpness_count:
         summary["mean_sharpness"] = state.sharpness_sum / state.sharpness_count
     return summary

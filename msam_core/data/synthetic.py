@@ -36,6 +36,13 @@ Defaults (two modalities, ``audio`` strong and ``visual`` weak, mirroring the au
 literature where audio dominates): 8 classes, 32 values per modality, strengths ``(4.0, 2.0)``,
 noise ``1.0``, one private pair per modality, 3000 / 500 / 1000 train / val / test samples.
 
+Presets (``--dataset_options.preset NAME``; an option given beside a preset overrides it):
+``default`` (the settings above), ``headroom`` (strengths ``[8, 3]``: the weak modality alone is
+far above what it reaches inside the joint model) and ``fused_room`` (600 training samples of 128
+values per modality: joint training stays clearly below the fused Bayes limit, so a method can
+show a fused gain).  Every loaded set carries its Bayes limits in ``info["bayes_limits"]``
+(:mod:`msam_core.data.bayes`): each modality alone and all together, with Monte Carlo s.e.
+
 Determinism: one ``seed`` fixes everything. The prototypes and each split come from independent
 streams derived from it, so changing ``n_train`` leaves the validation and test sets unchanged.
 """
@@ -51,11 +58,18 @@ import torch
 from torch import Tensor
 
 from msam_core.data.base import ModalitySpec, MultimodalDataset, TensorSplit
+from msam_core.data.bayes import bayes_limits
 from msam_core.data.registry import register_dataset
 
 SYNTHETIC_KINDS = ("vector", "image", "sequence")
 _DEFAULT_NAMES = {1: ("audio",), 2: ("audio", "visual"), 3: ("audio", "visual", "text")}
 _STRONGEST, _WEAKEST = 4.0, 2.0
+#: named settings (module docstring); None = the loader's default for that option
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {"n_train": 3000, "strengths": None, "noise": 1.0, "dims": 32},
+    "headroom": {"n_train": 3000, "strengths": (8.0, 3.0), "noise": 1.0, "dims": 32},
+    "fused_room": {"n_train": 600, "strengths": None, "noise": 1.0, "dims": 128},
+}
 
 
 def default_modality_names(n_modalities: int) -> list[str]:
@@ -163,15 +177,16 @@ def _split_seeds(seed: int) -> list[int]:
 def load_synthetic(
     *,
     seed: int = 0,
-    n_train: int = 3000,
+    preset: str = "default",
+    n_train: int | None = None,
     n_val: int = 500,
     n_test: int = 1000,
     n_classes: int = 8,
     modalities: int | Sequence[str] = 2,
     strengths: float | Sequence[float] | None = None,
-    noise: float | Sequence[float] = 1.0,
+    noise: float | Sequence[float] | None = None,
     kinds: str | Sequence[str] = "vector",
-    dims: int | Sequence[int] = 32,
+    dims: int | Sequence[int] | None = None,
     image_size: int = 16,
     sequence_shape: tuple[int, int] = (2, 32),
     private_pairs: int = 1,
@@ -180,6 +195,8 @@ def load_synthetic(
 
     Args:
         seed: fixes prototypes and samples; the same seed gives identical tensors.
+        preset: a name in :data:`PRESETS`; it sets ``n_train``, ``strengths``, ``noise`` and
+            ``dims`` where those are not given.
         n_train, n_val, n_test: samples per split (each split is class-balanced).
         n_classes: ``K``; must be at least ``2 * private_pairs * M``.
         modalities: number of modalities ``M`` (default names from
@@ -196,6 +213,13 @@ def load_synthetic(
         A :class:`MultimodalDataset` of :class:`TensorSplit` s; ``info`` records the generative
         parameters, which classes are shared and which pairs each modality owns.
     """
+    if preset not in PRESETS:
+        raise ValueError(f"synthetic has no preset {preset!r}; choose one of {list(PRESETS)}")
+    chosen = PRESETS[preset]
+    n_train = chosen["n_train"] if n_train is None else n_train
+    strengths = chosen["strengths"] if strengths is None else strengths
+    noise = chosen["noise"] if noise is None else noise
+    dims = chosen["dims"] if dims is None else dims
     names = default_modality_names(modalities) if isinstance(modalities, int) else list(modalities)
     if not names:
         raise ValueError("need at least one modality")
@@ -263,6 +287,8 @@ def load_synthetic(
         "noise": dict(zip(names, map(float, noise), strict=True)),
         "private_pairs": owners,
         "shared_classes": list(range(2 * private_pairs * n_mod, n_classes)),
+        "preset": preset,
+        "bayes_limits": bayes_limits(names, visible.numpy(), strengths, noise),
         "licence": "generated; no licence needed",
     }
     return MultimodalDataset(
