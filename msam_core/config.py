@@ -93,6 +93,10 @@ class TrainConfig:
     measure_every: int = 0  # per-modality sharpness / Hessian every k steps; 0 = never
     measure_options: dict[str, Any] = field(default_factory=dict)
     probe_size: int = 256  # samples of the fixed train probe batch the measurements use
+    # linear probes of the encoders (probe/<m>) at the best and last epochs, and every
+    # probe_every epochs when > 0 (late fusion only)
+    probe: bool = True
+    probe_every: int = 0
     landscape_epochs: list[int] = field(default_factory=list)
     landscape_options: dict[str, Any] = field(default_factory=dict)
     fsync: bool = False  # force each record to disk (slower; survives power loss)
@@ -119,7 +123,14 @@ class TrainConfig:
         for key in ("batch_size", "eval_batch_size", "probe_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("epochs", "eval_every", "checkpoint_every", "keep_checkpoints", "num_workers"):
+        for key in (
+            "epochs",
+            "eval_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "num_workers",
+            "probe_every",
+        ):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.measure_every < 0:

@@ -81,6 +81,8 @@ RESUMABLE_KEYS = (
     "landscape_epochs",
     "landscape_options",
     "log_to",
+    "probe",
+    "probe_every",
 )
 Callback = Callable[[dict[str, Any]], "bool | None"]
 
@@ -501,6 +503,8 @@ class _Loop:
                 if not self._train_epoch(epoch, bar):
                     break
                 self._end_of_epoch(epoch)
+            if state.epoch >= cfg.epochs and self.stop_reason is None:
+                self._probe_best()
         except KeyboardInterrupt:
             self.stop_reason = f"interrupted at step {state.step}"
             raise
@@ -625,10 +629,46 @@ class _Loop:
         self._checkpoint(epoch)
         self._write_summary()
 
+    def _probes(self) -> dict[str, dict[str, float]]:
+        """``{split: {"probe/<m>": acc}}`` of the model as it is (empty for early fusion)."""
+        from msam_core.probe import probe_model
+
+        splits = {name: self.dataset.split(name) for name in SPLITS}
+        return probe_model(
+            self.model,
+            splits,
+            int(self.dataset.num_classes),
+            batch_size=self.cfg.eval_batch_size,
+            device=self.device,
+            num_workers=self.cfg.num_workers,
+        )
+
+    def _probe_best(self) -> None:
+        """Add the probes of the best-val epoch's weights to its summary metrics (once)."""
+        state = self.state
+        if not self.cfg.probe or not state.best_metrics:
+            return
+        if any(k.startswith("probe/") for k in state.best_metrics.get("test", {})):
+            return  # probed when it was evaluated
+        last = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        best = torch.load(
+            self.writer.checkpoints_dir / "best.pt", map_location=self.device, weights_only=True
+        )
+        self.model.load_state_dict(best["model"])
+        try:
+            for split, values in self._probes().items():
+                state.best_metrics[split] = {**state.best_metrics[split], **values}
+        finally:
+            self.model.load_state_dict(last)
+
     def _evaluate(self, epoch: int) -> None:
         metrics: dict[str, dict[str, Any]] = {}
         extra = self._measure(overall=True) if self.cfg.measure_every else {}
         extra.pop("time/measure_s", None)
+        every = self.cfg.probe_every
+        probing = self.cfg.probe and epoch > 0
+        probing = probing and (epoch == self.cfg.epochs or (every > 0 and epoch % every == 0))
+        probes = self._probes() if probing else {}
         for split in SPLITS:
             result = evaluate_split(
                 self.model,
@@ -639,6 +679,7 @@ class _Loop:
                 num_workers=self.cfg.num_workers,
             )
             record = {"epoch": epoch, "split": split, "step": self.state.step, **result}
+            record.update(probes.get(split, {}))
             if split == "train":
                 record.update(extra)  # measured on the train probe batch
             metrics[split] = record
