@@ -29,6 +29,7 @@ TINY = {
     "batch_size": 32,
     "epochs": 1,
     "device": "cpu",
+    "alone": False,  # the ceiling runs have tests of their own
 }
 
 
@@ -90,6 +91,7 @@ def test_second_call_reuses_finished_runs_without_training(tmp_path, train_calls
 def test_interrupted_run_is_resumed_not_restarted(tmp_path, train_calls):
     out = tmp_path / "cmp"
     cfg = {**TINY, "epochs": 2, "method": "joint", "seed": 0, "name": "joint/seed0"}
+    del cfg["alone"]  # a compare argument, not a config key
     # a run killed during epoch 2: its callback stops it after the first step of that epoch
     path = run_path(out, "joint", 0)
     train(cfg, out=path, quiet=True, callback=lambda r: not (r.get("step") == 3))
@@ -180,7 +182,7 @@ def test_cli_compare_prints_the_table(tmp_path, capsys):
 
 def test_request_errors_name_the_problem(tmp_path):
     assert parse_seeds(3) == [0, 1, 2] and parse_seeds("4,7") == [4, 7]
-    assert parse_methods(" joint , msam ") == ["joint", "msam"]
+    assert [s.label for s in parse_methods(" joint , msam ")] == ["joint", "msam"]
     with pytest.raises(ValueError, match="count"):
         parse_seeds("three")
     with pytest.raises(ValueError, match="at least one seed"):
@@ -191,3 +193,69 @@ def test_request_errors_name_the_problem(tmp_path):
         parse_methods("jiont")
     with pytest.raises(ValueError, match="sets \\['method'\\]"):
         compare("synthetic", ["joint"], 1, tmp_path / "x", method="msam")
+
+
+def test_method_specs_are_rows_of_their_own_and_reused(tmp_path, train_calls):
+    out = tmp_path / "cmp"
+    specs = "joint,msam,msam[rho=0.5],msam[perturb=all,rho=0.2]"
+    table = compare("synthetic", specs, 1, out, **TINY)
+    labels = ["joint", "msam", "msam[rho=0.5]", "msam[perturb=all,rho=0.2]"]
+    assert list(table["method"]) == labels and len(train_calls) == 4
+    stored = json.loads((run_path(out, "msam[rho=0.5]", 0) / "config.json").read_text())
+    assert stored["rho"] == 0.5 and stored["method"] == "msam"
+    both = json.loads((run_path(out, labels[3], 0) / "config.json").read_text())
+    assert both["method_options"] == {"perturb": "all"} and both["rho"] == 0.2
+    runs = pd.read_csv(out / "runs.csv")
+    assert list(runs["method"]) == labels
+    compare("synthetic", specs, 1, out, **TINY)
+    assert len(train_calls) == 4  # every spec's run reused
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("msam[rhoo=0.5]", r"'rhoo' is neither an option of 'msam'"),
+        ("msam[rho]", r"'rho' is not key=value"),
+        ("msam[rho=0.5", r"'\[' without '\]'"),
+        ("msam[rho=-1]", r"rho must be"),
+        ("ogm_ge[perturb=all]", r"'perturb' is neither an option of 'ogm_ge'"),
+        ("msm[rho=1]", r"unknown method 'msm'"),
+    ],
+)
+def test_a_bad_spec_is_named_before_anything_is_written(tmp_path, spec, message):
+    with pytest.raises(ValueError, match=message):
+        compare("synthetic", f"joint,{spec}", 1, tmp_path / "cmp", **TINY)
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_alone_runs_give_ceiling_headroom_and_recovered(tmp_path):
+    out = tmp_path / "cmp"
+    table = compare("synthetic", "joint,sam", 2, out, **{**TINY, "alone": True})
+    runs = pd.read_csv(out / "runs.csv").set_index(["method", "seed"])
+    for m in ("audio", "visual"):
+        alone = json.loads((run_path(out, f"alone/{m}", 0) / "config.json").read_text())
+        assert alone["modalities"] == [m] and alone["method"] == "joint"
+        ceiling = runs.loc[f"alone/{m}", "test_acc"]
+        inside = runs.loc["joint", f"acc/{m}"]
+        sam = runs.loc["sam", f"acc/{m}"]
+        row = table.set_index("method")
+        assert row.loc["joint", f"alone/{m}_mean"] == pytest.approx(ceiling.mean())
+        headroom = (ceiling - inside).mean()
+        assert row.loc["sam", f"headroom/{m}_mean"] == pytest.approx(headroom)
+        if headroom <= 0:  # no room: nothing to recover, no ratio
+            assert math.isnan(row.loc["sam", f"recovered/{m}_mean"])
+            continue
+        expected = 100 * (sam - inside).mean() / headroom
+        assert row.loc["sam", f"recovered/{m}_mean"] == pytest.approx(expected)
+        assert row.loc["joint", f"recovered/{m}_mean"] == pytest.approx(0.0)
+    text = (out / "results.md").read_text()
+    assert "recovered visual (%)" in text and "alone visual" in text and "probe visual" in text
+
+
+def test_no_alone_and_single_modality_requests(tmp_path):
+    table = compare("synthetic", "joint", 1, tmp_path / "a", **TINY)
+    assert not (tmp_path / "a" / "alone").exists()
+    assert not any(c.startswith("alone/") for c in table.columns)
+    with pytest.raises(ValueError, match="needs at least 2 modalities"):
+        compare("synthetic", "joint,ogm_ge", 1, tmp_path / "b", **{**TINY, "modalities": "audio"})
+    assert not (tmp_path / "b").exists()

@@ -25,6 +25,8 @@ def config(method: str, epochs: int) -> TrainConfig:
             "device": "cpu",
             "momentum": 0.9,
             "model_options": {"dropout": 0.2},
+            # probes every epoch: a 1-epoch run extended to 2 probes epoch 1 as its last
+            "probe_every": 1,
         }
     )
 

@@ -14,7 +14,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--methods",
         default="joint,sam,ogm_ge,agm,msam",
-        help="comma list of methods (default: joint,sam,ogm_ge,agm,msam)",
+        help="comma list of method specs (default: joint,sam,ogm_ge,agm,msam); a spec may set "
+        "config keys or method options for its row: msam[rho=0.5],msam[perturb=all]",
+    )
+    parser.add_argument(
+        "--no-alone",
+        dest="alone",
+        action="store_false",
+        help="do not train each modality alone (no alone/headroom/recovered columns)",
     )
     parser.add_argument(
         "--seeds",
@@ -81,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         args.seeds,
         args.out,
         config=args.config,
+        alone=args.alone,
         overwrite=args.overwrite,
         quiet=not args.verbose,
         progress=True,
