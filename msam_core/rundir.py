@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,6 +186,8 @@ class Landscape:
         return "_".join(parts)
 
 
+_REQUIRED = ("alphas", "betas", "loss", "acc", "subspace", "norm", "ignore", "seeds", "span")
+_REQUIRED += ("center_loss", "center_acc", "n_eval", "split", "epoch", "step")
 _OPTIONAL = ("trajectory", "trajectory_epochs", "explained_variance", "direction_scale")
 
 
@@ -234,8 +237,17 @@ def load_landscape(path: str | os.PathLike) -> Landscape:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no landscape file at {str(path)!r}")
-    with np.load(path, allow_pickle=False) as data:
-        a = {k: data[k] for k in data.files}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            a = {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(
+            f"{path} is not a landscape file msam can read ({type(err).__name__}: {err}); "
+            "it is truncated or not msam's: delete it and compute the landscape again"
+        ) from err
+    missing = [k for k in _REQUIRED if k not in a]
+    if missing:
+        raise ValueError(f"{path} is not a landscape msam wrote: it lacks {missing}")
 
     def known(key: str) -> int | None:
         value = int(a[key])

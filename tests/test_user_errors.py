@@ -178,3 +178,23 @@ def test_a_custom_dataset_is_recorded_under_its_own_name(tmp_path):
     # resuming with the same data continues the same run
     train(out=out, resume=True, data=data, quiet=True, epochs=2)
     assert load_run(out).summary["epochs_done"] == 2
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated", b"not a zip at all"])
+def test_a_broken_landscape_file_names_the_file(tmp_path, content):
+    from msam_core.landscape import load_landscape
+
+    path = tmp_path / "grid.npz"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"grid\.npz is not a landscape file msam can read"):
+        load_landscape(path)
+
+
+def test_a_foreign_npz_names_what_it_lacks(tmp_path):
+    import numpy as np
+
+    from msam_core.landscape import load_landscape
+
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(ValueError, match=r"other\.npz is not a landscape msam wrote: it lacks"):
+        load_landscape(tmp_path / "other.npz")
