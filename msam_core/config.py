@@ -181,6 +181,7 @@ class TrainConfig:
 DESCRIPTIONS: dict[str, str] = {
     "dataset": "dataset name: synthetic, mfeat, basic_motions, digits_halves, cremad, ...",
     "dataset_options": "keyword options of the dataset's loader (noise, views, data_root, ...)",
+    "modalities": "train and evaluate on these modalities only (e.g. audio,visual); [] = all",
     "method": "training method: joint, sam, asam, ogm_ge, agm, msam",
     "method_options": "options of the method (phi_ema, ogm_alpha, ...; see the README table)",
     "fusion": "early, or a late-fusion head: concat, sum, gated, film",
@@ -211,6 +212,8 @@ DESCRIPTIONS: dict[str, str] = {
     "measure_every": "per-modality sharpness and Hessian measures every k steps; 0 = never",
     "measure_options": "options of the measures: hessian, blocks, tol, max_iter, n_samples, ...",
     "probe_size": "training samples in the fixed probe batch the measures use",
+    "probe": "linear probe of each encoder's features (probe/<m>) at the best and last epochs",
+    "probe_every": "also probe every k epochs; 0 = only at the best and last epochs",
     "landscape_epochs": "epochs after which a loss landscape is computed and saved",
     "landscape_options": "options of compute_landscape: steps, span, dims, norm, ...",
     "fsync": "force every record to disk (slower; survives power loss)",
