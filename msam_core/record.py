@@ -345,11 +345,17 @@ def _filter_jsonl(path: Path, keep) -> None:
         return
     lines = []
     with open(path, encoding="utf-8") as fh:
-        for line in fh:
+        for lineno, line in enumerate(fh, start=1):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            problem = record_problem(record)
+            if problem:  # said before the file is rewritten, as load_run says it
+                raise ValueError(
+                    f"{path}, line {lineno}: {problem}; this file is not a record msam wrote "
+                    f"(or was edited by hand): fix or remove that line, then resume"
+                )
             if line.endswith("\n") and keep(record):
                 lines.append(line)
     fd, tmp = temp_file_beside(path)

@@ -198,3 +198,18 @@ def test_a_foreign_npz_names_what_it_lacks(tmp_path):
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
     with pytest.raises(ValueError, match=r"other\.npz is not a landscape msam wrote: it lacks"):
         load_landscape(tmp_path / "other.npz")
+
+
+def test_resuming_over_a_record_of_the_wrong_type_names_file_and_line(tmp_path, capsys):
+    from msam_core import train
+
+    config = {"epochs": 1, "dataset_options": {"n_train": 32, "n_val": 16, "n_test": 16}}
+    out = train(config, out=tmp_path / "run", quiet=True)
+    with open(out / "iterations.jsonl", "a") as fh:
+        fh.write('{"step": "seven", "loss": 0.1}\n')
+    before = (out / "iterations.jsonl").read_text()
+    args = ["train", "--resume", str(out), "--epochs", "2", "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "iterations.jsonl, line 2: 'step' must be an integer, found 'seven'" in err
+    assert (out / "iterations.jsonl").read_text() == before  # nothing rewritten
