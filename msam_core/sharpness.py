@@ -1,6 +1,6 @@
 """Sharpness ``ℓ(θ+ε) − ℓ(θ)``: overall, per modality block, and the periodic measures.
 
-``ε = ρ·g/‖g‖`` is the SAM ascent step (ASAM: ``ε = ρ·T²g/‖Tg‖`` with ``T = |θ|``).  Restricting
+``ε = ρ·g/‖g‖`` is the SAM ascent (ASAM: ``ε = ρ·T²g/‖Tg‖`` with ``T = |θ|``).  Restricting
 ``ε`` to one modality's encoder parameters (the others stay at ``θ``) measures how sharp the
 loss is along that encoder alone: the per-modality sharpness ``sharpness/<m>``; the head and
 shared parameters give ``sharpness/fusion``.  Every block's ascent has radius ``ρ``.

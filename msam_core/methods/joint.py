@@ -4,7 +4,7 @@ Still records, at every step, the Shapley contributions, weights and dominant mo
 the current batch (from the coalition pass the step helper runs on the first-pass features),
 so imbalance can be watched under plain training too.
 
-Sharpness: joint training takes no ascent step, so by default it records none per step.  The
+Sharpness: joint training takes no ascent, so by default it records none per step.  The
 option ``batch_sharpness`` (``--method_options.batch_sharpness true``) measures
 ℓ(θ+ε) − ℓ(θ) on each training batch with ε = ρ·g/‖g‖ from the step's own gradient (one extra
 no-grad forward), so ``sharpness`` means the same for ``joint`` as for the SAM family.

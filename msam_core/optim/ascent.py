@@ -43,7 +43,7 @@ def ascent(
     adaptive: bool | Sequence[bool] = False,
     masks: Sequence[Tensor | None] | None = None,
 ) -> list[Tensor]:
-    """The ascent step ``ε`` for ``params`` from the gradients ``grads`` (same order and shapes).
+    """The ascent ``ε`` for ``params`` from the gradients ``grads`` (same order and shapes).
 
     ``ε = ρ·g/‖g‖`` or, ``adaptive`` (ASAM), ``ε = ρ·|θ|²g/‖|θ|g‖``, with one norm over all
     ``params`` (a zero gradient gives ``ε = 0``).  ``rho`` and ``adaptive`` are one value or one
