@@ -447,19 +447,36 @@ def msam_step(
         )
     if value is None:
         raise ValueError("msam_step needs Shapley values: value must be accuracy, prob or neg_loss")
-    targeted = check_perturb(perturb) == "dominant"
-    if targeted and parts is None:
+    if check_perturb(perturb) == "dominant" and parts is None:
         parts = modality_parameters(unwrap(model), "msam's targeted ascent (perturb=dominant)")
+    update = msam_update(model, optimizer, inputs, targets, loss_fn, parts, average)
+    shapley_args = (value, masking, baselines, chunk_size, reuse_first_pass)
+    return run_step(model, optimizer, inputs, targets, update, loss_fn, *shapley_args)
+
+
+def msam_update(
+    model: nn.Module,
+    optimizer: MSAM,
+    inputs: Mapping[str, Tensor],
+    targets: Tensor,
+    loss_fn: LossFn = F.cross_entropy,
+    parts: ModalityParameters | None = None,
+    average: Callable[[Tensor], Tensor] | None = None,
+) -> UpdateFn:
+    """M-SAM's update for :func:`run_step` on this batch (:func:`msam_step`): the ascent on
+    the dominant modality's entries of ``parts`` (every parameter when ``parts`` is None, the
+    literal form), the second pass, the weighted descent."""
 
     def update(first: FirstPass, shapley: ShapleyResult | None) -> Update:
+        if shapley is None:
+            raise ValueError("the M-SAM update needs the batch's Shapley values (value=None)")
         used = None if average is None else average(shapley.phi)
         d = shapley.dominant_index if used is None else dominant_index(used)
         weights = shapley.weights if used is None else balance_weights(used)
         weight = float(weights[d])
-        only = parts[shapley.modalities[d]] if targeted else None
+        only = None if parts is None else parts[shapley.modalities[d]]
         perturbed = perturbed_backward(model, optimizer, inputs, targets, loss_fn, only)
         optimizer.second_step(weight)
         return Update(perturbed, weight, used)
 
-    shapley_args = (value, masking, baselines, chunk_size, reuse_first_pass)
-    return run_step(model, optimizer, inputs, targets, update, loss_fn, *shapley_args)
+    return update

@@ -58,7 +58,7 @@ from msam_core.step import (
     check_finite_loss,
     check_perturb,
     frozen_batchnorm_stats,
-    msam_step,
+    msam_update,
     run_step,
 )
 
@@ -134,19 +134,15 @@ class MsamMethod(Method):
     # -- the step ----------------------------------------------------------------------------
 
     def step(self, model: nn.Module, inputs: Mapping[str, Tensor], targets: Tensor) -> dict:
-        if self.decomposition == "weighted":
-            result = msam_step(
-                model,
-                self.optimizer,
-                inputs,
-                targets,
-                value=self.config.shapley_value,
-                perturb=self.perturb,
-                parts=self.parts,
-                average=self.averaged_phi if self.phi_ema else None,
-            )
-            return result.to_record(self.modalities)
-        return self._attributed_step(model, inputs, targets)
+        if self.decomposition == "attributed":
+            return self._attributed_step(model, inputs, targets)
+        average = self.averaged_phi if self.phi_ema else None
+        update = msam_update(
+            model, self.optimizer, inputs, targets, parts=self.parts, average=average
+        )
+        value = self.config.shapley_value
+        result = run_step(model, self.optimizer, inputs, targets, update, value=value)
+        return result.to_record(self.modalities)
 
     def _attributed_step(
         self, model: nn.Module, inputs: Mapping[str, Tensor], targets: Tensor

@@ -136,7 +136,17 @@ class _SharpnessAware(torch.optim.Optimizer):
         self.zero_grad()
 
     @torch.no_grad()
-    def _descend(self, a: float, b: float, zero_grad: bool) -> None:
+    def second_step(
+        self,
+        dominant_weight: float = 1.0,
+        zero_grad: bool = False,
+        *,
+        first_weight: float | None = None,
+    ) -> None:
+        """Restore ``θ``; the base optimizer steps on ``w_d·g' + (1 − w_d)·g``
+        (``first_weight`` replaces ``1 − w_d``: 1 for the attributed decomposition's sum)."""
+        a = _check_weight(dominant_weight)
+        b = 1.0 - a if first_weight is None else float(first_weight)
         if not self.perturbed:
             raise RuntimeError("second_step called without first_step: nothing to descend from")
         for group in self.param_groups:
@@ -221,15 +231,6 @@ class MSAM(_SharpnessAware):
         """
         self._ascend(zero_grad, only, first_grads)
 
-    def second_step(
-        self, dominant_weight: float, zero_grad: bool = False, *, first_weight: float | None = None
-    ) -> None:
-        """Restore ``θ``; the base optimizer steps on ``w_d·g' + (1 − w_d)·g``
-        (``first_weight`` replaces ``1 − w_d``: 1 for the attributed decomposition's sum)."""
-        w = _check_weight(dominant_weight)
-        b = 1.0 - w if first_weight is None else float(first_weight)
-        self._descend(w, b, zero_grad)
-
     def step(self, closure: Closure | None = None, dominant_weight: float = 1.0) -> Tensor:
         """The closure form: ``∇ℓ(θ)`` must already be in ``.grad``; ``closure`` recomputes the
         loss and calls ``backward`` (it runs at ``θ + ε``).  Returns the closure's loss."""
@@ -266,7 +267,7 @@ class SAM(_SharpnessAware):
 
     def second_step(self, zero_grad: bool = False) -> None:
         """Restore ``θ``; the base optimizer steps on ``∇ℓ(θ + ε)``."""
-        self._descend(1.0, 0.0, zero_grad)
+        super().second_step(1.0, zero_grad, first_weight=0.0)
 
     def step(self, closure: Closure | None = None) -> Tensor:
         """Closure form as :meth:`MSAM.step`; returns the loss at ``θ + ε``."""
