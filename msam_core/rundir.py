@@ -290,6 +290,15 @@ def build_dataset(config: TrainConfig) -> MultimodalDataset:
     return select_modalities(load_dataset(config.dataset, **options), config.modalities)
 
 
+def run_fusion(config: TrainConfig) -> str:
+    """The fusion the run's model is built with: ``config.fusion``, unless the method needs its
+    own head (MLA's shared classifier); early fusion stays, for such a method to refuse."""
+    from msam_core.methods import get_method
+
+    needed = get_method(config.method).fusion
+    return needed if needed and config.fusion != "early" else config.fusion
+
+
 def build_run_model(config: TrainConfig, dataset: MultimodalDataset) -> nn.Module:
     """``build_model`` from the dataset's modality specs, initialised from ``config.seed``."""
     check_options(
@@ -302,7 +311,7 @@ def build_run_model(config: TrainConfig, dataset: MultimodalDataset) -> nn.Modul
     return build_model(
         dataset.modalities,
         dataset.num_classes,
-        fusion=config.fusion,
+        fusion=run_fusion(config),
         encoder=config.encoder,
         **config.model_options,
     )

@@ -21,6 +21,7 @@ of an epoch after evaluation, so a resumed run replays the same steps with the s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import random
@@ -57,6 +58,7 @@ from msam_core.record import CONFIG_FILE, RunWriter
 # checkpoint I/O and model rebuilding live in msam_core.rundir; importable from here as before
 from msam_core.rundir import (
     CHECKPOINT_FORMAT,
+    run_fusion,
     save_checkpoint,
     save_landscape,
     save_loop_checkpoint,
@@ -336,6 +338,9 @@ def train(
 
     # 3. method (owns the optimizer) and the learning-rate schedule
     method = build_method(cfg.method, model, cfg)
+    # the part of train the loop trains (and evaluates "train") on: all of it unless the method
+    # holds some out for itself (G-Blending)
+    dataset = dataclasses.replace(dataset, train=method.training_split(dataset.train))
     n_train = len(dataset.train)
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
     # SAM-family wrappers share param_groups with their base optimizer, whose step() is the
@@ -372,6 +377,7 @@ def train(
         run_info={
             "device": str(device),
             "modalities": modalities,
+            "fusion": run_fusion(cfg),
             "num_classes": int(dataset.num_classes),
             "dataset_name": dataset.name,
             # what train(data=..., model=...) was given: such a run is rebuilt with

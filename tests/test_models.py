@@ -48,7 +48,7 @@ def _with_mean_baselines(model: nn.Module, specs: list[ModalitySpec]) -> nn.Modu
 
 
 def test_fusion_names_are_the_ones_users_type() -> None:
-    assert fusion_names() == ["early", "concat", "sum", "gated", "film"]
+    assert fusion_names() == ["early", "concat", "sum", "gated", "film", "shared"]
     assert {"auto", "mlp", "cnn", "cnn1d"} <= set(encoder_names())
 
 

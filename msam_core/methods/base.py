@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from msam_core.suggest import did_you_mean
 
@@ -99,6 +100,10 @@ class Method:
     MIN_MODALITIES_REASON: ClassVar[str] = ""
     #: True when :meth:`step` measures ``sharpness`` (l(θ+ε) − l(θ)) as a by-product.
     measures_sharpness: bool = False
+    #: the fusion head the method's model must have (None: any).  The loop builds the run's
+    #: model with it unless the run asks for early fusion, which such a method refuses (MLA's
+    #: shared head is its architecture, not an option).
+    fusion: ClassVar[str | None] = None
 
     def __init__(self, model: nn.Module, config: Any) -> None:
         self.model = model
@@ -131,6 +136,12 @@ class Method:
 
         Methods whose behaviour depends on the epoch (e.g. a modulation window) override it.
         """
+
+    def training_split(self, train: Dataset) -> Dataset:
+        """Called once by the loop, before training, with the training split; returns the part
+        the loop trains on.  A method that holds part of train out for itself (G-Blending) or
+        reads train between epochs (PMR's prototypes) keeps what it needs here."""
+        return train
 
     def step(self, model: nn.Module, inputs: Mapping[str, Tensor], targets: Tensor) -> dict:
         """One optimisation step on one batch; returns the step's record.

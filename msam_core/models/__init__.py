@@ -22,6 +22,7 @@ from msam_core.models.fusion import (
     FiLMFusion,
     FusionHead,
     GatedFusion,
+    SharedFusion,
     SumFusion,
     make_classifier,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "LateFusionModel",
     "MLPEncoder",
     "MultimodalModel",
+    "SharedFusion",
     "SumFusion",
     "build_encoder",
     "build_model",

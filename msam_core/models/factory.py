@@ -35,7 +35,7 @@ def build_model(
     Args:
         modalities: the dataset's specs (``dataset.modalities``); their order is the model's.
         num_classes: number of classes ``C``.
-        fusion: ``early``, ``concat``, ``sum``, ``gated`` or ``film`` (see
+        fusion: ``early``, ``concat``, ``sum``, ``gated``, ``film`` or ``shared`` (see
             :mod:`msam_core.models.fusion`).
         encoder: registered encoder name for every modality, or ``{modality: name}``; ``auto``
             picks by kind (vector -> mlp, image / spectrogram -> cnn, sequence -> cnn1d).

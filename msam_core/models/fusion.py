@@ -179,9 +179,44 @@ class FiLMFusion(FusionHead):
         return (1.0 + gamma) * features[self.target] + beta
 
 
-FUSION_HEADS: dict[str, type[FusionHead]] = {
+class SharedFusion(nn.Module):
+    """One classifier for every modality, outputs blended by their uncertainty (``shared``)."""
+
+    def __init__(
+        self,
+        modalities: Sequence[str],
+        feature_dim: int,
+        num_classes: int,
+        hidden: int | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.modalities = list(modalities)
+        self.feature_dim = int(feature_dim)
+        self.classifier = make_classifier(self.feature_dim, num_classes, hidden, dropout)
+
+    def unimodal_logits(self, features: Mapping[str, Tensor]) -> Tensor:
+        """``[M, B, C]``: the shared classifier on each modality's features alone."""
+        return torch.stack([self.classifier(features[m]) for m in self.modalities])
+
+    @staticmethod
+    def uncertainty_weights(logits: Tensor) -> Tensor:
+        """``[M, B]`` weights from ``[M, B, C]`` logits: the less entropy, the more weight."""
+        log_p = logits.log_softmax(dim=-1)
+        entropy = -(log_p.exp() * log_p).sum(-1)
+        return (-entropy).softmax(dim=0)
+
+    def forward(self, features: Mapping[str, Tensor], mask: Tensor | None = None) -> Tensor:
+        batch_size = features[self.modalities[0]].shape[0]
+        validate_mask(mask, len(self.modalities), batch_size)
+        logits = self.unimodal_logits(features)
+        return (self.uncertainty_weights(logits).unsqueeze(-1) * logits).sum(0)
+
+
+FUSION_HEADS: dict[str, type[nn.Module]] = {
     "concat": ConcatFusion,
     "sum": SumFusion,
     "gated": GatedFusion,
     "film": FiLMFusion,
+    "shared": SharedFusion,
 }
