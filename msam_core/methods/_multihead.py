@@ -101,7 +101,8 @@ def check_fraction(method: str, key: str, value: float, *, allow_zero: bool = Fa
 
 
 class IndexedSplit(Dataset):
-    """The samples ``indices`` of ``split``, in that order (gathered in one op when it can)."""
+    """The samples ``indices`` of ``split``, in that order (file-backed: read item by item, so
+    the loop's DataLoader workers still read them)."""
 
     def __init__(self, split: Dataset, indices: Tensor) -> None:
         self.split = split
@@ -113,8 +114,18 @@ class IndexedSplit(Dataset):
     def __getitem__(self, index: int):
         return self.split[int(self.indices[index])]
 
+
+class _IndexedMemorySplit(IndexedSplit):
+    """:class:`IndexedSplit` of an in-memory split: batches gathered in one op."""
+
     def take(self, indices: Tensor):
         return fetch_batch(self.split, self.indices[torch.as_tensor(indices, dtype=torch.long)])
+
+
+def subset(split: Dataset, indices: Tensor) -> IndexedSplit:
+    """The samples ``indices`` of ``split`` as a split of their own."""
+    cls = _IndexedMemorySplit if hasattr(split, "take") else IndexedSplit
+    return cls(split, indices)
 
 
 def seeded_permutation(n: int, seed: int) -> Tensor:

@@ -46,7 +46,6 @@ from torch.utils.data import Dataset
 
 from msam_core.coalitions import eval_mode
 from msam_core.methods._multihead import (
-    IndexedSplit,
     MultiLossMethod,
     assign,
     average_over_ranks,
@@ -55,6 +54,7 @@ from msam_core.methods._multihead import (
     require_late_fusion,
     seeded_permutation,
     split_features,
+    subset,
     trainable,
 )
 from msam_core.methods.base import build_base_optimizer
@@ -122,9 +122,9 @@ class GBlending(MultiLossMethod):
             )
         order = seeded_permutation(n, int(self.config.seed))
         held, kept = order[:n_held], order[n_held:]
-        self.held_out = IndexedSplit(train, held)
-        self.train_sample = IndexedSplit(train, kept[:n_held])
-        return IndexedSplit(train, kept)
+        self.held_out = subset(train, held)
+        self.train_sample = subset(train, kept[:n_held])
+        return subset(train, kept)
 
     def head_losses(self) -> Tensor:
         """``[2, M + 1]`` float64 mean losses of every head (fused, then each modality) on the

@@ -49,7 +49,6 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from msam_core.methods._multihead import (
-    IndexedSplit,
     MultiLossMethod,
     assign,
     average_over_ranks,
@@ -58,6 +57,7 @@ from msam_core.methods._multihead import (
     require_late_fusion,
     seeded_permutation,
     split_features,
+    subset,
     trainable,
 )
 from msam_core.methods._readouts import ModulationWindow, mean_over_ranks
@@ -141,7 +141,7 @@ class Pmr(MultiLossMethod):
         n = len(self.train)
         count = max(1, round(self.fraction * n))
         seed = int(self.config.seed) * 1_000_003 + int(epoch)
-        sample = IndexedSplit(self.train, seeded_permutation(n, seed)[:count])
+        sample = subset(self.train, seeded_permutation(n, seed)[:count])
         batch = int(getattr(self.config, "eval_batch_size", 256) or 256)
         features, targets = split_features(self.model, sample, batch)
         classes = int(self.model.num_classes)
