@@ -50,6 +50,7 @@ bench: setup
 	$(BIN)/python benchmarks/loop_overhead.py
 	$(BIN)/python benchmarks/landscape_speed.py
 	$(BIN)/python benchmarks/av_loading.py
+	$(BIN)/python benchmarks/method_cost.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,0 +1,101 @@
+"""What does each training method cost per step, relative to joint training?
+
+Setting as benchmarks/step_cost.py: M vector modalities of 256 values, MLP encoders
+(256 -> 128 -> 128), a linear concat head (MLA: its shared head), 10 classes, batch 256, SGD
+with momentum, every method built by the registry from one config and stepping through
+``Method.step`` exactly as the training loop calls it (so every step also records the batch's
+Shapley values, joint's included).  The methods run interleaved round by round (order rotated
+each round) on their own copies of one model; printed: ms per step as best / median, and the
+ratio to joint (of the best times, and the median of the per-round ratios).
+
+PMR and G-Blending also work once per epoch (prototypes; the held-out losses): that is timed
+separately, as ms per epoch on a 2,048-sample training split, and is not in the step ratio.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/method_cost.py [--device cuda] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from step_cost import best, ratios, shown, sync, time_interleaved
+
+from msam_core.config import TrainConfig
+from msam_core.data.base import ModalitySpec, TensorSplit
+from msam_core.methods import build_method
+from msam_core.models import build_model
+
+CLASSES = 10
+METHODS = ["joint", "sam", "ogm_ge", "agm", "mmpareto", "mla", "pmr", "gblending", "msam"]
+
+
+def data(n_modalities: int, n: int, dim: int, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    targets = torch.randint(CLASSES, (n,), generator=generator)
+    inputs = {f"m{i}": torch.randn(n, dim, generator=generator) for i in range(n_modalities)}
+    for i, x in enumerate(inputs.values()):
+        x[:, :CLASSES] += (i + 1) * torch.nn.functional.one_hot(targets, CLASSES)
+    return inputs, targets
+
+
+def build(method: str, n_modalities: int, args, device, split: TensorSplit):
+    specs = [ModalitySpec(f"m{i}", "vector", (args.dim,)) for i in range(n_modalities)]
+    torch.manual_seed(0)
+    fusion = "shared" if method == "mla" else "concat"
+    model = build_model(specs, CLASSES, fusion=fusion, feature_dim=args.width).to(device)
+    cfg = TrainConfig.from_dict(
+        {"method": method, "lr": 0.01, "momentum": 0.9, "device": str(device), "rho": 0.05}
+    )
+    built = build_method(method, model, cfg)
+    built.training_split(split)
+    built.set_epoch(1)
+    return model, built
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quick", action="store_true", help="few rounds, small batch (a smoke)")
+    args = parser.parse_args()
+    args.dim, args.width = 256, 128
+    args.batch, args.rounds = (64, 3) if args.quick else (256, 20)
+    device = torch.device(args.device)
+    print(
+        f"per-step cost relative to joint (batch {args.batch}, {args.dim}-d modalities, width "
+        f"{args.width}, {args.rounds} interleaved rounds; ms as best / median)"
+    )
+    for n_modalities in (2, 3):
+        inputs, targets = data(n_modalities, args.batch, args.dim, seed=1)
+        inputs = {m: x.to(device) for m, x in inputs.items()}
+        targets = targets.to(device)
+        split = TensorSplit(*data(n_modalities, 512 if args.quick else 2048, args.dim, seed=2))
+        built = {m: build(m, n_modalities, args, device, split) for m in METHODS}
+        steps = {
+            name: (lambda mo=model, me=method, x=inputs, y=targets: me.step(mo, x, y))
+            for name, (model, method) in built.items()
+        }
+        times = time_interleaved(steps, args.rounds, device)
+        print(f"\n  M = {n_modalities}   {'ms/step':>14}  {'÷ joint best':>12}{'median':>8}")
+        for name in METHODS:
+            of_best, of_rounds = ratios(times[name], times["joint"])
+            print(f"  {name:<10}{shown(times[name])}{of_best:>12.2f}{of_rounds:>8.2f}")
+        for name in ("pmr", "gblending"):
+            _, method = built[name]
+            epoch_times = []
+            for epoch in range(2, 2 + (2 if args.quick else 5)):
+                sync(device)
+                start = time.perf_counter()
+                method.set_epoch(epoch)
+                sync(device)
+                epoch_times.append(time.perf_counter() - start)
+            print(
+                f"  {name} per-epoch work: {best(epoch_times) * 1e3:.1f} / "
+                f"{statistics.median(epoch_times) * 1e3:.1f} ms on {len(split)} training samples"
+            )
+
+
+if __name__ == "__main__":
+    main()
