@@ -43,8 +43,8 @@ class TrainConfig:
     Data: ``dataset`` (registry name) with ``dataset_options`` passed to its loader (a
     ``seed`` there defaults to ``seed``); ``modalities`` trains and evaluates on a subset of
     its modalities (same samples and splits; empty = all of them).  Model: ``fusion`` (early |
-    concat | sum | gated | film), ``encoder`` (``auto`` picks one per modality kind) and
-    ``model_options`` passed to ``build_model`` (feature_dim, hidden, dropout); ``baseline``
+    concat | sum | gated | film | shared), ``encoder`` (``auto`` picks one per modality kind)
+    and ``model_options`` passed to ``build_model`` (feature_dim, hidden, dropout); ``baseline``
     is what replaces an absent modality (zeros, or the per-value mean of the training
     inputs).  Method: ``method`` (joint | sam | msam | ...), ``rho`` and ``adaptive`` for the
     SAM family, ``method_options`` for anything method-specific.
@@ -182,9 +182,9 @@ DESCRIPTIONS: dict[str, str] = {
     "dataset": "dataset name: synthetic, mfeat, basic_motions, digits_halves, cremad, ...",
     "dataset_options": "keyword options of the dataset's loader (noise, views, data_root, ...)",
     "modalities": "train and evaluate on these modalities only (e.g. audio,visual); [] = all",
-    "method": "training method: joint, sam, asam, ogm_ge, agm, msam",
+    "method": "training method: joint, sam, asam, ogm_ge, agm, mmpareto, mla, pmr, gblending, msam",
     "method_options": "options of the method (phi_ema, ogm_alpha, ...; see the README table)",
-    "fusion": "early, or a late-fusion head: concat, sum, gated, film",
+    "fusion": "early, or a late-fusion head: concat, sum, gated, film, shared",
     "encoder": "encoder per modality: auto (by kind), mlp, cnn, cnn1d, resnet18, ...",
     "model_options": "options of build_model: feature_dim (int, or one per modality), hidden, "
     "dropout",
