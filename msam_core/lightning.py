@@ -21,6 +21,7 @@ needs the ``lightning`` extra (``pip install 'msam[lightning]'``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Mapping
@@ -121,11 +122,12 @@ class MsamLightningModule(L.LightningModule):
         cfg = resolve_config(config, **overrides)
         check_model_matches_data(model, data)
         self.model = model
-        self.data = data
         self.config = cfg
         self.out = out
         self.overwrite = overwrite
         self.method = build_method(cfg.method, model, cfg)
+        # as msam train: the method may hold part of train out for itself (G-Blending)
+        self.data = dataclasses.replace(data, train=self.method.training_split(data.train))
         self.steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
         scheduled = getattr(self.method.optimizer, "base_optimizer", self.method.optimizer)
         self.scheduler = build_scheduler(scheduled, cfg, self.steps_per_epoch)

@@ -440,3 +440,32 @@ def test_holdout_too_large_for_the_data_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"gb_holdout=0\.001 of 64 training samples"):
         train(TrainConfig.from_dict(cfg), out=tmp_path / "run", quiet=True)
     assert not (tmp_path / "run").exists()
+
+
+def test_lightning_holds_out_the_same_part_of_train_as_msam_train(tmp_path):
+    L = pytest.importorskip("lightning")
+    import msam_core as mc
+    from msam_core.lightning import MsamLightningModule
+    from msam_core.rundir import build_dataset, build_run_model
+
+    cfg = TrainConfig.from_dict(
+        {"method": "gblending", "epochs": 2, "batch_size": 16, "dataset_options": SMALL}
+    )
+    native = load_run(train(cfg, out=tmp_path / "native", quiet=True)).iterations
+    data = build_dataset(cfg)
+    module = MsamLightningModule(build_run_model(cfg, data), data, tmp_path / "light", cfg)
+    trainer = L.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module)
+    light = mc.load_run(tmp_path / "light").iterations
+    assert len(light) == len(native) == 2 * math.ceil((64 - 6) / 16)  # 6 of 64 held out
+    for key in ["coef_fused", "coef/audio", "coef/visual", "loss/audio", "loss"]:
+        assert (light[key] - native[key]).abs().max() <= 1e-6, key
