@@ -9,7 +9,6 @@ gradients as DDP would (equal per-rank batches, as DDP assumes).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -18,19 +17,11 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from msam_core.batches import fetch_batch
-from msam_core.coalitions import eval_mode, has_feature_path
-from msam_core.methods.base import Method
+from msam_core.coalitions import eval_mode, has_feature_path, is_distributed, unwrap
+from msam_core.methods.base import Method, build_base_optimizer
 from msam_core.param_groups import has_modality_groups
 from msam_core.shapley import ShapleyResult
-from msam_core.step import (
-    FirstPass,
-    StepResult,
-    batch_shapley,
-    check_finite_loss,
-    forward_pass,
-    is_distributed,
-    unwrap,
-)
+from msam_core.step import FirstPass, Update, check_finite_loss, run_step
 
 
 def require_late_fusion(model: nn.Module, method: str, why: str, min_modalities: int = 2):
@@ -154,33 +145,39 @@ def split_features(
 
 
 class MultiLossMethod(Method):
-    """A method whose step combines gradients of several losses itself (module docstring).
+    """A method whose update combines gradients of several losses itself (module docstring).
 
-    :meth:`first_pass` opens a step (the fused forward at θ on the unwrapped model, features
-    kept, and the batch's Shapley record); :meth:`finish` steps the optimizer on the gradients
-    the subclass assigned and writes the record with the subclass's extra fields.
+    The step is :func:`~msam_core.step.run_step`'s skeleton on the unwrapped model without its
+    backward pass (the fused forward at θ with the features kept, the batch's Shapley record);
+    the subclass's :meth:`update` takes its gradients, steps the optimizer and returns its
+    record fields.  Methods with heads of their own set ``self.heads`` before
+    ``Method.__init__``, which builds the optimizer over the model's and the heads' parameters.
     """
 
-    def first_pass(
-        self, model: nn.Module, inputs: Mapping[str, Tensor], targets: Tensor
-    ) -> tuple[nn.Module, FirstPass, ShapleyResult | None]:
-        core = unwrap(model)
-        first = forward_pass(core, inputs, targets)
-        value = self.config.shapley_value
-        shapley = None if value is None else batch_shapley(model, inputs, targets, first, value)
-        return core, first, shapley
+    heads: nn.Module | None = None
 
-    def finish(
-        self,
-        first: FirstPass,
-        shapley: ShapleyResult | None,
-        start: float,
-        fields: Mapping[str, float],
-        step: bool = True,
-    ) -> dict:
-        if step:
-            self.optimizer.step()
-        result = StepResult(first.value, shapley, time_s=time.perf_counter() - start)
+    def build_optimizer(self, model: nn.Module, config: Any) -> torch.optim.Optimizer:
+        heads = [] if self.heads is None else list(self.heads.parameters())
+        return build_base_optimizer([*model.parameters(), *heads], config)
+
+    def update(
+        self, core: nn.Module, first: FirstPass, inputs: Mapping[str, Tensor], targets: Tensor
+    ) -> dict[str, float]:
+        """Take the gradients, step the optimizer; return the record's extra fields."""
+        raise NotImplementedError
+
+    def step(self, model: nn.Module, inputs: Mapping[str, Tensor], targets: Tensor) -> dict:
+        core = unwrap(model)
+        fields: dict[str, float] = {}
+
+        def update(first: FirstPass, shapley: ShapleyResult | None) -> Update:
+            fields.update(self.update(core, first, inputs, targets))
+            return Update()
+
+        value = self.config.shapley_value
+        result = run_step(
+            core, self.optimizer, inputs, targets, update, value=value, backward=False
+        )
         record = result.to_record(self.modalities)
         record.update(fields)
         return record

@@ -35,7 +35,6 @@ for the unimodal heads.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -57,9 +56,9 @@ from msam_core.methods._multihead import (
     subset,
     trainable,
 )
-from msam_core.methods.base import build_base_optimizer
 from msam_core.methods.registry import register_method
 from msam_core.models.auxiliary import unimodal_heads_for
+from msam_core.step import FirstPass
 
 
 def blend_weights(before: Tensor, after: Tensor, previous: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -75,17 +74,17 @@ def blend_weights(before: Tensor, after: Tensor, previous: Tensor) -> tuple[Tens
 
 
 @register_method("gblending")
-class GBlending(MultiLossMethod):
+class GBlendingMethod(MultiLossMethod):
     """G-Blending around the base optimizer (module docstring)."""
 
     OPTIONS = ("gb_holdout", "gb_super_epoch", "gb_weights")
 
     def __init__(self, model: nn.Module, config: Any) -> None:
-        super().__init__(model, config)
         core = require_late_fusion(
             model, self.name, "blends the fused loss with unimodal losses of each modality"
         )
         self.heads = unimodal_heads_for(core)
+        super().__init__(model, config)
         self.super_epoch = int(self.option("gb_super_epoch", 1))
         if self.super_epoch < 1:
             raise ValueError(f"gb_super_epoch must be at least 1 epoch, got {self.super_epoch}")
@@ -102,9 +101,6 @@ class GBlending(MultiLossMethod):
         self.held_out: Dataset | None = None
         self.train_sample: Dataset | None = None
         self.params = [*trainable(core.parameters()), *trainable(self.heads.parameters())]
-        self.optimizer = build_base_optimizer(
-            [*core.parameters(), *self.heads.parameters()], config
-        )
 
     # -- the held-out part of train ----------------------------------------------------------
 
@@ -159,9 +155,10 @@ class GBlending(MultiLossMethod):
 
     # -- the step ----------------------------------------------------------------------------
 
-    def step(self, model: nn.Module, inputs: Mapping[str, Tensor], targets: Tensor) -> dict:
-        start = time.perf_counter()
-        core, first, shapley = self.first_pass(model, inputs, targets)
+    def update(
+        self, core: nn.Module, first: FirstPass, inputs: Mapping[str, Tensor], targets: Tensor
+    ) -> dict[str, float]:
+        """One step of the base optimizer on the blended loss."""
         logits = self.heads(first.features)
         fields: dict[str, float] = {"coef_fused": float(self.weights[0])}
         total = float(self.weights[0]) * first.loss
@@ -173,7 +170,8 @@ class GBlending(MultiLossMethod):
             total = total + float(self.weights[i]) * loss
         grads = gradients(total, self.params, retain_graph=False)
         assign(self.params, average_over_ranks(grads))
-        return self.finish(first, shapley, start, fields)
+        self.optimizer.step()
+        return fields
 
     # -- checkpoints -------------------------------------------------------------------------
 

@@ -39,7 +39,6 @@ sub-step's gradients and the mean features r are averaged over ranks.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -58,6 +57,7 @@ from msam_core.methods._multihead import (
 from msam_core.methods.registry import register_method
 from msam_core.models.fusion import SharedFusion
 from msam_core.param_groups import modality_parameter_groups
+from msam_core.step import FirstPass
 
 
 def update_projector(projector: Tensor, mean_feature: Tensor, alpha: float) -> Tensor:
@@ -69,7 +69,7 @@ def update_projector(projector: Tensor, mean_feature: Tensor, alpha: float) -> T
 
 
 @register_method("mla")
-class Mla(MultiLossMethod):
+class MlaMethod(MultiLossMethod):
     """MLA: alternating unimodal steps through a shared head (module docstring)."""
 
     OPTIONS = ("mla_alpha",)
@@ -105,9 +105,10 @@ class Mla(MultiLossMethod):
         if grad is not None:
             grad.add_(grad @ self.projector.T)
 
-    def step(self, model: nn.Module, inputs: Mapping[str, Tensor], targets: Tensor) -> dict:
-        start = time.perf_counter()
-        core, first, shapley = self.first_pass(model, inputs, targets)
+    def update(
+        self, core: nn.Module, first: FirstPass, inputs: Mapping[str, Tensor], targets: Tensor
+    ) -> dict[str, float]:
+        """One optimizer step per modality, in model order (module docstring)."""
         fields: dict[str, float] = {}
         for i, m in enumerate(self.modalities):
             last = i == len(self.modalities) - 1
@@ -123,7 +124,7 @@ class Mla(MultiLossMethod):
             self.optimizer.step()
             self.count += 1
         self.optimizer.zero_grad(set_to_none=True)
-        return self.finish(first, shapley, start, fields, step=False)
+        return fields
 
     # -- checkpoints -------------------------------------------------------------------------
 

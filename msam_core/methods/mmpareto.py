@@ -38,7 +38,6 @@ apply the rule to.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,10 +54,10 @@ from msam_core.methods._multihead import (
     require_late_fusion,
     trainable,
 )
-from msam_core.methods.base import build_base_optimizer
 from msam_core.methods.registry import register_method
 from msam_core.models.auxiliary import unimodal_heads_for
 from msam_core.param_groups import modality_parameter_groups
+from msam_core.step import FirstPass
 
 
 def pareto_weight(g: list[Tensor], u: list[Tensor]) -> tuple[float, float]:
@@ -83,32 +82,30 @@ def integrate(g: Tensor, u: Tensor, alpha: float, gamma: float) -> Tensor:
 
 
 @register_method("mmpareto")
-class MmPareto(MultiLossMethod):
+class MmParetoMethod(MultiLossMethod):
     """MMPareto around the base optimizer (module docstring)."""
 
     OPTIONS = ("mmpareto_gamma",)
 
     def __init__(self, model: nn.Module, config: Any) -> None:
-        super().__init__(model, config)
         core = require_late_fusion(
             model, self.name, "integrates each encoder's multimodal and unimodal gradients"
         )
+        self.heads = unimodal_heads_for(core)
+        super().__init__(model, config)
         self.gamma = float(self.option("mmpareto_gamma", 1.5))
         if not (math.isfinite(self.gamma) and self.gamma > 0):
             raise ValueError(f"mmpareto_gamma must be a positive number, got {self.gamma}")
-        self.heads = unimodal_heads_for(core)
         groups = modality_parameter_groups(core)
         self.encoders = {m: trainable(groups[m]) for m in self.modalities}
         encoder_ids = {id(p) for ps in self.encoders.values() for p in ps}
         self.shared = [p for p in trainable(core.parameters()) if id(p) not in encoder_ids]
         self.head_params = {m: trainable(self.heads.heads[m].parameters()) for m in self.modalities}
-        self.optimizer = build_base_optimizer(
-            [*core.parameters(), *self.heads.parameters()], config
-        )
 
-    def step(self, model: nn.Module, inputs: Mapping[str, Tensor], targets: Tensor) -> dict:
-        start = time.perf_counter()
-        core, first, shapley = self.first_pass(model, inputs, targets)
+    def update(
+        self, core: nn.Module, first: FirstPass, inputs: Mapping[str, Tensor], targets: Tensor
+    ) -> dict[str, float]:
+        """The rule of the module docstring on each encoder, then the optimizer step."""
         logits = self.heads(first.features)
         fields: dict[str, float] = {}
         unimodal = {}
@@ -138,7 +135,8 @@ class MmPareto(MultiLossMethod):
             assign(self.head_params[m], own[ot + n : ot + n + h])
             fields[f"cos/{m}"], fields[f"coef/{m}"] = cos, alpha
             at, ot = at + n, ot + n + h
-        return self.finish(first, shapley, start, fields)
+        self.optimizer.step()
+        return fields
 
     # -- checkpoints -------------------------------------------------------------------------
 

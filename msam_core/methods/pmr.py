@@ -39,7 +39,6 @@ Early fusion is refused: it has no per-modality features to take prototypes of.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -48,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from msam_core.coalitions import mean_over_ranks
 from msam_core.methods._multihead import (
     MultiLossMethod,
     assign,
@@ -60,8 +60,9 @@ from msam_core.methods._multihead import (
     subset,
     trainable,
 )
-from msam_core.methods._readouts import ModulationWindow, mean_over_ranks
+from msam_core.methods._readouts import ModulationWindow
 from msam_core.methods.registry import register_method
+from msam_core.step import FirstPass
 
 
 def prototype_logits(features: Tensor, prototypes: Tensor) -> Tensor:
@@ -84,7 +85,7 @@ def entropy(logits: Tensor) -> Tensor:
 
 
 @register_method("pmr")
-class Pmr(MultiLossMethod):
+class PmrMethod(MultiLossMethod):
     """PMR around the base optimizer (module docstring)."""
 
     OPTIONS = (
@@ -166,13 +167,17 @@ class Pmr(MultiLossMethod):
         self.prototypes = self.measure_prototypes(self.epoch)
 
     def step(self, model: nn.Module, inputs: Mapping[str, Tensor], targets: Tensor) -> dict:
-        start = time.perf_counter()
         if self.prototypes is None:
             raise RuntimeError(
                 "pmr has no prototypes yet: call training_split(train) and set_epoch(epoch) "
                 "before the first step (the msam loop does both)"
             )
-        core, first, shapley = self.first_pass(model, inputs, targets)
+        return super().step(model, inputs, targets)
+
+    def update(
+        self, core: nn.Module, first: FirstPass, inputs: Mapping[str, Tensor], targets: Tensor
+    ) -> dict[str, float]:
+        """One step of the base optimizer on the rebalanced objective."""
         logits = {
             m: prototype_logits(first.features[m], self.prototypes[i])
             for i, m in enumerate(self.modalities)
@@ -206,7 +211,8 @@ class Pmr(MultiLossMethod):
         self.checked(total, "of PMR's rebalanced objective", core, inputs)
         grads = gradients(total, self.params, retain_graph=False)
         assign(self.params, average_over_ranks(grads))
-        return self.finish(first, shapley, start, fields)
+        self.optimizer.step()
+        return fields
 
     # -- checkpoints -------------------------------------------------------------------------
 
