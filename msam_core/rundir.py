@@ -23,15 +23,12 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from msam_core.config import TrainConfig
-from msam_core.data import MultimodalDataset, load_dataset
-from msam_core.data.subset import select_modalities
 from msam_core.layout import (
     CONFIG_FILE,
     LANDSCAPES_DIR,
@@ -41,9 +38,13 @@ from msam_core.layout import (
     epoch_checkpoint_name,
     epoch_checkpoints,
 )
-from msam_core.models import build_model
-from msam_core.options import check_options
-from msam_core.record import temp_file_beside
+
+# Rebuilding a run needs the config, data, model and record machinery (PyYAML, pandas, every
+# dataset loader): imported where used, so importing this module (landscape.py keeps its record
+# here) stays light.
+if TYPE_CHECKING:
+    from msam_core.config import TrainConfig
+    from msam_core.data import MultimodalDataset
 
 #: version of the checkpoint dictionary the loop writes
 CHECKPOINT_FORMAT = 1
@@ -75,6 +76,8 @@ __all__ = [
 
 def save_checkpoint(state: Mapping[str, Any], path: Path) -> None:
     """``torch.save`` through a temporary file and ``os.replace``: never a half-written file."""
+    from msam_core.record import temp_file_beside
+
     fd, tmp = temp_file_beside(path)
     os.close(fd)
     try:
@@ -286,6 +289,9 @@ def load_landscapes(run_dir: str | os.PathLike) -> dict[str, Landscape]:
 def build_dataset(config: TrainConfig) -> MultimodalDataset:
     """The configured dataset, restricted to ``config.modalities`` (all when empty); its
     ``seed`` option defaults to the run's seed."""
+    from msam_core.data import load_dataset
+    from msam_core.data.subset import select_modalities
+
     options = {"seed": config.seed, **config.dataset_options}
     return select_modalities(load_dataset(config.dataset, **options), config.modalities)
 
@@ -301,6 +307,9 @@ def run_fusion(config: TrainConfig) -> str:
 
 def build_run_model(config: TrainConfig, dataset: MultimodalDataset) -> nn.Module:
     """``build_model`` from the dataset's modality specs, initialised from ``config.seed``."""
+    from msam_core.models import build_model
+    from msam_core.options import check_options
+
     check_options(
         build_model,
         config.model_options,
@@ -347,6 +356,8 @@ def load_trained(
     config: pass them again, ``model`` (a fresh instance of the same architecture, whose
     weights are replaced) and ``data``; the error says which is needed.
     """
+    from msam_core.config import TrainConfig
+
     run_dir = Path(getattr(run, "path", run))
     path = checkpoint_path(run_dir, which)
     state = load_checkpoint(path, map_location="cpu")

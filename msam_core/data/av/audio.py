@@ -15,7 +15,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.io import wavfile
-from scipy.signal import resample_poly
 from torch import Tensor
 
 
@@ -97,6 +96,9 @@ def resample(wave: np.ndarray, rate_from: int, rate_to: int) -> np.ndarray:
     """Resample a 1-D signal by the rational factor ``rate_to / rate_from`` (polyphase)."""
     if rate_from == rate_to:
         return wave
+    # imported here: scipy.signal is slow to import and only resampling needs it
+    from scipy.signal import resample_poly
+
     g = gcd(rate_from, rate_to)
     return resample_poly(wave, rate_to // g, rate_from // g).astype(np.float32)
 
