@@ -96,6 +96,46 @@ def test_power_iteration_finds_largest_magnitude_eigenvalue():
     assert n_hvp > 1
 
 
+class Quadratic(nn.Module):
+    """``loss = ½ θᵀAθ`` through a model: ``logits`` are ignored by a loss that reads θ."""
+
+    def __init__(self, a):
+        super().__init__()
+        self.modalities = ["x"]
+        self.a = a
+        self.theta = nn.Parameter(torch.randn(a.shape[0], dtype=torch.float64))
+
+    def forward(self, inputs, mask=None):
+        return 0.5 * self.theta @ self.a @ self.theta
+
+
+def test_power_iteration_stops_on_the_residual_when_top_eigenvalues_are_close():
+    """Top eigenvalues 10 and 9.9: λ moves by less than 1e-4 per step long before it is
+    within 1e-4 of the top; the residual stop keeps going until it is."""
+    torch.manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(40, 40, dtype=torch.float64))
+    eigs = torch.cat([torch.tensor([10.0, 9.9], dtype=torch.float64), torch.rand(38) * 5])
+    a = q @ torch.diag(eigs) @ q.T
+    model = Quadratic(a)
+    exact = torch.linalg.eigvalsh(a).max().item()
+
+    def loss(value, targets):
+        return value
+
+    value, n_hvp = hessian_top_eigenvalue(
+        model,
+        {"x": torch.zeros(1, 1)},
+        torch.zeros(1),
+        tol=1e-4,
+        max_iter=5000,
+        method="power",
+        loss_fn=loss,
+    )
+    # residual r ≤ tol·λ bounds |λ − λ_i| ≤ r for some i; here λ_1 − λ_2 = 0.1 > 1e-3
+    assert abs(value - exact) <= 1e-4 * exact
+    assert n_hvp > 50  # slow convergence, really iterated
+
+
 def test_hutchinson_within_three_standard_errors_of_exact_trace():
     model, x, y = _problem()
     hess, _, _ = _exact_hessian(model, x, y)
