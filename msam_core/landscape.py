@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +52,7 @@ Direction = dict[str, Tensor]
 
 NORMS = ("filter", "layer", "none")
 IGNORES = ("biasbn", "none")
-METHODS = ("vmap", "loop")
+METHODS = ("auto", "inplace", "vmap", "loop")
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,6 +247,21 @@ def grid_axis(steps: int, span: float) -> np.ndarray:
     return axis
 
 
+def _class_major_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """``F.cross_entropy(logits, targets)`` (mean over samples) with the classes on dim 1 of a
+    ``[1, C, B]`` view: log-softmax then runs vectorised across samples, where over the last
+    dim of ``[B, C]`` with C ≈ 10 it is a scalar loop (about 20× slower on a CPU, measured;
+    it was half of a grid point's time)."""
+    if logits.ndim != 2 or targets.ndim != 1:
+        return F.cross_entropy(logits, targets)
+    return F.cross_entropy(logits.T.unsqueeze(0), targets.unsqueeze(0))
+
+
+def _grid_loss(loss_fn: LossFn) -> LossFn:
+    """The loss as the grid evaluates it: the same function, in its fastest equal form."""
+    return _class_major_cross_entropy if loss_fn is F.cross_entropy else loss_fn
+
+
 def _accuracy(logits: Tensor, targets: Tensor) -> Tensor:
     if logits.ndim == 2 and not targets.is_floating_point():
         return (logits.argmax(-1) == targets).to(logits.dtype).mean()
@@ -273,43 +289,202 @@ def _sample_batches(inputs: Mapping[str, Tensor], targets: Tensor, batch_size: i
 _AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def _affine_input_layers(
-    model: nn.Module, inputs: Mapping[str, Tensor], moving: Sequence[str]
-) -> dict[str, nn.Module]:
-    """Linear / conv modules, called once per forward, whose input depends on no parameter
-    (e.g. each encoder's first layer) and whose own weights move.  Found with one probe
-    forward on one sample: such an input does not require grad."""
-    moving_set = set(moving)
-    candidates = {
-        name: mod
-        for name, mod in model.named_modules()
-        if isinstance(mod, _AFFINE)
-        and any(f"{name}.{p}" in moving_set for p, _ in mod.named_parameters(recurse=False))
-    }
-    calls: dict[str, int] = dict.fromkeys(candidates, 0)
-    raw: dict[str, bool] = {}
+def _tensors_in(obj: object) -> list[Tensor]:
+    if isinstance(obj, Tensor):
+        return [obj]
+    if isinstance(obj, Mapping):
+        obj = list(obj.values())
+    if isinstance(obj, list | tuple):
+        return [t for item in obj for t in _tensors_in(item)]
+    return []
 
-    def make_hook(name: str):
-        def hook(module, args):
+
+def _prefixed(name: str, local: str) -> str:
+    return f"{name}.{local}" if name else local
+
+
+@dataclass
+class _Structure:
+    """What a grid leaves unchanged, found once per grid (see :func:`_grid_structure`).
+
+    ``affine``: linear / conv modules whose own weights move but whose input does not (e.g.
+    each encoder's first layer): their output is linear in the grid coordinates.
+    ``constant``: modules whose parameters do not move and whose input does not either (e.g.
+    the encoder of a modality the directions leave alone): their output is the same at every
+    point.  Both are called once per forward.
+    """
+
+    affine: dict[str, nn.Module]
+    constant: dict[str, nn.Module]
+
+    def affine_parameters(self) -> set[str]:
+        return {
+            _prefixed(n, p)
+            for n, mod in self.affine.items()
+            for p, _ in mod.named_parameters(recurse=False)
+        }
+
+
+def _grid_structure(
+    model: nn.Module, inputs: Mapping[str, Tensor], moving: Sequence[str], affine_inputs: bool
+) -> _Structure:
+    """One probe forward on one sample with only the moving parameters requiring grad: a
+    module input that does not require grad is the same at every grid point."""
+    moving_set = set(moving)
+    modules = dict(model.named_modules())
+    calls: dict[str, int] = dict.fromkeys(modules, 0)
+    fixed_input: dict[str, bool] = {}
+    tensor_output: dict[str, bool] = {}
+
+    def before(name: str):
+        def hook(module, args, kwargs):
             calls[name] += 1
-            raw[name] = not args[0].requires_grad
+            fixed_input[name] = not any(t.requires_grad for t in _tensors_in((args, kwargs)))
 
         return hook
 
-    handles = [mod.register_forward_pre_hook(make_hook(n)) for n, mod in candidates.items()]
+    def after(name: str):
+        def hook(module, args, output):
+            tensor_output[name] = isinstance(output, Tensor)
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(before(n), with_kwargs=True) for n, m in modules.items()]
+    handles += [m.register_forward_hook(after(n)) for n, m in modules.items()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
+        for n, p in model.named_parameters():
+            p.requires_grad_(n in moving_set)
         with eval_mode(model), torch.enable_grad():
             model({m: x[:1] for m, x in inputs.items()})
     finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
         for h in handles:
             h.remove()
-    return {n: candidates[n] for n in candidates if calls[n] == 1 and raw[n]}
+    once = {n for n, count in calls.items() if count == 1 and fixed_input[n]}
+    affine: dict[str, nn.Module] = {}
+    constant: dict[str, nn.Module] = {}
+    for name, mod in modules.items():
+        if name not in once:
+            continue
+        own = [_prefixed(name, p) for p, _ in mod.named_parameters(recurse=False)]
+        subtree = [_prefixed(name, p) for p, _ in mod.named_parameters()]
+        if affine_inputs and isinstance(mod, _AFFINE) and any(p in moving_set for p in own):
+            affine[name] = mod
+        elif (
+            tensor_output[name]
+            and not any(p in moving_set for p in subtree)
+            and not any(c == "" or name.startswith(f"{c}.") for c in constant)  # top-most only
+        ):
+            constant[name] = mod
+    return _Structure(affine, constant)
 
 
 def _affine_apply(module: nn.Module, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     if isinstance(module, nn.Linear):
         return F.linear(x, weight, bias)
     return module._conv_forward(x, weight, bias)
+
+
+def _capture(
+    model: nn.Module,
+    structure: _Structure,
+    directions: Sequence[Mapping[str, Tensor]],
+    x: Mapping[str, Tensor],
+) -> tuple[dict[str, Tensor], dict[str, tuple[Tensor, Tensor]]]:
+    """One forward at θ on a sample batch: each constant module's output, and each affine
+    layer's output ``y₀`` with its shifts ``[K, *out]`` (the layer applied with direction k's
+    weight and bias), so a point's output is ``y₀ + Σ_k c_k·shift_k``."""
+    constants: dict[str, Tensor] = {}
+    affine: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def keep_constant(name: str):
+        def hook(module, args, output):
+            constants[name] = output
+
+        return hook
+
+    def keep_affine(name: str):
+        def hook(module, args, output):
+            shifts = [
+                _affine_apply(
+                    module,
+                    args[0],
+                    d[_prefixed(name, "weight")].detach(),
+                    None if module.bias is None else d[_prefixed(name, "bias")].detach(),
+                )
+                for d in directions
+            ]
+            affine[name] = (output, torch.stack(shifts))
+
+        return hook
+
+    handles = [m.register_forward_hook(keep_constant(n)) for n, m in structure.constant.items()]
+    handles += [m.register_forward_hook(keep_affine(n)) for n, m in structure.affine.items()]
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return constants, affine
+
+
+@contextmanager
+def _replayed(
+    structure: _Structure,
+    constants: Mapping[str, Tensor],
+    affine: Mapping[str, tuple[Tensor, Tensor]],
+    point: dict[str, object],
+):
+    """Within the block, constant modules return their captured output and affine layers
+    ``y₀ + Σ_k c_k·shift_k`` for ``c = point["c"]`` (a list of floats: written into one
+    buffer per layer, no allocation per point; a tensor under vmap: batched)."""
+    patched: list[tuple[nn.Module, object]] = []
+
+    def constant_forward(output: Tensor):
+        return lambda *args, **kwargs: output
+
+    def affine_forward(base: Tensor, shifts: Tensor):
+        buffer = torch.empty_like(base)
+
+        def forward(*args, **kwargs):
+            c = point["c"]
+            if isinstance(c, Tensor):
+                return base + torch.tensordot(c.to(shifts), shifts, dims=1)
+            torch.add(base, shifts[0], alpha=c[0], out=buffer)
+            for k in range(1, len(c)):
+                buffer.add_(shifts[k], alpha=c[k])
+            return buffer
+
+        return forward
+
+    forwards = {n: constant_forward(constants[n]) for n in structure.constant}
+    forwards.update({n: affine_forward(*affine[n]) for n in structure.affine})
+    modules = {**structure.constant, **structure.affine}
+    try:
+        for name, fn in forwards.items():
+            patched.append((modules[name], modules[name].__dict__.get("forward")))
+            modules[name].forward = fn  # an instance attribute shadows the class's forward
+        yield
+    finally:
+        for mod, previous in patched:
+            if previous is None:
+                del mod.forward
+            else:
+                mod.forward = previous
+
+
+GRID_METHODS = ("auto", "inplace", "vmap")
+
+
+def grid_method(device: torch.device | str) -> str:
+    """The grid path that is fastest on ``device``: ``"inplace"`` on a CPU, where one point's
+    matrix products already keep the core busy and vmap only adds the cost of building every
+    point's weights (benchmarks/landscape_speed.py measures both); ``"vmap"`` on an
+    accelerator, where one call over a chunk of points saves a kernel launch per layer and
+    point."""
+    return "inplace" if torch.device(device).type == "cpu" else "vmap"
 
 
 def evaluate_grid(
@@ -320,94 +495,135 @@ def evaluate_grid(
     coords: Tensor,
     loss_fn: LossFn = F.cross_entropy,
     chunk_size: int = 32,
-    batch_size: int | None = 256,
+    batch_size: int | None = None,
     affine_inputs: bool = True,
+    method: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """Loss and accuracy at ``θ + Σ_k coords[p, k]·directions[k]`` for every point ``p``.
 
-    ``coords`` ``[P, K]``; returns two ``[P]`` tensors.  ``chunk_size`` points are evaluated
-    per vmapped call and ``batch_size`` samples per call (None: all at once; the loss is the
-    sample-weighted mean of batch means): memory grows with their product, and on a CPU a
-    working set that fits the cache (the defaults) is fastest.
+    ``coords`` ``[P, K]``; returns two ``[P]`` tensors.  ``batch_size`` samples per forward
+    (None: all at once; the loss is then the sample-weighted mean of batch means).  The
+    structure of the grid is used, found by one probe forward:
 
-    ``affine_inputs``: a linear / conv layer fed by raw inputs is affine in its weights, so its
-    output at every point is ``y(θ) + Σ_k c_k·y_k`` with ``y_k`` the layer applied with
-    direction ``k``'s weights: ``1 + K`` products per sample batch instead of one per point
-    (exact up to rounding).  The model is evaluated in eval mode; its weights are never
-    written.
+    - modules that no direction moves and whose input no direction changes (a modality's
+      encoder when the directions move another) are evaluated once per sample batch;
+    - a linear / conv layer fed by such an input is affine in its weights, so its output at
+      every point is ``y(θ) + Σ_k c_k·y_k`` with ``y_k`` the layer applied with direction
+      ``k``'s weights: ``1 + K`` products per sample batch instead of one per point
+      (``affine_inputs=False`` turns this off; exact up to rounding);
+    - the rest is evaluated per point, by ``method``: ``"inplace"`` writes each point's
+      weights into the model's own parameter tensors (no allocation per point) and restores
+      them bit for bit afterwards; ``"vmap"`` evaluates ``chunk_size`` points per vectorised
+      ``functional_call`` and never writes the model; ``"auto"`` picks by device
+      (:func:`grid_method`).
+
+    At a point with all coordinates 0 the weights are θ exactly.  Evaluated in eval mode.
     """
     names = _check_directions(directions, model)
+    _check_choice("method", method, GRID_METHODS)
+    loss_fn = _grid_loss(loss_fn)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     params = trainable_named_parameters(model)
-    # Parameters moved by no direction stay unbatched: vmap then computes what depends only
-    # on them (e.g. another modality's encoder) once per chunk, not once per point.
+    ref = next(iter(params.values()))
+    if method == "auto":
+        method = grid_method(ref.device)
     moving = [n for n in names if any(bool(d[n].abs().sum() > 0) for d in directions)]
-    affine = _affine_input_layers(model, inputs, moving) if affine_inputs else {}
-    affine_params = {
-        f"{m}.{p}" for m, mod in affine.items() for p, _ in mod.named_parameters(recurse=False)
-    }
-    moving = [n for n in moving if n not in affine_params]
-    fixed = {n: t.detach() for n, t in model.named_parameters() if n not in moving}
-    fixed.update({n: b for n, b in model.named_buffers()})
-    stacked = {n: torch.stack([d[n].detach() for d in directions]) for n in moving}  # [K, *shape]
+    structure = _grid_structure(model, inputs, moving, affine_inputs)
+    # Parameters of affine layers are handled by their shifts; the rest move per point.
+    rest = [n for n in moving if n not in structure.affine_parameters()]
+    coords = coords.to(device=ref.device, dtype=ref.dtype)
     n_total = int(targets.shape[0])
-    current: dict[str, Tensor] = {}  # the point's coordinates, set inside the vmapped call
-    shifts: dict[str, Tensor] = {}  # per affine layer: [K, *out] for the current sample batch
+    loss_total = torch.zeros(coords.shape[0], dtype=ref.dtype, device=ref.device)
+    acc_total = torch.zeros_like(loss_total)
+    point: dict[str, object] = {}
+    with eval_mode(model), torch.no_grad():
+        for x, y in _sample_batches(inputs, targets, batch_size):
+            constants, affine = _capture(model, structure, directions, x)
+            with _replayed(structure, constants, affine, point):
+                if method == "inplace":
+                    loss, acc = _points_inplace(
+                        model, params, rest, directions, coords, x, y, point, loss_fn
+                    )
+                else:
+                    loss, acc = _points_vmap(
+                        model, params, rest, directions, coords, x, y, point, loss_fn, chunk_size
+                    )
+            weight = y.shape[0] / n_total
+            loss_total += loss * weight
+            acc_total += acc * weight
+    return loss_total.cpu(), acc_total.cpu()
 
-    def shift_output(name: str, module: nn.Module):
-        weights = [d[f"{name}.weight"].detach() for d in directions]
-        biases = [
-            d[f"{name}.bias"].detach() if module.bias is not None else None for d in directions
-        ]
 
-        def hook(mod, args, output):
-            if name not in shifts:  # the layer's input is unbatched: computed once per batch
-                shifts[name] = torch.stack(
-                    [
-                        _affine_apply(mod, args[0], w, b)
-                        for w, b in zip(weights, biases, strict=True)
-                    ]
-                )
-            return output + torch.tensordot(current["c"], shifts[name], dims=1)
+def _points_inplace(
+    model: nn.Module,
+    params: Mapping[str, nn.Parameter],
+    rest: Sequence[str],
+    directions: Sequence[Mapping[str, Tensor]],
+    coords: Tensor,
+    x: Mapping[str, Tensor],
+    y: Tensor,
+    point: dict[str, object],
+    loss_fn: LossFn,
+) -> tuple[Tensor, Tensor]:
+    """Per point: ``θ + Σ_k c_k·d_k`` written into the parameters with foreach ops (three
+    calls, no allocation), one forward; θ restored exactly afterwards."""
+    moved = [params[n] for n in rest]
+    saved = [p.detach().clone() for p in moved]
+    steps = [[d[n].detach() for n in rest] for d in directions]
+    losses, accs = [], []
+    try:
+        for row in coords.tolist():
+            point["c"] = row
+            if moved:
+                torch._foreach_copy_(moved, saved)
+                for c, step in zip(row, steps, strict=True):
+                    if c != 0.0:
+                        torch._foreach_add_(moved, step, alpha=c)
+            logits = model(x)
+            losses.append(loss_fn(logits, y))
+            accs.append(_accuracy(logits, y))
+    finally:
+        if moved:
+            torch._foreach_copy_(moved, saved)
+    return torch.stack(losses), torch.stack(accs)
 
-        return hook
 
-    def point(moved: dict[str, Tensor], c: Tensor, x: dict[str, Tensor], y: Tensor):
-        current["c"] = c
+def _points_vmap(
+    model: nn.Module,
+    params: Mapping[str, nn.Parameter],
+    rest: Sequence[str],
+    directions: Sequence[Mapping[str, Tensor]],
+    coords: Tensor,
+    x: Mapping[str, Tensor],
+    y: Tensor,
+    point: dict[str, object],
+    loss_fn: LossFn,
+    chunk_size: int,
+) -> tuple[Tensor, Tensor]:
+    """``chunk_size`` points per vmapped ``functional_call`` (parameters no direction moves
+    stay unbatched, so what depends only on them is computed once per chunk)."""
+    fixed = {n: t.detach() for n, t in model.named_parameters() if n not in rest}
+    fixed.update(dict(model.named_buffers()))
+    stacked = {n: torch.stack([d[n].detach() for d in directions]) for n in rest}  # [K, *shape]
+
+    def one(moved: dict[str, Tensor], c: Tensor):
+        point["c"] = c
         logits = functional_call(model, {**fixed, **moved}, (x,))
         return loss_fn(logits, y), _accuracy(logits, y)
 
-    batched = torch.vmap(point, in_dims=(0, 0, None, None))
-    ref = next(iter(params.values()))
-    loss_total = torch.zeros(coords.shape[0], dtype=ref.dtype, device=ref.device)
-    acc_total = torch.zeros_like(loss_total)
-    handles = [mod.register_forward_hook(shift_output(n, mod)) for n, mod in affine.items()]
-    try:
-        with eval_mode(model), torch.no_grad():
-            # Samples outer, points inner: the affine layers' shifts are computed once per
-            # sample batch and reused by every chunk of points.
-            for x, y in _sample_batches(inputs, targets, batch_size):
-                shifts.clear()
-                weight = y.shape[0] / n_total
-                for start in range(0, coords.shape[0], chunk_size):
-                    chunk = coords[start : start + chunk_size].to(
-                        device=ref.device, dtype=ref.dtype
-                    )
-                    moved = {
-                        n: params[n].detach()
-                        + torch.tensordot(chunk.to(params[n]), stacked[n], dims=1)
-                        for n in moving
-                    }
-                    loss, acc = batched(moved, chunk, x, y)
-                    loss_total[start : start + chunk_size] += loss * weight
-                    acc_total[start : start + chunk_size] += acc * weight
-    finally:
-        current.clear()
-        shifts.clear()
-        for h in handles:
-            h.remove()
-    return loss_total.cpu(), acc_total.cpu()
+    batched = torch.vmap(one)
+    losses, accs = [], []
+    for start in range(0, coords.shape[0], chunk_size):
+        chunk = coords[start : start + chunk_size]
+        moved = {
+            n: params[n].detach() + torch.tensordot(chunk.to(params[n]), stacked[n], dims=1)
+            for n in rest
+        }
+        loss, acc = batched(moved, chunk)
+        losses.append(loss)
+        accs.append(acc)
+    return torch.cat(losses), torch.cat(accs)
 
 
 def evaluate_grid_loop(
@@ -460,7 +676,7 @@ def compute_landscape(
     modality: str | None = None,
     directions: Sequence[Mapping[str, Tensor]] | None = None,
     loss_fn: LossFn = F.cross_entropy,
-    method: str = "vmap",
+    method: str = "auto",
     chunk_size: int = 32,
     batch_size: int | None = 256,
     epoch: int | None = None,
@@ -471,8 +687,9 @@ def compute_landscape(
 
     Directions: ``directions`` if given (e.g. from :func:`pca_directions`), else random ones
     with seeds ``seed, seed + 1`` (:func:`random_direction` with ``norm``, ``ignore``,
-    ``modality``).  ``method="vmap"`` evaluates ``chunk_size`` points per vectorised call;
-    ``"loop"`` is the point-by-point reference.  Batch norm and dropout in eval mode.
+    ``modality``).  ``method``: ``"auto"`` (the fastest path for the device), ``"inplace"``
+    or ``"vmap"`` (see :func:`evaluate_grid`), or ``"loop"``, the point-by-point reference.
+    Batch norm and dropout in eval mode.
     """
     if dims not in (1, 2):
         raise ValueError(f"dims must be 1 or 2, got {dims}")
@@ -492,9 +709,17 @@ def compute_landscape(
     else:
         a, b = torch.meshgrid(torch.tensor(axis), torch.tensor(axis), indexing="ij")
         coords = torch.stack([a.reshape(-1), b.reshape(-1)], 1)
-    if method == "vmap":
+    if method != "loop":
         loss, acc = evaluate_grid(
-            model, inputs, targets, directions, coords, loss_fn, chunk_size, batch_size
+            model,
+            inputs,
+            targets,
+            directions,
+            coords,
+            loss_fn,
+            chunk_size,
+            batch_size,
+            method=method,
         )
     else:
         loss, acc = evaluate_grid_loop(
@@ -503,7 +728,8 @@ def compute_landscape(
     shape = (steps,) * dims
     with eval_mode(model), torch.no_grad():
         logits = model(inputs)
-        center_loss, center_acc = float(loss_fn(logits, targets)), float(_accuracy(logits, targets))
+        center_loss = float(_grid_loss(loss_fn)(logits, targets))
+        center_acc = float(_accuracy(logits, targets))
     return Landscape(
         alphas=axis,
         betas=axis.copy() if dims == 2 else np.zeros(0),

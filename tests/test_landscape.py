@@ -153,21 +153,25 @@ def test_one_dimensional_curve_of_quadratic_loss_is_the_parabola():
     assert result.betas.shape == (0,)
 
 
+@pytest.mark.parametrize("method", ["inplace", "vmap"])
 @pytest.mark.parametrize(
     ("affine_inputs", "chunk_size", "batch_size", "modality"),
     [
         (True, 7, None, None),
         (False, 50, 8, None),
         (True, 16, 6, "audio"),
+        (True, 4, None, "image"),
         (True, 4, None, "fusion"),
     ],
 )
-def test_vmap_grid_equals_point_by_point_loop(affine_inputs, chunk_size, batch_size, modality):
+def test_grid_paths_equal_point_by_point_loop(
+    method, affine_inputs, chunk_size, batch_size, modality
+):
     model, x, y = _late()
     dirs = [random_direction(model, s, modality=modality) for s in (0, 1)]
     coords = _grid(7, 1.0)
     loss, acc = evaluate_grid(
-        model, x, y, dirs, coords, F.cross_entropy, chunk_size, batch_size, affine_inputs
+        model, x, y, dirs, coords, F.cross_entropy, chunk_size, batch_size, affine_inputs, method
     )
     ref_loss, ref_acc = evaluate_grid_loop(model, x, y, dirs, coords, batch_size=batch_size)
     np.testing.assert_allclose(loss.double().numpy(), ref_loss.numpy(), atol=1e-5, rtol=1e-5)
@@ -179,10 +183,92 @@ def test_grid_evaluation_leaves_weights_and_mode_alone():
     model, x, y = _late()
     model.train()
     before = {n: t.clone() for n, t in model.state_dict().items()}
-    compute_landscape(model, x, y, steps=3, method="vmap")
-    compute_landscape(model, x, y, steps=3, method="loop")
+    flags = [p.requires_grad for p in model.parameters()]
+    for method in ("auto", "inplace", "vmap", "loop"):
+        compute_landscape(model, x, y, steps=3, method=method)
     assert all(torch.equal(before[n], t) for n, t in model.state_dict().items())
     assert all(m.training for m in model.modules())
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all("forward" not in m.__dict__ for m in model.modules())  # no patch left behind
+
+
+def test_inplace_grid_restores_weights_when_the_loss_fails():
+    model, x, y = _late()
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    dirs = [random_direction(model, s) for s in (0, 1)]
+    calls = []
+
+    def failing(logits, targets):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("boom")
+        return F.cross_entropy(logits, targets)
+
+    with pytest.raises(RuntimeError, match="boom"):
+        evaluate_grid(model, x, y, dirs, _grid(3, 1.0), failing, method="inplace")
+    assert all(torch.equal(before[n], t) for n, t in model.state_dict().items())
+    assert all("forward" not in m.__dict__ for m in model.modules())
+
+
+def test_grid_centre_is_exactly_the_model_loss_on_every_path():
+    model, x, y = _late(n=33)
+    for method in ("inplace", "vmap"):
+        result = compute_landscape(model, x, y, steps=5, method=method, batch_size=None)
+        assert result.loss[2, 2] == result.center_loss, method
+        assert result.acc[2, 2] == result.center_acc, method
+
+
+@pytest.mark.parametrize("method", ["inplace", "vmap"])
+def test_modality_grid_runs_the_other_encoder_once_per_sample_batch(method):
+    """The image encoder does not move and its input does not change: its layers run once in
+    the structure probe and once per sample batch, never per point; the audio encoder's first
+    (affine) layer likewise; the head runs per point (per chunk under vmap)."""
+    model, x, y = _late(n=12)
+    calls = {"image": 0, "first": 0, "head": 0}
+
+    class CountingLinear(nn.Linear):
+        def forward(self, inputs):
+            calls["first"] += 1
+            return super().forward(inputs)
+
+    first = CountingLinear(6, 5)
+    first.load_state_dict(model.encoders["audio"][1].state_dict())
+    model.encoders["audio"][1] = first
+
+    def count(key):
+        def hook(module, args, output):
+            calls[key] += 1
+
+        return hook
+
+    model.encoders["image"][0].register_forward_hook(count("image"))
+    model.head[1].register_forward_hook(count("head"))
+    dirs = [random_direction(model, s, modality="audio") for s in (0, 1)]
+    loss, _ = evaluate_grid(
+        model, x, y, dirs, _grid(5, 1.0), batch_size=4, chunk_size=25, method=method
+    )
+    batches = 3
+    assert calls["image"] == 1 + batches
+    assert calls["first"] == 1 + batches
+    per_point = 25 if method == "inplace" else 1  # vmap: one call per chunk of 25 points
+    assert calls["head"] == 1 + batches + batches * per_point
+    ref, _ = evaluate_grid_loop(model, x, y, dirs, _grid(5, 1.0), batch_size=4)
+    np.testing.assert_allclose(loss.double().numpy(), ref.numpy(), atol=1e-5, rtol=1e-5)
+
+
+def test_grid_method_by_device_and_class_major_cross_entropy():
+    from msam_core.landscape import _class_major_cross_entropy, grid_method
+
+    assert grid_method("cpu") == "inplace" and grid_method("cuda") == "vmap"
+    torch.manual_seed(0)
+    logits, targets = torch.randn(50, 7, dtype=torch.float64), torch.randint(0, 7, (50,))
+    assert _class_major_cross_entropy(logits, targets).item() == pytest.approx(
+        F.cross_entropy(logits, targets).item(), rel=1e-14
+    )
+    soft = torch.softmax(torch.randn(50, 7, dtype=torch.float64), 1)
+    assert _class_major_cross_entropy(logits, soft).item() == pytest.approx(
+        F.cross_entropy(logits, soft).item(), rel=1e-14
+    )
 
 
 def test_bad_grid_arguments_are_named():
@@ -199,6 +285,8 @@ def test_bad_grid_arguments_are_named():
         compute_landscape(model, x, y, norm="batch")
     with pytest.raises(ValueError, match="method"):
         compute_landscape(model, x, y, method="fast")
+    with pytest.raises(ValueError, match="method"):
+        evaluate_grid(model, x, y, [random_direction(model, 0)], _grid(3, 1.0, 1), method="loop")
 
 
 # -- PCA -------------------------------------------------------------------------------------
