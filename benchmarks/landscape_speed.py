@@ -116,16 +116,14 @@ def main() -> None:
 
     sides = {
         "peer": peer,
-        "msam": lambda steps: compute_landscape(model, x, y, steps=steps, batch_size=None),
+        "msam": lambda steps: compute_landscape(model, x, y, steps=steps),
         f"msam {modality}": lambda steps: compute_landscape(
-            model, x, y, steps=steps, modality=modality, batch_size=None
+            model, x, y, steps=steps, modality=modality
         ),
         f"plain {modality}": lambda steps: evaluate_grid_loop(
             model, x, y, modality_dirs, grid(steps)
         ),
-        "vmap": lambda steps: compute_landscape(
-            model, x, y, steps=steps, batch_size=256, method="vmap"
-        ),
+        "vmap": lambda steps: compute_landscape(model, x, y, steps=steps, method="vmap"),
     }
     times: dict[str, list[float]] = {name: [] for name in sides}
     for side in sides.values():  # warm-up
