@@ -125,31 +125,39 @@ def main() -> None:
         ),
         "vmap": lambda steps: compute_landscape(model, x, y, steps=steps, method="vmap"),
     }
-    times: dict[str, list[float]] = {name: [] for name in sides}
+    names = list(sides)
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     for side in sides.values():  # warm-up
         side(3)
-    for _ in range(args.rounds):
-        for name, side in sides.items():
-            start = time.perf_counter()
-            side(args.steps)
-            times[name].append(time.perf_counter() - start)
+    for r in range(args.rounds):  # the order rotates each round
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            sides[name](args.steps)
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
 
-    def show(name: str) -> str:
-        return f"best {min(times[name]):6.2f} s, median {statistics.median(times[name]):6.2f} s"
+    def show(times: dict[str, list[float]], name: str) -> str:
+        return f"{min(times[name]):6.2f} / {statistics.median(times[name]):6.2f}"
 
     def ratio(slow: str, fast: str) -> str:
-        best = min(times[slow]) / min(times[fast])
-        med = statistics.median(times[slow]) / statistics.median(times[fast])
-        return f"{best:5.1f}x best, {med:5.1f}x median"
+        return "   ".join(
+            f"{label} {min(t[slow]) / min(t[fast]):4.1f}x / "
+            f"{statistics.median(t[slow]) / statistics.median(t[fast]):4.1f}x"
+            for label, t in (("cpu", cpu), ("wall", wall))
+        )
 
-    print(f"{args.rounds} interleaved rounds; peer = {peer_name}")
-    for name in sides:
-        print(f"  {name:14s} {show(name)}")
-    print(f"msam vs peer:                          {ratio('peer', 'msam')}   (goal >= 3x)")
-    plain = f"plain {modality}"
-    print(f"msam {modality} vs msam whole model:        {ratio('msam', f'msam {modality}')}")
-    per_point = ratio(plain, f"msam {modality}")
-    print(f"msam {modality} vs whole model per point:   {per_point}  (goal >= 3x)")
+    print(
+        f"{args.rounds} interleaved rounds; peer = {peer_name}\n"
+        "seconds as best / median; cpu = this process's CPU time (on a shared machine the "
+        "least disturbed by other processes; one thread), wall = elapsed"
+    )
+    for name in names:
+        print(f"  {name:14s} cpu {show(cpu, name)}   wall {show(wall, name)}")
+    plain, one = f"plain {modality}", f"msam {modality}"
+    print(f"msam vs peer:                            {ratio('peer', 'msam')}   (goal >= 3x)")
+    print(f"{one} vs whole model per point:    {ratio(plain, one)}   (goal >= 3x)")
+    print(f"{one} vs msam whole model:         {ratio('msam', one)}")
     print(f"msam ({grid_method('cpu')}) vs vmap on this device: {ratio('vmap', 'msam')}")
 
     # agreement of the paths on the modality grid (the tests hold them to 1e-5 too)
