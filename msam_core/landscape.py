@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -34,7 +35,6 @@ from torch.func import functional_call
 
 from msam_core.batches import fetch_batch
 from msam_core.coalitions import eval_mode
-from msam_core.data import MultimodalDataset
 from msam_core.layout import LANDSCAPES_DIR as LANDSCAPES_DIR
 from msam_core.layout import epoch_checkpoints
 from msam_core.param_groups import block_choices, modality_parameter_names
@@ -46,6 +46,9 @@ from msam_core.rundir import load_checkpoint, load_trained, save_landscape
 from msam_core.rundir import load_landscape as load_landscape
 from msam_core.rundir import load_landscapes as load_landscapes
 from msam_core.suggest import did_you_mean
+
+if TYPE_CHECKING:  # the data package loads every dataset's loader
+    from msam_core.data import MultimodalDataset
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Direction = dict[str, Tensor]

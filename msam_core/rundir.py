@@ -224,6 +224,8 @@ def save_landscape(
         value = getattr(landscape, key)
         if value is not None:
             arrays[key] = np.asarray(value)
+    from msam_core.record import temp_file_beside
+
     fd, tmp = temp_file_beside(path)  # the mode a plain open gives, not mkstemp's 0600
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -35,6 +35,7 @@ HEAVY = [
     "msam_core.record",
     "msam_core.train",
     "msam_core.compare",
+    "msam_core.data",  # every dataset loader
 ]
 
 
