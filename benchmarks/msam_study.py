@@ -2,12 +2,14 @@
 
 Stages: the synthetic presets ``default``, ``headroom`` and ``fused_room``
 (``msam_core/data/synthetic.py``) and UCI Multiple Features seen through ``fou`` + ``pix``.
-Methods: ``joint``, ``sam``, ``asam``, ``ogm_ge``, ``agm``, ``msam`` (the default, targeted
-step) and ``msam[perturb=all]`` (the literal transcription).  Everything runs through
+Methods: ``joint``, ``sam``, ``asam``, ``ogm_ge``, ``agm``, ``mmpareto``, ``mla``, ``pmr``,
+``gblending``, ``msam`` (the default, targeted step) and ``msam[perturb=all]`` (the literal
+transcription).  Everything runs through
 :func:`msam_core.compare`, which also trains each modality alone (the ceiling ``alone/<m>``).
 
 Tuning budget (the same for every method): each method except ``joint`` is run at each of
-:data:`KNOBS`' values of its own key knob (ρ for the SAM family, α for OGM-GE and AGM), on the
+:data:`KNOBS`' values of its own key knob (ρ for the SAM family, α for OGM-GE and AGM,
+MMPareto's γ, MLA's projector a, PMR's α, G-Blending's super-epoch length), on the
 same seeds, config and epochs as every other run.
 
 Selection rule, fixed before any run (written here and in the README):
@@ -72,6 +74,10 @@ KNOBS: dict[str, tuple[str, list[float]]] = {
     "asam": ("rho", [0.5, 2.0]),
     "ogm_ge": ("ogm_alpha", [0.3, 1.0]),
     "agm": ("agm_alpha", [0.1, 0.5]),
+    "mmpareto": ("mmpareto_gamma", [1.5, 3.0]),
+    "mla": ("mla_alpha", [0.1, 0.01]),
+    "pmr": ("pmr_alpha", [0.1, 1.0]),
+    "gblending": ("gb_super_epoch", [1, 2]),
     "msam": ("rho", [0.3, 1.0]),
     "msam[perturb=all]": ("rho", [0.3, 1.0]),
 }
