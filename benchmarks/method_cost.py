@@ -5,8 +5,9 @@ Setting as benchmarks/step_cost.py: M vector modalities of 256 values, MLP encod
 with momentum, every method built by the registry from one config and stepping through
 ``Method.step`` exactly as the training loop calls it (so every step also records the batch's
 Shapley values, joint's included).  The methods run interleaved round by round (order rotated
-each round) on their own copies of one model; printed: ms per step as best / median, and the
-ratio to joint (of the best times, and the median of the per-round ratios).
+each round) on their own copies of one model; printed for wall time and for this process's CPU
+time: ms per step as best / median, and the ratio to joint (of the best times, and the median
+of the per-round ratios).
 
 PMR and G-Blending also work once per epoch (prototypes; the held-out losses): that is timed
 separately, as ms per epoch on a 2,048-sample training split, and is not in the step ratio.
@@ -21,7 +22,7 @@ import statistics
 import time
 
 import torch
-from step_cost import best, ratios, shown, sync, time_interleaved
+from step_cost import best, ratios, shown, sync
 
 from msam_core.config import TrainConfig
 from msam_core.data.base import ModalitySpec, TensorSplit
@@ -39,6 +40,27 @@ def data(n_modalities: int, n: int, dim: int, seed: int):
     for i, x in enumerate(inputs.values()):
         x[:, :CLASSES] += (i + 1) * torch.nn.functional.one_hot(targets, CLASSES)
     return inputs, targets
+
+
+def time_interleaved(steps, rounds: int, device) -> tuple[dict, dict]:
+    """Wall and process-CPU seconds per call of each step in every round, interleaved as
+    step_cost's (order rotated each round).  On a shared machine the CPU time is the steadier
+    measure of a step's own work (one thread: OMP_NUM_THREADS=1)."""
+    for step in steps.values():  # warm-up
+        step()
+        step()
+    names = list(steps)
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            sync(device)
+            start, start_cpu = time.perf_counter(), time.process_time()
+            steps[name]()
+            sync(device)
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return wall, cpu
 
 
 def build(method: str, n_modalities: int, args, device, split: TensorSplit):
@@ -77,11 +99,18 @@ def main() -> None:
             name: (lambda mo=model, me=method, x=inputs, y=targets: me.step(mo, x, y))
             for name, (model, method) in built.items()
         }
-        times = time_interleaved(steps, args.rounds, device)
-        print(f"\n  M = {n_modalities}   {'ms/step':>14}  {'÷ joint best':>12}{'median':>8}")
+        wall, cpu = time_interleaved(steps, args.rounds, device)
+        print(
+            f"\n  M = {n_modalities}  {'wall ms':>13}  {'÷ joint':>7}{'median':>7}   "
+            f"{'cpu ms':>13}  {'÷ joint':>7}{'median':>7}"
+        )
         for name in METHODS:
-            of_best, of_rounds = ratios(times[name], times["joint"])
-            print(f"  {name:<10}{shown(times[name])}{of_best:>12.2f}{of_rounds:>8.2f}")
+            w_best, w_rounds = ratios(wall[name], wall["joint"])
+            c_best, c_rounds = ratios(cpu[name], cpu["joint"])
+            print(
+                f"  {name:<10}{shown(wall[name])}{w_best:>8.2f}{w_rounds:>7.2f}   "
+                f"{shown(cpu[name])}{c_best:>8.2f}{c_rounds:>7.2f}"
+            )
         for name in ("pmr", "gblending"):
             _, method = built[name]
             epoch_times = []
