@@ -1,22 +1,27 @@
 """What does M-SAM cost over SAM, and what does the batched coalition pass save?
 
-Setting (issue "Foundation ... algorithm core"): M vector modalities of 256 values each, MLP
-encoders (256 -> 128 -> 128) and a linear concat head (late fusion), or one MLP over the joined
-inputs (early fusion); 10 classes, batch 256, SGD with momentum.
-
 1. Step cost, all on the same model and batch, interleaved round by round (the order rotated
-   each round), the best and the median of the rounds:
-     plain  the base optimizer (one forward-backward), no Shapley record
-     sam    SAM (two forward-backwards), no Shapley record
-     msam   M-SAM: SAM + the coalition values of the batch + Shapley + weights
-   for late and early fusion, M = 2 and 4.  Goals: msam/sam <= 1.10 late, <= 1.5 early (M = 2).
-   Two ratios: of the best times, and the median of the per-round ratios (each round's msam and
-   sam ran back to back, so drift on a shared machine cancels).
+   each round), best and median of the rounds, as CPU time of this process (the least
+   disturbed measure on a shared machine; at 1 thread it is the step's time) and wall time:
+     plain   the base optimizer (one forward-backward), no Shapley record
+     sam     msam's SAM (two forward-backwards), no Shapley record
+     ref     a reference-style two-phase SAM written out as users do (first_step /
+             second_step around two backward calls, a closure-free loop): the user's
+             alternative to msam's SAM
+     msam    M-SAM: SAM + the coalition values of the batch + Shapley + weights + the
+             targeted ascent and the weighted descent
+   Settings: the issue's 101,642-parameter late-fusion MLP (modalities of 300 and 353 values,
+   encoders d -> 128 -> 64, concat head, 10 classes, batch 256); the project's default model
+   (the default synthetic dataset's two 32-d modalities, batch 64); M = 4 of the issue's
+   encoders; early fusion at M = 2 and 4.  Goals (issue 14): msam/sam <= 1.05 late M = 2,
+   <= 1.15 late M = 4, <= 1.25 early M = 2, <= 1.6 early M = 4.  Ratios: of the best times,
+   then the median of the per-round ratios (msam and sam ran back to back in each round).
 2. Coalition values for M = 6 (64 coalitions) on a late-fusion model: 64 separate forward
    passes (one per coalition) vs one batched pass (input masking, and the head-only feature
    masking).  Goal: batched >= 3x faster.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/step_cost.py [--device cuda] [--quick]
+    OMP_NUM_THREADS=1 python benchmarks/step_cost.py [--device cuda] [--quick]
+    python benchmarks/step_cost.py --threads 0      # the default thread count
 """
 
 from __future__ import annotations
@@ -39,17 +44,71 @@ from msam_core.step import msam_step, plain_step, sam_step
 CLASSES = 10
 
 
-def setting(n_modalities: int, fusion: str, args, device):
-    specs = [ModalitySpec(f"m{i}", "vector", (args.dim,)) for i in range(n_modalities)]
+def setting(dims: list[int], fusion: str, batch: int, device, classes: int = CLASSES):
+    """A model over vector modalities of ``dims`` values (MLP encoders d -> 128 -> 64), a batch
+    with a class signal of growing strength per modality (so the coalitions differ)."""
+    specs = [ModalitySpec(f"m{i}", "vector", (d,)) for i, d in enumerate(dims)]
     torch.manual_seed(0)
-    model = build_model(specs, CLASSES, fusion=fusion, feature_dim=args.width).to(device)
+    model = build_model(specs, classes, fusion=fusion).to(device)
     generator = torch.Generator().manual_seed(1)
-    targets = torch.randint(CLASSES, (args.batch,), generator=generator)
-    inputs = {s.name: torch.randn(args.batch, args.dim, generator=generator) for s in specs}
-    # class signal of varying strength per modality, so the coalitions differ
+    targets = torch.randint(classes, (batch,), generator=generator)
+    inputs = {s.name: torch.randn(batch, s.shape[0], generator=generator) for s in specs}
     for i, s in enumerate(specs):
-        inputs[s.name][:, :CLASSES] += (i + 1) * torch.nn.functional.one_hot(targets, CLASSES)
+        inputs[s.name][:, :classes] += (i + 1) * torch.nn.functional.one_hot(targets, classes)
     return model, {m: x.to(device) for m, x in inputs.items()}, targets.to(device)
+
+
+class ReferenceSAM(torch.optim.Optimizer):
+    """SAM as the reference implementation's users run it: ``first_step`` moves each parameter
+    by ``ρ·g/‖g‖`` (θ kept in the state), ``second_step`` restores θ and steps the base
+    optimizer on the perturbed gradient."""
+
+    def __init__(self, params, base_optimizer, rho=0.05, **kwargs):
+        super().__init__(params, dict(rho=rho, **kwargs))
+        self.base_optimizer = base_optimizer(self.param_groups, **kwargs)
+        self.param_groups = self.base_optimizer.param_groups
+
+    @torch.no_grad()
+    def first_step(self, zero_grad=False):
+        norm = torch.norm(
+            torch.stack(
+                [
+                    p.grad.norm(2)
+                    for g in self.param_groups
+                    for p in g["params"]
+                    if p.grad is not None
+                ]
+            )
+        )
+        for group in self.param_groups:
+            scale = group["rho"] / (norm + 1e-12)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                self.state[p]["old_p"] = p.data.clone()
+                p.add_(p.grad * scale.to(p))
+        if zero_grad:
+            self.zero_grad()
+
+    @torch.no_grad()
+    def second_step(self, zero_grad=False):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if "old_p" in self.state[p]:
+                    p.data = self.state[p]["old_p"]
+        self.base_optimizer.step()
+        if zero_grad:
+            self.zero_grad()
+
+
+def reference_sam_step(model, optimizer: ReferenceSAM, inputs, targets) -> float:
+    """The two-phase loop of the reference SAM's README."""
+    loss = torch.nn.functional.cross_entropy(model(inputs), targets)
+    loss.backward()
+    optimizer.first_step(zero_grad=True)
+    torch.nn.functional.cross_entropy(model(inputs), targets).backward()
+    optimizer.second_step(zero_grad=True)
+    return float(loss)
 
 
 def sync(device: torch.device) -> None:
@@ -58,12 +117,14 @@ def sync(device: torch.device) -> None:
 
 
 def time_interleaved(
-    steps: dict[str, Callable[[], object]], rounds: int, device
+    steps: dict[str, Callable[[], object]], rounds: int, device, clock=time.process_time
 ) -> dict[str, list[float]]:
     """Seconds per call of each step in every round, the steps interleaved round by round.
 
     The order rotates each round, so no step always follows the same one (whose leftovers in
     cache or allocator would otherwise favour or hurt it); every step sees the same drift.
+    ``clock``: ``time.process_time`` (CPU time of this process: at one thread the step's own
+    time, least disturbed by other processes) or ``time.perf_counter`` (wall).
     """
     for step in steps.values():  # warm-up: allocator, kernels, caches
         step()
@@ -73,10 +134,10 @@ def time_interleaved(
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             sync(device)
-            start = time.perf_counter()
+            start = clock()
             steps[name]()
             sync(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return times
 
 
@@ -95,46 +156,60 @@ def ratios(num: list[float], den: list[float]) -> tuple[float, float]:
     return best(num) / best(den), statistics.median(a / b for a, b in zip(num, den, strict=True))
 
 
-def time_steps(fusion: str, n_modalities: int, args, device) -> dict[str, list[float]]:
-    """Seconds per plain / SAM / M-SAM step in each round, each on its own copy of one model."""
-    model, inputs, targets = setting(n_modalities, fusion, args, device)
-    plain_model, sam_model, msam_model = (copy.deepcopy(model) for _ in range(3))
+#: (label, fusion, modality dims, batch, goal of msam/sam)
+SETTINGS = (
+    ("late, issue MLP", "concat", [300, 353], 256, 1.05),
+    ("late, default", "concat", [32, 32], 64, 1.05),
+    ("late, M = 4", "concat", [300, 353, 300, 353], 256, 1.15),
+    ("early, M = 2", "early", [300, 353], 256, 1.25),
+    ("early, M = 4", "early", [300, 353, 300, 353], 256, 1.6),
+)
+
+
+def time_steps(fusion: str, dims, batch: int, args, device, clock) -> dict[str, list[float]]:
+    """Seconds per plain / SAM / reference SAM / M-SAM step in each round, each on its own
+    copy of one model."""
+    model, inputs, targets = setting(dims, fusion, batch, device)
+    plain_model, sam_model, ref_model, msam_model = (copy.deepcopy(model) for _ in range(4))
     kw = {"lr": 0.01, "momentum": 0.9}
     plain_opt = torch.optim.SGD(plain_model.parameters(), **kw)
     sam_opt = SAM(sam_model.parameters(), torch.optim.SGD, rho=0.05, **kw)
+    ref_opt = ReferenceSAM(ref_model.parameters(), torch.optim.SGD, rho=0.05, **kw)
     msam_opt = MSAM(msam_model.parameters(), torch.optim.SGD, rho=0.05, **kw)
     steps = {
         "plain": lambda: plain_step(plain_model, plain_opt, inputs, targets, value=None),
         "sam": lambda: sam_step(sam_model, sam_opt, inputs, targets, value=None),
+        "ref": lambda: reference_sam_step(ref_model, ref_opt, inputs, targets),
         "msam": lambda: msam_step(msam_model, msam_opt, inputs, targets),
     }
-    return time_interleaved(steps, args.rounds, device)
+    return time_interleaved(steps, args.rounds, device, clock)
 
 
 def step_costs(args, device) -> None:
+    clocks = (("cpu", time.process_time), ("wall", time.perf_counter))
+    if torch.get_num_threads() > 1:  # CPU time sums the threads: wall only
+        clocks = clocks[1:]
     print(
-        f"1. step cost (batch {args.batch}, {args.dim}-d modalities, width {args.width}, "
-        f"{args.rounds} interleaved rounds; ms as best / median)"
+        f"1. step cost ({args.rounds} interleaved rounds; ms as best / median; ratios of the "
+        "best times / median of per-round ratios)"
     )
-    print(
-        f"   {'fusion':<7}{'M':>3} {'plain ms':>12}  {'sam ms':>12}  {'msam ms':>12}  "
-        f"{'msam/sam best':>13}{'median':>8}{'goal':>7}"
-    )
-    for fusion, label, goal in (("concat", "late", "1.10"), ("early", "early", "1.50")):
-        for n_modalities in (2, 4):
-            t = time_steps(fusion, n_modalities, args, device)
+    for label, fusion, dims, batch, goal in SETTINGS:
+        for clock_name, clock in clocks:
+            t = time_steps(fusion, dims, batch, args, device, clock)
             of_best, of_rounds = ratios(t["msam"], t["sam"])
-            goal_shown = goal if n_modalities == 2 else "-"
-            cells = "".join(shown(t[k]) for k in ("plain", "sam", "msam"))
+            ref_best, ref_rounds = ratios(t["msam"], t["ref"])
+            cells = "  ".join(f"{k} {shown(t[k])}" for k in ("plain", "sam", "ref", "msam"))
             print(
-                f"   {label:<7}{n_modalities:>3} {cells}"
-                f"{of_best:>14.3f}{of_rounds:>8.3f}{goal_shown:>7}"
+                f"   {label:<16} {clock_name:<4} {cells}\n"
+                f"{'':>22}msam/sam {of_best:.3f} / {of_rounds:.3f} (goal <= {goal})   "
+                f"msam/ref {ref_best:.3f} / {ref_rounds:.3f}   sam/ref "
+                f"{ratios(t['sam'], t['ref'])[0]:.3f}"
             )
 
 
 def coalition_cost(args, device) -> None:
     n_modalities = 6
-    model, inputs, targets = setting(n_modalities, "concat", args, device)
+    model, inputs, targets = setting([args.dim] * n_modalities, "concat", args.batch, device)
     model.eval()
 
     def separate() -> torch.Tensor:
@@ -219,12 +294,16 @@ def main() -> None:
     parser.add_argument("--device", default=default_device)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--width", type=int, default=256, help="hidden and feature width")
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="fewer rounds (smoke run)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (0: torch's default count)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.rounds = 5
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     step_costs(args, device)

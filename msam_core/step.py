@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -413,6 +414,22 @@ def check_perturb(perturb: str) -> str:
     return name
 
 
+#: Each model's modality parameters, found once (a walk of the module tree, about a tenth of
+#: a small model's step) rather than on every call of :func:`msam_step`.
+_PARTS: weakref.WeakKeyDictionary[nn.Module, ModalityParameters] = weakref.WeakKeyDictionary()
+
+
+def _modality_parts(model: nn.Module, optimizer: torch.optim.Optimizer) -> ModalityParameters:
+    """:func:`modality_parameters` of ``model``, cached; found again when the optimizer no
+    longer holds every cached parameter (the model's parameters were replaced)."""
+    parts = _PARTS.get(model)
+    held = {p for group in optimizer.param_groups for p in group["params"]}
+    if parts is None or any(p not in held for entries in parts.values() for p, _ in entries):
+        parts = modality_parameters(model, "msam's targeted ascent (perturb=dominant)")
+        _PARTS[model] = parts
+    return parts
+
+
 def msam_step(
     model: nn.Module,
     optimizer: MSAM,
@@ -448,7 +465,7 @@ def msam_step(
     if value is None:
         raise ValueError("msam_step needs Shapley values: value must be accuracy, prob or neg_loss")
     if check_perturb(perturb) == "dominant" and parts is None:
-        parts = modality_parameters(unwrap(model), "msam's targeted ascent (perturb=dominant)")
+        parts = _modality_parts(unwrap(model), optimizer)
     update = msam_update(model, optimizer, inputs, targets, loss_fn, parts, average)
     shapley_args = (value, masking, baselines, chunk_size, reuse_first_pass)
     return run_step(model, optimizer, inputs, targets, update, loss_fn, *shapley_args)

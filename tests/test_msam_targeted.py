@@ -215,10 +215,15 @@ def test_a_declared_partition_is_used_and_checked():
 
 def test_combine_and_ascent_ends_are_exact():
     g2, g1 = torch.randn(5), torch.randn(5)
-    assert combine(g2.clone(), g1.clone(), 1.0, 0.0).equal(g2)
-    assert combine(g2.clone(), g1.clone(), 0.0, 1.0).equal(g1)
-    assert combine(None, None, 0.5) is None
-    torch.testing.assert_close(combine(g2.clone(), None, 0.25), 0.25 * g2)
+    assert combine([g2.clone()], [g1.clone()], 1.0, 0.0)[0].equal(g2)
+    assert combine([g2.clone()], [g1.clone()], 0.0, 1.0)[0].equal(g1)
+    assert combine([None], [None], 0.5) == [None]
+    torch.testing.assert_close(combine([g2.clone()], [None], 0.25)[0], 0.25 * g2)
+    torch.testing.assert_close(combine([None], [g1.clone()], 0.25)[0], 0.75 * g1)
+    mixed = combine([g2.clone(), None, g2.clone()], [g1.clone(), g1.clone(), None], 0.25)
+    torch.testing.assert_close(mixed[0], 0.25 * g2 + 0.75 * g1)
+    torch.testing.assert_close(mixed[1], 0.75 * g1)
+    torch.testing.assert_close(mixed[2], 0.25 * g2)
     params, grads = [torch.randn(3)], [torch.zeros(3)]
     assert ascent(params, grads, 0.5)[0].equal(torch.zeros(3))  # zero gradient: no move
     mask = torch.tensor([True, False, True])

@@ -49,7 +49,9 @@ def ascent(
     ``params`` (a zero gradient gives ``ε = 0``).  ``rho`` and ``adaptive`` are one value or one
     per parameter (its optimizer group's).  ``masks[i]``, when given and not None, is a bool
     tensor of ``params[i]``'s shape: ε is zero where it is False and the norm runs over the
-    entries where it is True only, so the masked ε has norm ``ρ``.
+    entries where it is True only, so the masked ε has norm ``ρ``.  Foreach ops (one kernel
+    per operation over all tensors, not one per parameter) in the usual case of one ``ρ`` and
+    no ``adaptive``; the norm stays on the device (no host read).
     """
     n = len(params)
     if n == 0:
@@ -59,18 +61,21 @@ def ascent(
     masks = [None] * n if masks is None else list(masks)
     if len(masks) != n or len(grads) != n:
         raise ValueError(f"ascent needs one gradient and one mask per parameter ({n})")
-    directions = []
-    for g, mask in zip(grads, masks, strict=True):
-        directions.append(g if mask is None else g * mask.to(g.dtype))
+    directions = [
+        g if mask is None else g * mask.to(g.dtype) for g, mask in zip(grads, masks, strict=True)
+    ]
     scaled = [
         p.detach().abs() * g if a else g for p, g, a in zip(params, directions, flags, strict=True)
     ]
     device = scaled[0].device
-    norm = torch.linalg.vector_norm(
-        torch.stack([torch.linalg.vector_norm(s).to(device) for s in scaled])
-    )
+    norms = torch._foreach_norm(scaled)
+    norm = torch.linalg.vector_norm(torch.stack([v.to(device) for v in norms]))
+    inverse = 1.0 / (norm + NORM_EPS)
+    uniform = len(set(rhos)) == 1 and not any(flags)
+    if uniform and all(g.device == device and g.dtype == norm.dtype for g in directions):
+        return torch._foreach_mul(directions, inverse * rhos[0])
     return [
-        (p.detach() * p.detach() * g if a else g) * (r / (norm + NORM_EPS)).to(g)
+        (p.detach() * p.detach() * g if a else g) * (r * inverse).to(g)
         for p, g, r, a in zip(params, directions, rhos, flags, strict=True)
     ]
 
@@ -102,22 +107,36 @@ def perturbed(params: Sequence[Tensor], eps: Sequence[Tensor]) -> Iterator[None]
         restore(params, saved)
 
 
+@torch.no_grad()
 def combine(
-    second: Tensor | None, first: Tensor | None, a: float, b: float | None = None
-) -> Tensor | None:
-    """``a·g' + b·g`` (``b`` defaults to ``1 − a``: the M-SAM descent ``w·g' + (1 − w)·g``).
+    seconds: Sequence[Tensor | None],
+    firsts: Sequence[Tensor | None],
+    a: float,
+    b: float | None = None,
+) -> list[Tensor | None]:
+    """``a·g' + b·g`` for every parameter (``b`` defaults to ``1 − a``: the M-SAM descent
+    ``w·g' + (1 − w)·g``), with foreach ops over the parameters that have both gradients.
 
-    A missing gradient counts as zero, and the result is None if both are.  The ends are
-    exact (no arithmetic): ``a = 1, b = 0`` gives ``g'`` (SAM), ``a = 0, b = 1`` gives ``g``.
-    ``second`` (the perturbed pass's own gradient) is overwritten in place.
+    A missing gradient counts as zero, and a result is None if both are.  The ends are exact
+    (no arithmetic): ``a = 1, b = 0`` gives ``g'`` (SAM), ``a = 0, b = 1`` gives ``g``.  The
+    ``seconds`` (the perturbed pass's own gradients) and ``firsts`` are overwritten in place.
     """
     b = 1.0 - a if b is None else b
-    if second is None or a == 0.0:
-        if first is None or b == 0.0:
-            return None
-        return first if b == 1.0 else first.mul_(b)
+    seconds = [None if a == 0.0 else g for g in seconds]
+    firsts = [None if b == 0.0 else g for g in firsts]
+    both = [
+        i
+        for i, (s, f) in enumerate(zip(seconds, firsts, strict=True))
+        if s is not None and f is not None
+    ]
+    only_second = [g for g, f in zip(seconds, firsts, strict=True) if g is not None and f is None]
+    only_first = [f for g, f in zip(seconds, firsts, strict=True) if g is None and f is not None]
     if a != 1.0:
-        second = second.mul_(a)
-    if first is None or b == 0.0:
-        return second
-    return second.add_(first, alpha=b)
+        scaled = [seconds[i] for i in both] + only_second
+        if scaled:
+            torch._foreach_mul_(scaled, a)
+    if both:
+        torch._foreach_add_([seconds[i] for i in both], [firsts[i] for i in both], alpha=b)
+    if b != 1.0 and only_first:
+        torch._foreach_mul_(only_first, b)
+    return [s if s is not None else f for s, f in zip(seconds, firsts, strict=True)]

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from msam_core.optim.ascent import ascent, combine, move
+from msam_core.optim.ascent import ascent, combine
 
 Closure = Callable[[], Tensor]
 #: The parameters an ascent may move, each with a bool mask of its shape or None (all of it).
@@ -56,6 +56,10 @@ class _SharpnessAware(torch.optim.Optimizer):
                 f"(the wrapper builds it on its own parameter groups), got {base_optimizer!r}"
             )
         self._ascended = False
+        self._theta: dict[Tensor, Tensor] = {}  # θ during a step, per parameter
+        self._moved: list[Tensor] = []  # the parameters the ascent moved
+        self._params: list[Tensor] = []  # every parameter, and its first-pass gradient
+        self._firsts: list[Tensor | None] = []
         super().__init__(params, dict(rho=rho, adaptive=adaptive, **base_kwargs))
         self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
         self.param_groups = self.base_optimizer.param_groups  # shared: schedulers see one lr
@@ -105,18 +109,35 @@ class _SharpnessAware(torch.optim.Optimizer):
             [group_of[p]["adaptive"] for p in moved],
             [mask for _, mask in chosen],
         )
-        for p, theta in zip(moved, move(moved, eps), strict=True):
-            self.state[p]["theta"] = theta  # restored by copy: exact, unlike θ+ε−ε
+        if moved:
+            # θ kept by copy (buffers reused step to step): the restore is exact, unlike θ+ε−ε
+            torch._foreach_copy_([self._theta_buffer(p) for p in moved], moved)
+            torch._foreach_add_(moved, eps)
+        self._moved = moved
         self._ascended = True
         if self._keeps_first_grad:  # moved, not copied: the next backward starts at 0
-            for p in with_grad if kept is None else params:
-                first = p.grad if kept is None else kept.get(p)
-                if first is not None:
-                    self.state[p]["first_grad"] = first
+            self._firsts = [p.grad if kept is None else kept.get(p) for p in params]
+            self._params = params
         for p in with_grad:
-            p.grad = None
-        if zero_grad:
-            self.zero_grad()
+            p.grad = None  # every gradient is now None: zero_grad has nothing left to do
+
+    def _theta_buffer(self, p: Tensor) -> Tensor:
+        """Where ``θ`` of ``p`` is kept during a step (allocated once per parameter)."""
+        buffer = self._theta.get(p)
+        if buffer is None or (buffer.shape, buffer.dtype, buffer.device) != (
+            p.shape,
+            p.dtype,
+            p.device,
+        ):
+            buffer = self._theta[p] = torch.empty_like(p)
+        return buffer
+
+    def _put_back(self) -> None:
+        """Copy ``θ`` back into the parameters the ascent moved; forget the step's state."""
+        if self._moved:
+            torch._foreach_copy_(self._moved, [self._theta[p] for p in self._moved])
+        self._moved, self._params, self._firsts = [], [], []
+        self._ascended = False
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -125,14 +146,7 @@ class _SharpnessAware(torch.optim.Optimizer):
         For error handling between the two phases (e.g. a non-finite perturbed loss); gradients
         are cleared, the base optimizer does not step.
         """
-        for group in self.param_groups:
-            for p in group["params"]:
-                state = self.state.get(p, {})
-                theta = state.pop("theta", None)
-                state.pop("first_grad", None)
-                if theta is not None:
-                    p.copy_(theta)
-        self._ascended = False
+        self._put_back()
         self.zero_grad()
 
     @torch.no_grad()
@@ -144,20 +158,18 @@ class _SharpnessAware(torch.optim.Optimizer):
         first_weight: float | None = None,
     ) -> None:
         """Restore ``θ``; the base optimizer steps on ``w_d·g' + (1 − w_d)·g``
-        (``first_weight`` replaces ``1 − w_d``: 1 for the attributed decomposition's sum)."""
+        (``first_weight`` replaces ``1 − w_d``: 1 for the attributed decomposition's sum).
+        Foreach ops: one copy back of θ, one scale and one add for the blend."""
         a = _check_weight(dominant_weight)
         b = 1.0 - a if first_weight is None else float(first_weight)
         if not self.perturbed:
             raise RuntimeError("second_step called without first_step: nothing to descend from")
-        for group in self.param_groups:
-            for p in group["params"]:
-                state = self.state.get(p, {})
-                theta = state.pop("theta", None)
-                first = state.pop("first_grad", None)
-                if theta is not None:  # every perturbed parameter, even without a second grad
-                    p.copy_(theta)
-                p.grad = combine(p.grad, first, a, b)
-        self._ascended = False
+        params, firsts = self._params, self._firsts
+        self._put_back()
+        if params and not (a == 1.0 and b == 0.0):  # SAM's descent is g' itself
+            combined = combine([p.grad for p in params], firsts, a, b)
+            for p, g in zip(params, combined, strict=True):
+                p.grad = g
         self.base_optimizer.step()
         if zero_grad:
             self.zero_grad()
