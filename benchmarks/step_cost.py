@@ -108,7 +108,7 @@ def reference_sam_step(model, optimizer: ReferenceSAM, inputs, targets) -> float
     optimizer.first_step(zero_grad=True)
     torch.nn.functional.cross_entropy(model(inputs), targets).backward()
     optimizer.second_step(zero_grad=True)
-    return float(loss)
+    return float(loss.detach())
 
 
 def sync(device: torch.device) -> None:
