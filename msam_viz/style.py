@@ -54,6 +54,10 @@ METHOD_COLORS: tuple[tuple[str, str], ...] = (
     ("asam", "#33BBEE"),
     ("ogm_ge", "#009988"),
     ("agm", "#EE7733"),
+    ("mmpareto", "#AA4499"),
+    ("mla", "#117733"),
+    ("pmr", "#999933"),
+    ("gblending", "#332288"),
     ("joint", "#777777"),
 )
 METHOD_FALLBACK: tuple[str, ...] = ("#EE3377", "#332288", "#117733", "#882255", "#44AA99")
