@@ -7,7 +7,8 @@ devices, callbacks and loggers; each training step is the registered method's ow
 :class:`msam_core.Recorder` into a run directory, so msam's figures, widgets, ``msam report``
 and ``load_trained`` read a Lightning run like any other.  The numbers are also handed to
 ``self.log`` (``loss``, ``sharpness``, ``phi/<m>``, ``weight/<m>``; ``val/acc`` ... at epoch
-ends), so Lightning's own loggers (TensorBoard, CSV, W&B) see them::
+ends), so Lightning's own loggers (TensorBoard, CSV, W&B) see them (every
+``Trainer(log_every_n_steps=...)`` steps; the run directory gets every step)::
 
     module = MsamLightningModule(model, data, "runs/lightning", method="msam", epochs=2)
     lightning.Trainer(max_epochs=2, logger=False).fit(module)

@@ -92,3 +92,28 @@ def test_a_fit_that_raises_leaves_a_summary_saying_why(tmp_path):
         trainer.fit(module)
     summary = mc.load_run(tmp_path / "run").summary
     assert summary["finished"] is False and "disk on fire" in summary["stopped"]
+
+
+def test_lightnings_own_loggers_see_phi_weights_and_accuracies(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = mc.TrainConfig.from_dict({**CONFIG, "epochs": 1})
+    data = build_dataset(cfg)
+    module = MsamLightningModule(build_run_model(cfg, data), data, tmp_path / "run", cfg)
+    logger = TensorBoardLogger(tmp_path / "tb", name="msam")
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=logger,
+        log_every_n_steps=1,  # Lightning's default writes every 50th step's logs
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    )
+    trainer.fit(module)
+    [events] = list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"loss", "phi/audio", "phi/visual", "weight/audio", "val/acc", "val/acc/visual"} <= tags
+    recorded = mc.load_run(tmp_path / "run").iterations["phi/audio"]
+    assert [e.value for e in acc.Scalars("phi/audio")] == pytest.approx(list(recorded), abs=1e-7)
