@@ -80,11 +80,16 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1024, help="evaluation samples")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--quick", action="store_true", help="small grid, for a smoke run")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the model trains on cpu)")
     args = parser.parse_args()
+    device = torch.device(args.device)
     if args.quick:
         args.steps, args.samples, args.rounds = 11, 256, 2
 
     model, x, y, (x_train, y_train) = trained_model(args.samples)
+    model.to(device)
+    x, y = {m: t.to(device) for m, t in x.items()}, y.to(device)
+    x_train, y_train = {m: t.to(device) for m, t in x_train.items()}, y_train.to(device)
     modality = model.modalities[0]
     n_params = sum(p.numel() for p in model.parameters())
     coords = grid(args.steps)
@@ -92,7 +97,7 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; grid path on this "
-        f"device: {grid_method('cpu')}"
+        f"device ({device}): {grid_method(device.type)}"
     )
     print(
         f"model: late-fusion MLP, {n_params} parameters; grid {args.steps}x{args.steps} = "
@@ -132,8 +137,12 @@ def main() -> None:
         side(3)
     for r in range(args.rounds):  # the order rotates each round
         for name in names[r % len(names) :] + names[: r % len(names)]:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             start, start_cpu = time.perf_counter(), time.process_time()
             sides[name](args.steps)
+            if device.type == "cuda":
+                torch.cuda.synchronize()  # kernels run asynchronously: time them to the end
             wall[name].append(time.perf_counter() - start)
             cpu[name].append(time.process_time() - start_cpu)
 
@@ -158,7 +167,7 @@ def main() -> None:
     print(f"msam vs peer:                            {ratio('peer', 'msam')}   (goal >= 3x)")
     print(f"{one} vs whole model per point:    {ratio(plain, one)}   (goal >= 3x)")
     print(f"{one} vs msam whole model:         {ratio('msam', one)}")
-    print(f"msam ({grid_method('cpu')}) vs vmap on this device: {ratio('vmap', 'msam')}")
+    print(f"msam ({grid_method(device.type)}) vs vmap on this device: {ratio('vmap', 'msam')}")
 
     # agreement of the paths on the modality grid (the tests hold them to 1e-5 too)
     subset = coords[:: max(1, coords.shape[0] // 60)]

@@ -9,7 +9,7 @@ in the main process with its own type and message (naming the file), as without 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -55,13 +55,17 @@ def _collate_or_error(items: list[Any]) -> Batch | Exception:
     return collate_items(items)
 
 
+def _chunks(order: Tensor, batch_size: int, rows: Callable[[int], slice] | None) -> list[Tensor]:
+    chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    return chunks if rows is None else [chunk[rows(len(chunk))] for chunk in chunks]
+
+
 def _worker_batches(
-    split: Dataset, order: Tensor, batch_size: int, num_workers: int, pin: bool
+    split: Dataset, chunks: list[Tensor], num_workers: int, pin: bool
 ) -> Iterator[Batch]:
-    chunks = [order[s : s + batch_size].tolist() for s in range(0, len(order), batch_size)]
     loader = DataLoader(
         _ItemOrError(split),
-        batch_sampler=chunks,
+        batch_sampler=[chunk.tolist() for chunk in chunks],
         num_workers=num_workers,
         collate_fn=_collate_or_error,
         pin_memory=pin,
@@ -81,19 +85,19 @@ def iterate_batches(
     batch_size: int,
     device: torch.device,
     num_workers: int = 0,
+    rows: Callable[[int], slice] | None = None,
 ) -> Iterator[Batch]:
     """Batches in ``order`` (the last one may be smaller), moved to ``device``.
 
     ``num_workers > 0`` reads a file-backed split's items in worker processes; in-memory
     splits ignore it (one indexing op is already faster than handing tensors between
-    processes).
+    processes).  ``rows(n)`` picks this process's rows of each batch of ``n`` (one rank's
+    share of a global batch under ``torch.distributed``); None keeps them all.
     """
+    chunks = _chunks(order, batch_size, rows)
     if num_workers > 0 and not hasattr(split, "take"):
-        batches = _worker_batches(split, order, batch_size, num_workers, device.type == "cuda")
+        batches = _worker_batches(split, chunks, num_workers, device.type == "cuda")
     else:
-        batches = (
-            fetch_batch(split, order[start : start + batch_size])
-            for start in range(0, len(order), batch_size)
-        )
+        batches = (fetch_batch(split, chunk) for chunk in chunks)
     for inputs, targets in batches:
         yield {m: x.to(device) for m, x in inputs.items()}, targets.to(device)

@@ -145,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, extra = parser.parse_known_args(rest)  # argparse exits 2 on its own errors
         if extra:
             parser.error(_unrecognized(parser, extra))
+    args.argv = list(rest)  # the command's own tokens, for commands that relaunch themselves
     try:
         return int(module.run(args) or 0)
     except USER_ERRORS as err:

@@ -25,6 +25,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "cosine", "step")
 SHAPLEY_VALUES = ("accuracy", "prob", "neg_loss")  # msam_core.coalitions.VALUE_KINDS
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("fp32", "bf16", "fp16")
 BASELINES = ("zeros", "mean")
 #: ``measure_options`` keys: the options of :func:`msam_core.sharpness.periodic_measures`
 #: the loop does not set itself (a test keeps the two in step)
@@ -83,7 +84,8 @@ class TrainConfig:
     epochs: int = 10
     seed: int = 0
     device: str = "auto"
-    bf16: bool = False  # bf16 autocast, CUDA only
+    precision: str = "fp32"  # fp32, bf16 (autocast) or fp16 (autocast, CUDA only)
+    compile: bool = False  # run the model through torch.compile
     num_workers: int = 0  # DataLoader processes reading file-backed items; 0 = main process
     # evaluation, checkpoints, measurement
     eval_every: int = 1
@@ -118,6 +120,7 @@ class TrainConfig:
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("shapley_value", self.shapley_value, SHAPLEY_VALUES)
         _choice("baseline", self.baseline, BASELINES)
+        _choice("precision", self.precision, PRECISIONS)
         if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
             raise ValueError(f"device={self.device!r}; choose one of {list(DEVICES)} or 'cuda:N'")
         for key in ("batch_size", "eval_batch_size", "probe_size"):
@@ -164,6 +167,8 @@ class TrainConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
         """Build from a mapping; unknown keys -> KeyError listing the valid ones."""
         data = {k: v for k, v in data.items() if k not in RESERVED_KEYS}
+        if "bf16" in data:  # config.json of runs written before `precision` existed
+            data.setdefault("precision", "bf16" if data.pop("bf16") else "fp32")
         return with_overrides(cls(), data)
 
     @classmethod
@@ -203,7 +208,8 @@ DESCRIPTIONS: dict[str, str] = {
     "epochs": "passes over the training data",
     "seed": "seed of the data split, initial weights and data order",
     "device": "auto, cpu, cuda, cuda:N or mps",
-    "bf16": "bf16 autocast (CUDA only)",
+    "precision": "fp32, bf16 (autocast, CPU or CUDA) or fp16 (autocast, CUDA only)",
+    "compile": "run the model through torch.compile (where this torch build supports it)",
     "num_workers": "DataLoader processes reading file-backed data; 0 = the main process",
     "eval_every": "evaluate train / val / test every k epochs (and at the last)",
     "eval_batch_size": "samples per evaluation pass",

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -50,7 +51,17 @@ from msam_core.config import (
 from msam_core.data import MultimodalDataset
 from msam_core.data.subset import select_modalities
 from msam_core.derived import SELECTION, default_run_dir, selection_key
-from msam_core.evaluate import evaluate_split
+from msam_core.distributed import (
+    GradWeight,
+    World,
+    evaluation_shard,
+    join,
+    leave,
+    shard,
+    weighted_grad_hook,
+    weighted_mean,
+)
+from msam_core.evaluate import balance_entropy, evaluate_split
 from msam_core.landscape import compute_landscape
 from msam_core.methods import Method, build_method
 from msam_core.record import CONFIG_FILE, RunWriter
@@ -318,6 +329,14 @@ def train(
         cfg = resolve_config(config, **overrides)
     device = resolve_device(cfg.device)
     check_log_targets(cfg.log_to)  # a missing tensorboard package is said before any file
+    check_precision(cfg.precision, device)
+    group_here = not torch.distributed.is_initialized()
+    world = join(device.type)
+    if world.active:
+        check_world(world, cfg, callback, control)
+        if device.type == "cuda":  # one GPU per process, the launcher's local rank
+            device = torch.device("cuda", world.local_rank)
+            torch.cuda.set_device(device)
     seed_everything(cfg.seed)
 
     # 2. data and model
@@ -333,6 +352,9 @@ def train(
     check_splits_have_samples(dataset)
     if cfg.baseline == "mean":
         model.fit_baselines(_all_inputs(dataset.train, cfg.eval_batch_size, cfg.num_workers))
+    if world.active and any(isinstance(m, _BatchNorm) for m in model.modules()):
+        # batch statistics over the global batch, as one process computes them
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     modalities = list(model.modalities)
 
@@ -353,11 +375,20 @@ def train(
     # 4. the run directory: fresh, or restored from the last checkpoint
     if out is None:
         out = default_run_dir(cfg.method, dataset.name, cfg.seed)
-    writer = RunWriter(out, resume=resume, overwrite=overwrite, fsync=cfg.fsync)
-    run_dir = writer.path
+    writer = _open_on_rank_zero(world, out, resume=resume, overwrite=overwrite, fsync=cfg.fsync)
+    run_dir = Path(out)
     state = _LoopState()
     if resume:
         ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location=device)
+        stored_world = int(ckpt.get("world_size", 1))
+        if stored_world != world.size and world.main:
+            warnings.warn(
+                f"resuming a run trained on {stored_world} process(es) with {world.size}: the "
+                "global batches and their order stay the same, but float summation, dropout "
+                "masks and batch-norm statistics are per process, so the continuation is not "
+                "bit-for-bit what the original world size would have given",
+                stacklevel=2,
+            )
         model.load_state_dict(ckpt["model"])
         method.optimizer.load_state_dict(ckpt["optimizer"])
         method.load_state_dict(ckpt["method_state"])
@@ -365,36 +396,43 @@ def train(
         data_generator.set_state(ckpt["data_order"]["generator"])
         _set_rng_state(ckpt["rng"])
         state = _LoopState.from_dict(ckpt["loop"])
-        writer.truncate_after(step=state.step, epoch=state.epoch)
-        if cfg.schedule == "cosine" and ckpt["config"].get("epochs") != cfg.epochs:
+        if writer is not None:
+            writer.truncate_after(step=state.step, epoch=state.epoch)
+        if cfg.schedule == "cosine" and ckpt["config"].get("epochs") != cfg.epochs and world.main:
             warnings.warn(
                 "resuming a cosine schedule with a different number of epochs changes the "
                 "learning rate of the remaining steps",
                 stacklevel=2,
             )
-    writer.write_config(
-        cfg.to_dict(),
-        run_info={
-            "device": str(device),
-            "modalities": modalities,
-            "fusion": run_fusion(cfg),
-            "num_classes": int(dataset.num_classes),
-            "dataset_name": dataset.name,
-            # what train(data=..., model=...) was given: such a run is rebuilt with
-            # load_trained(run, model=..., data=...), not from its config
-            "custom_data": data is not None,
-            "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
-            "n_train": n_train,
-            "steps_per_epoch": steps_per_epoch,
-            "dataset_info": dataset.info,
-        },
-    )
+    stepper, grad_weight = _wrap_for_steps(model, world, device, cfg.compile)
+    if writer is not None:
+        writer.write_config(
+            cfg.to_dict(),
+            run_info={
+                "device": str(device),
+                "world_size": world.size,
+                "modalities": modalities,
+                "fusion": run_fusion(cfg),
+                "num_classes": int(dataset.num_classes),
+                "dataset_name": dataset.name,
+                # what train(data=..., model=...) was given: such a run is rebuilt with
+                # load_trained(run, model=..., data=...), not from its config
+                "custom_data": data is not None,
+                "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+                "n_train": n_train,
+                "steps_per_epoch": steps_per_epoch,
+                "dataset_info": dataset.info,
+            },
+        )
 
-    sinks = open_sinks(cfg.log_to, run_dir, modalities)
+    sinks = open_sinks(cfg.log_to, run_dir, modalities) if world.main else []
     loop = _Loop(
         sinks=sinks,
         cfg=cfg,
         device=device,
+        world=world,
+        stepper=stepper,
+        grad_weight=grad_weight,
         dataset=dataset,
         model=model,
         method=method,
@@ -411,10 +449,84 @@ def train(
     try:
         loop.run()
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
         for sink in sinks:
             sink.close()
+    if group_here:  # after a failure the process just ends: a barrier would wait for the dead
+        leave(world)
     return run_dir
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """fp16 autocast needs CUDA (and a gradient scaler through both SAM passes); bf16 and fp32
+    run anywhere.  ValueError saying what to use instead."""
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(
+            f"precision fp16 needs a CUDA device (the device is {device.type}); on the CPU use "
+            "--precision bf16 (autocast) or fp32"
+        )
+    if precision == "fp16":
+        raise ValueError(
+            "precision fp16 needs a gradient scaler that both SAM passes respect, which the "
+            "step does not have yet; use --precision bf16 (no scaler needed) or fp32"
+        )
+
+
+def check_world(
+    world: World, cfg: TrainConfig, callback: Callback | None, control: TrainingControl | None
+) -> None:
+    """What one run on several processes cannot do, refused before anything is written."""
+    if callback is not None or control is not None:
+        raise ValueError(
+            "callback and control stop one process's loop; under torch.distributed every rank "
+            "must stop together, so train on one process to use them"
+        )
+    if cfg.batch_size < world.size:
+        raise ValueError(
+            f"batch_size {cfg.batch_size} (the global batch) is smaller than the {world.size} "
+            "processes sharing it; give every process at least one sample"
+        )
+
+
+def _open_on_rank_zero(world: World, out: Any, **options: Any) -> RunWriter | None:
+    """Rank 0 opens (and checks) the run directory; the others wait for its verdict and raise
+    the same error, so a bad --out stops every rank before anything is written."""
+    writer, error = None, None
+    if world.main:
+        try:
+            writer = RunWriter(out, **options)
+        except Exception as err:
+            error = err
+    if world.active:
+        verdict = [None if error is None else (type(error), str(error))]
+        torch.distributed.broadcast_object_list(verdict, src=0)
+        if verdict[0] is not None and error is None:
+            kind, message = verdict[0]
+            raise kind(message)
+    if error is not None:
+        raise error
+    return writer
+
+
+def _wrap_for_steps(model: nn.Module, world: World, device: torch.device, compile: bool):
+    """The module the method's steps run: the model, in DDP across ranks, compiled if asked.
+
+    DDP's all-reduce is the sample-weighted mean of the ranks' gradients (their batch shares
+    may differ in a last, smaller batch), so a step equals the one-process step.
+    ``compile`` compiles the model's submodules (encoders and fusion head) in place, so the
+    feature path (``encode`` / ``fuse``) is compiled too and checkpoints keep their keys.
+    """
+    if compile:
+        for child in model.children():
+            child.compile()
+    weight = GradWeight()
+    if not world.active:
+        return model, weight
+    ids = [device.index] if device.type == "cuda" else None
+    ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    ddp.register_comm_hook(weight, weighted_grad_hook)
+    return ddp, weight
 
 
 def _all_inputs(split: Dataset, batch_size: int, num_workers: int = 0):
@@ -465,13 +577,16 @@ class _Loop:
 
     cfg: TrainConfig
     device: torch.device
+    world: World  # this process's rank; rank 0 alone writes
+    stepper: nn.Module  # what the method steps: the model, or its DDP wrapper
+    grad_weight: GradWeight  # this rank's share of the global batch, read by DDP's hook
     dataset: MultimodalDataset
     model: nn.Module
     method: Method
     scheduler: torch.optim.lr_scheduler.LRScheduler
     data_generator: torch.Generator
     probe: tuple[dict[str, Tensor], Tensor]  # the fixed batch of the periodic measures
-    writer: RunWriter
+    writer: RunWriter | None  # None on ranks other than 0
     state: _LoopState
     resumed: bool
     callback: Callback | None
@@ -484,7 +599,7 @@ class _Loop:
         self.stop_reason: str | None = None
         self.diverged = False  # the loss became NaN/inf: summary.json says so explicitly
         self.epoch_metrics: dict[int, dict[str, dict[str, Any]]] = {}
-        self.autocast = self.cfg.bf16 and self.device.type == "cuda"
+        self.main = self.world.main
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -494,7 +609,7 @@ class _Loop:
         bar = tqdm(
             total=total,
             initial=state.step,
-            disable=self.quiet,
+            disable=self.quiet or not self.main,
             desc=f"{cfg.method}",
             unit="step",
             dynamic_ncols=True,
@@ -519,8 +634,8 @@ class _Loop:
             self._write_summary()
 
     def _autocast(self):
-        if self.autocast:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.cfg.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _steps_per_epoch(self) -> int:
@@ -533,22 +648,31 @@ class _Loop:
         method.set_epoch(epoch)
         model.train()
         started = time.perf_counter()
+        rows = (lambda n: shard(n, self.world)) if self.world.active else None
+        seen = 0  # samples of the epoch's order taken so far (by every rank together)
         for inputs, targets in iterate_batches(
-            self.dataset.train, order, cfg.batch_size, self.device, cfg.num_workers
+            self.dataset.train, order, cfg.batch_size, self.device, cfg.num_workers, rows
         ):
             if self.control is not None and not self.control.wait():
                 self.stop_reason = f"stopped by the user at step {state.step}"
                 return False
             lr = method.optimizer.param_groups[0]["lr"]
             t0 = time.perf_counter()
+            n_local = int(targets.shape[0])
+            if self.world.active:  # this rank's share of the global batch, for DDP's hook
+                n_global = min(cfg.batch_size, len(order) - seen)
+                self.grad_weight.share = n_local / n_global
+                seen += n_global
             with self._autocast():
                 try:
-                    out = method.step(model, inputs, targets)
+                    out = method.step(self.stepper, inputs, targets)
                 except Exception as err:
                     if not _is_non_finite_error(err):
                         raise
                     out = {"loss": float("nan")}
             step_s = time.perf_counter() - t0
+            if self.world.active:
+                out = _global_batch_record(out, n_local, self.world)
             state.step += 1
             record: dict[str, Any] = {"step": state.step, "epoch": epoch, "lr": lr, **out}
             record["time/step_s"] = step_s
@@ -579,7 +703,10 @@ class _Loop:
         return True
 
     def _log(self, record: dict[str, Any]) -> bool:
-        """Write one record, hand it to the callback; False if the callback asks to stop."""
+        """Write one record, hand it to the callback; False if the callback asks to stop.
+        Only rank 0 writes."""
+        if not self.main:
+            return True
         if "split" in record:
             self.writer.log_epoch(record)
             for sink in self.sinks:
@@ -597,10 +724,11 @@ class _Loop:
         self.diverged = True
         self.stop_reason = f"non-finite loss ({record.get('loss')}) at step {record['step']}"
         self._write_summary()
+        folder = self.writer.path if self.writer is not None else "the run directory"
         raise TrainingDiverged(
             f"the loss became {record.get('loss')} at step {record['step']} (epoch "
             f"{record['epoch']}); the run stopped. Records so far and the last good checkpoint "
-            f"(epoch {last}, checkpoints/last.pt) are kept in {str(self.writer.path)!r}. "
+            f"(epoch {last}, checkpoints/last.pt) are kept in {str(folder)!r}. "
             f"Try a smaller lr (now {self.cfg.lr}) or rho (now {self.cfg.rho})."
         )
 
@@ -676,14 +804,7 @@ class _Loop:
         probing = probing and (epoch == self.cfg.epochs or (every > 0 and epoch % every == 0))
         probes = self._probes() if probing else {}
         for split in SPLITS:
-            result = evaluate_split(
-                self.model,
-                self.dataset.split(split),
-                batch_size=self.cfg.eval_batch_size,
-                value=self.cfg.shapley_value,
-                device=self.device,
-                num_workers=self.cfg.num_workers,
-            )
+            result = self._evaluate_split(self.dataset.split(split))
             record = {"epoch": epoch, "split": split, "step": self.state.step, **result}
             record.update(probes.get(split, {}))
             if split == "train":
@@ -698,12 +819,44 @@ class _Loop:
             self.state.best_key = key
             self.state.best_epoch = epoch
             self.state.best_metrics = metrics
-            save_checkpoint(
-                {"model": self.model.state_dict(), "epoch": epoch, "step": self.state.step},
-                self.writer.checkpoints_dir / "best.pt",
-            )
-        if not self.quiet:
+            if self.main:
+                save_checkpoint(
+                    {"model": self.model.state_dict(), "epoch": epoch, "step": self.state.step},
+                    self.writer.checkpoints_dir / "best.pt",
+                )
+        if not self.quiet and self.main:
             self._print_epoch(epoch, metrics)
+
+    def _evaluate_split(self, split: Dataset) -> dict[str, Any]:
+        """:func:`evaluate_split` on every sample; across ranks each takes a shard and the
+        sample-weighted means are reduced (φ is linear in the coalition values, so the
+        reduced φ is the whole split's; the balance is recomputed from it)."""
+        options = {
+            "batch_size": self.cfg.eval_batch_size,
+            "value": self.cfg.shapley_value,
+            "device": self.device,
+            "num_workers": self.cfg.num_workers,
+        }
+        if not self.world.active:
+            return evaluate_split(self.model, split, **options)
+        part = evaluation_shard(split, self.world)
+        local = evaluate_split(self.model, part, **options) if len(part) else {"n": 0}
+        keys = ["loss", "acc", *(f"{k}/{m}" for k in ("acc", "phi") for m in self.modalities)]
+        errors = [f"phi_stderr/{m}" for m in self.modalities]
+        n = int(local["n"])
+        means = [float(local.get(k, 0.0)) for k in keys]
+        squares = [(n * float(local.get(k, 0.0))) ** 2 for k in errors]  # var of the sum
+        reduced = weighted_mean([*means, *squares], float(n), self.world)
+        total = len(split)
+        record: dict[str, Any] = {"n": total}
+        record.update({k: float(v) for k, v in zip(keys, reduced[: len(keys)], strict=True)})
+        if any(k in local for k in errors) or (n == 0 and len(self.modalities) > 10):
+            var = reduced[len(keys) :] * total  # weighted_mean divided the sum by total
+            record.update({k: float(v.sqrt()) / total for k, v in zip(errors, var, strict=True)})
+        balance = balance_entropy([record[f"phi/{m}"] for m in self.modalities])
+        if balance is not None:
+            record["balance"] = balance
+        return record
 
     def _print_epoch(self, epoch: int, metrics: Mapping[str, Mapping[str, Any]]) -> None:
         val = metrics["val"]
@@ -715,6 +868,8 @@ class _Loop:
         )
 
     def _landscape(self, epoch: int) -> None:
+        if not self.main:
+            return
         options = {"steps": 21, "dims": 2, "seed": self.cfg.seed, **self.cfg.landscape_options}
         inputs, targets = self.probe
         landscape = compute_landscape(
@@ -729,8 +884,11 @@ class _Loop:
         save_landscape(landscape, self.writer.path)
 
     def _checkpoint(self, epoch: int) -> None:
+        if not self.main:
+            return
         cfg = self.cfg
         state = {
+            "world_size": self.world.size,
             "format": CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
             "optimizer": self.method.optimizer.state_dict(),
@@ -755,7 +913,24 @@ class _Loop:
         )
 
     def _write_summary(self) -> None:
-        self.writer.write_summary(build_summary(self))
+        if self.main:
+            self.writer.write_summary(build_summary(self))
+
+
+def _global_batch_record(out: dict[str, Any], n_local: int, world: World) -> dict[str, Any]:
+    """A step record of the whole global batch: ``loss`` and ``sharpness`` are per-rank batch
+    means, so their sample-weighted mean over the ranks; φ, weights and the dominant modality
+    are reduced inside the step already."""
+    # every rank joins the same all-reduce: a key a rank lacks (not measured, or non-finite
+    # and so left out of its record) is NaN there and stays out of the global record
+    keys = ("loss", "sharpness")
+    local = [float(out.get(k, math.nan)) for k in keys]
+    values = weighted_mean(local, float(n_local), world)
+    record = {k: v for k, v in out.items() if k not in keys}
+    for key, value in zip(keys, values.tolist(), strict=True):
+        if math.isfinite(value) or key == "loss":
+            record[key] = value
+    return record
 
 
 def _is_non_finite_error(err: Exception) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 HELP = "train one run (--config file.yaml, --key value for any config key)"
@@ -36,6 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also write the records for TensorBoard in RUN/tensorboard/ (config log_to)",
     )
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="processes for this one run (torch.distributed: one per GPU, or gloo on CPU "
+        "cores); batch_size stays the global batch. Several machines: torchrun "
+        "--nnodes ... -m msam_core train ...",
+    )
     parser.epilog = (
         "Any config key can be set as --key value, e.g. --lr 0.1 --rho 0.05 --fusion gated "
         "--dataset_options.noise 0.5; see msam_core.config.TrainConfig for every key."
@@ -44,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from msam_core.config import parse_overrides
+    from msam_core.launch import launched_here, restarted_attempt, run_processes
     from msam_core.train import train
 
     overrides = parse_overrides(list(getattr(args, "extra", [])))
@@ -62,15 +72,31 @@ def run(args: argparse.Namespace) -> int:
         if out is not None and out != args.resume:
             raise ValueError(f"--resume {args.resume} and --out {out} name different runs")
         out = args.resume
-    if resume and args.config:
+    config, overwrite = args.config, args.overwrite
+    if restarted_attempt(out):  # torchrun --max-restarts: continue, never start over
+        resume, config, overwrite = True, None, False
+    if resume and config:
         raise ValueError("--resume reads the run's own config.json; drop --config")
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be at least 1, got {args.nproc}")
+    if args.nproc > 1 and not launched_here():
+        return run_processes(
+            args.nproc,
+            args.argv,
+            config=config,
+            overrides=overrides,
+            out=out,
+            resume=resume,
+            overwrite=overwrite,
+        )
     path = train(
-        args.config,
+        config,
         out=out,
         resume=resume,
-        overwrite=args.overwrite,
+        overwrite=overwrite,
         quiet=args.quiet,
         **overrides,
     )
-    print(f"run written to {path}")
+    if os.environ.get("RANK", "0") == "0":  # one line per run, not one per rank
+        print(f"run written to {path}")
     return 0

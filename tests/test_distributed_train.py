@@ -1,0 +1,152 @@
+"""``msam train --nproc 2`` (torch's launcher, gloo on the CPU) is the one-process run, and a
+run that loses a rank continues from its checkpoint, by hand or by ``torchrun --max-restarts``.
+
+Kept small for a 2-core machine: 2 ranks, a tiny model, 3 steps per epoch, no dropout (each
+rank draws its own dropout masks, so only dropout-free runs can match across world sizes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from msam_core.rundir import load_checkpoint
+from msam_core.train import train
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 4
+OPTIONS = [
+    "--device", "cpu", "--epochs", str(EPOCHS), "--batch_size", "40", "--quiet",
+    "--dataset_options.n_train", "96", "--dataset_options.n_val", "32",
+    "--dataset_options.n_test", "32", "--model_options.dropout", "0",
+]  # fmt: skip
+CONFIG = {
+    "device": "cpu",
+    "epochs": EPOCHS,
+    "batch_size": 40,  # 40 + 40 + 16: ranks take 20/20, then 8/8
+    "dataset_options": {"n_train": 96, "n_val": 32, "n_test": 32},
+    "model_options": {"dropout": 0.0},
+}
+TIMEOUT = 600  # generous: other processes load this machine
+
+
+def _env() -> dict[str, str]:
+    root = str(Path(__file__).resolve().parents[1])
+    path = os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+
+
+def _msam(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "msam_core", "train", *args]
+    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    if check:
+        assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _start(command: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _kill_rank_after_first_epoch(launcher: subprocess.Popen, run: Path, rank: int = 1) -> None:
+    """SIGKILL rank ``rank`` once epoch 1's checkpoint is on disk (mid-run, not at its end)."""
+    deadline = time.monotonic() + TIMEOUT
+    while not (run / "checkpoints" / "epoch_0001.pt").is_file():
+        assert launcher.poll() is None, launcher.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the run never wrote its first checkpoint"
+        time.sleep(0.05)
+    for child in psutil.Process(launcher.pid).children(recursive=True):
+        try:
+            if child.environ().get("RANK") == str(rank) and "msam_core" in child.cmdline():
+                child.kill()
+                return
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    raise AssertionError(f"no rank {rank} process found under the launcher")
+
+
+def _records(run: Path, name: str) -> list[dict]:
+    records = [json.loads(line) for line in (run / name).read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]
+
+
+def _close(expected: list[dict], got: list[dict]) -> None:
+    assert len(expected) == len(got)
+    for a, b in zip(expected, got, strict=True):
+        assert a.keys() == b.keys() and a.get("dominant") == b.get("dominant")
+        for key, value in a.items():
+            if isinstance(value, float):
+                assert b[key] == pytest.approx(value, abs=1e-5), key
+
+
+def _params(run: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ddp") / "two"
+    done = _msam("--nproc", "2", "--out", str(out), *OPTIONS)
+    assert done.stdout.count("run written to") == 1  # rank 0 alone speaks and writes
+    return out
+
+
+def test_two_processes_are_the_one_process_run(tmp_path, two_process_run):
+    one = train(CONFIG, out=tmp_path / "one", quiet=True)
+    config = json.loads((two_process_run / "config.json").read_text())
+    assert config["run"]["world_size"] == 2
+    for key, value in _params(one).items():
+        torch.testing.assert_close(_params(two_process_run)[key], value, rtol=0, atol=1e-4)
+    assert len(_records(one, "iterations.jsonl")) == EPOCHS * 3
+    for name in ("iterations.jsonl", "epochs.jsonl"):  # evaluation sharded, then reduced
+        _close(_records(one, name), _records(two_process_run, name))
+
+
+def test_a_killed_rank_is_named_and_resume_is_bit_for_bit(tmp_path, two_process_run):
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "msam_core", "train", "--nproc", "2", "--out", str(out)]
+    launcher = _start([*command, *OPTIONS])
+    _kill_rank_after_first_epoch(launcher, out)
+    _, stderr = launcher.communicate(timeout=TIMEOUT)
+    assert launcher.returncode == 1
+    assert "rank 1 of 2 stopped (killed by SIGKILL)" in stderr
+    assert f"msam train --resume {out} --nproc 2" in stderr
+    assert not json.loads((out / "summary.json").read_text())["finished"]
+    _msam("--resume", str(out), "--nproc", "2", "--quiet")
+    for key, value in _params(two_process_run).items():
+        assert torch.equal(_params(out)[key], value), key
+    assert _records(out, "iterations.jsonl") == _records(two_process_run, "iterations.jsonl")
+
+
+def test_torchrun_max_restarts_continues_from_the_checkpoint(tmp_path, two_process_run):
+    out = tmp_path / "restarted"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    torchrun += ["--nproc_per_node", "2", "--max-restarts", "1", "-m", "msam_core", "train"]
+    launcher = _start([*torchrun, "--out", str(out), *OPTIONS])
+    _kill_rank_after_first_epoch(launcher, out)
+    _, stderr = launcher.communicate(timeout=TIMEOUT)
+    assert launcher.returncode == 0, stderr[-3000:]
+    assert json.loads((out / "summary.json").read_text())["finished"]
+    for key, value in _params(two_process_run).items():
+        assert torch.equal(_params(out)[key], value), key
+    assert _records(out, "iterations.jsonl") == _records(two_process_run, "iterations.jsonl")
+
+
+def test_bad_process_counts_are_refused_before_anything_is_written(tmp_path):
+    out = tmp_path / "never"
+    done = _msam("--nproc", "4096", "--out", str(out), *OPTIONS, check=False)
+    assert done.returncode == 2 and "--nproc 4096 but this machine has" in done.stderr
+    done = _msam("--nproc", "2", "--out", str(out), *OPTIONS, "--batch_size", "1", check=False)
+    assert done.returncode == 2 and "exceeds batch_size 1" in done.stderr
+    assert not out.exists()
