@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -58,8 +59,27 @@ def join(device_type: str) -> World:
         return world
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, store=_attempt_store(world), **_ranks(world))
     return world
+
+
+def _ranks(world: World) -> dict[str, int]:
+    return {"rank": world.rank, "world_size": world.size}
+
+
+def _attempt_store(world: World) -> dist.Store:
+    """The launcher's key-value store, under a prefix of its own per ``--max-restarts``
+    attempt: a restarted rank must never read the address a dead rank published before."""
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world.size,
+        is_master=not agent and world.main,
+        timeout=timedelta(minutes=10),
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"msam/attempt_{attempt}/", store)
 
 
 def leave(world: World) -> None:

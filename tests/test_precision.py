@@ -54,6 +54,7 @@ def test_configs_written_before_precision_existed_still_load():
     assert TrainConfig.from_dict({"bf16": False}).precision == "fp32"
 
 
+@pytest.mark.slow  # compiling takes minutes on a small shared CPU
 def test_compiled_model_trains_the_same_run(tmp_path):
     plain = train(TINY, out=tmp_path / "plain", quiet=True)
     try:
