@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -150,3 +151,11 @@ def test_bad_process_counts_are_refused_before_anything_is_written(tmp_path):
     done = _msam("--nproc", "2", "--out", str(out), *OPTIONS, "--batch_size", "1", check=False)
     assert done.returncode == 2 and "exceeds batch_size 1" in done.stderr
     assert not out.exists()
+
+
+def test_resuming_on_another_number_of_processes_warns(tmp_path, two_process_run):
+    copy = tmp_path / "copy"
+    shutil.copytree(two_process_run, copy)
+    with pytest.warns(UserWarning, match="trained on 2 process.*with 1"):
+        train(out=copy, resume=True, epochs=EPOCHS + 1, quiet=True)
+    assert json.loads((copy / "summary.json").read_text())["epochs_done"] == EPOCHS + 1
