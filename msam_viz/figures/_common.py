@@ -62,6 +62,18 @@ def config_value(run: Any, key: str, default: Any = None) -> Any:
     return default
 
 
+def run_group(run: Any, by: str) -> str:
+    """What a run is a seed of: ``config[by]``; for ``by="method"`` a run ``msam compare`` named
+    ``<spec>/seed<k>`` belongs to its spec (``msam[rho=0.5]``, ``alone/visual``), so specs of
+    one method and the modality-alone runs are never pooled with it."""
+    if by == "method":
+        name = str(config_value(run, "name") or "")
+        head, _, tail = name.rpartition("/seed")
+        if head and tail.isdigit():
+            return head
+    return str(config_value(run, by, "unknown"))
+
+
 def run_name(run: Any) -> str:
     """A short name for legends: the run's own name, else its directory name."""
     name = getattr(run, "name", None)

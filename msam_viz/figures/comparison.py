@@ -127,6 +127,9 @@ def compare_runs(
     for (dataset, metric), (row, col) in where.items():
         part = table.loc[(table["dataset"] == dataset) & (table["metric"] == metric)]
         _draw_bars(fig, part, dataset, metric, row, col, style)
+        if metric.startswith(ACC):
+            members = runs_by_dataset(runs)[dataset]
+            _draw_ceilings(fig, part, members, metric[len(ACC) :], row, col)
         if metric == "acc" or metric.startswith(ACC):
             fig.update_yaxes(tickformat=".0%", row=row, col=col)
         if metric == "switches" and part["value"].max() <= 8:
@@ -199,6 +202,37 @@ def _draw_bars(
                 customdata=np.stack([values["run"], values["seed"].astype(str)], axis=1),
                 hovertemplate="%{customdata[0]} (seed %{customdata[1]}): %{y:.4g}<extra></extra>",
             ),
+            row=row,
+            col=col,
+        )
+
+
+def _draw_ceilings(
+    fig: go.Figure, part: pd.DataFrame, members: Sequence[Any], modality: str, row: int, col: int
+) -> None:
+    """Dashed lines on a modality's accuracy panel: its ceiling when trained alone (the mean
+    of the ``alone/<m>`` bar, when those runs are shown) and its Bayes limit (synthetic runs)."""
+    alone = part.loc[part["group"] == f"alone/{modality}", "value"]
+    if len(alone):
+        fig.add_hline(
+            y=float(alone.mean()),
+            line={"dash": "dash", "color": "#444444", "width": 1.5},
+            annotation_text=f"{modality} alone",
+            annotation_position="top left",
+            row=row,
+            col=col,
+        )
+    limits = [
+        ((getattr(run, "summary", None) or {}).get("bayes_limits") or {}).get(modality)
+        for run in members
+    ]
+    limits = [limit["acc"] for limit in limits if limit]
+    if limits:
+        fig.add_hline(
+            y=float(np.mean(limits)),
+            line={"dash": "dot", "color": "#b22222", "width": 1.5},
+            annotation_text="Bayes limit",
+            annotation_position="bottom right",
             row=row,
             col=col,
         )

@@ -23,6 +23,7 @@ from msam_viz.figures._common import (
     config_value,
     present,
     run_dataset,
+    run_group,
     run_labels,
     run_modalities,
 )
@@ -180,7 +181,7 @@ def run_metrics(
     records = []
     for run, label, dataset in zip(runs, run_labels(runs), dataset_labels(runs), strict=True):
         row = _epoch_row(run, split, at)
-        group = str(config_value(run, by, "unknown"))
+        group = run_group(run, by)
         for metric in metrics:
             value = _metric_value(run, row, metric)
             if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -247,7 +248,7 @@ def epoch_table(
             continue
         long = rows.melt(id_vars=["epoch"], value_vars=cols, var_name="metric").dropna()
         long.insert(0, "seed", config_value(run, "seed"))
-        long.insert(0, "group", str(config_value(run, by, "unknown")))
+        long.insert(0, "group", run_group(run, by))
         long.insert(0, "dataset", dataset)
         long.insert(0, "run", label)
         parts.append(long)

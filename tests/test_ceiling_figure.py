@@ -1,0 +1,38 @@
+"""The comparison figure: specs and alone runs are groups of their own, ceilings are lines."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from msam_core.compare import compare, run_path
+from msam_viz import load_runs
+from msam_viz.figures.comparison import compare_runs
+from msam_viz.figures.comparison_table import run_metrics
+
+TINY = {
+    "dataset_options": {"n_train": 64, "n_val": 32, "n_test": 32},
+    "batch_size": 32,
+    "epochs": 1,
+    "device": "cpu",
+}
+
+
+def test_alone_runs_and_specs_are_drawn_apart_with_the_ceilings_as_lines(tmp_path):
+    out = tmp_path / "cmp"
+    compare("synthetic", "joint,joint[lr=0.1]", 2, out, **TINY)
+    runs = load_runs(out)
+    table = run_metrics(runs, ["acc/visual"], split="test", at="best")
+    assert set(table["group"]) == {"joint", "joint[lr=0.1]", "alone/visual"}
+    assert (table["group"] == "joint").sum() == 2  # no alone or spec run pooled with joint
+
+    fig = compare_runs(runs, ["acc/visual"], split="test", at="best")
+    lines = {s.y0 for s in fig.layout.shapes}
+    alone = table.loc[table["group"] == "alone/visual", "value"].mean()
+    bayes = json.loads((run_path(out, "joint", 0) / "summary.json").read_text())
+    limit = bayes["bayes_limits"]["visual"]["acc"]
+    assert any(y == pytest.approx(alone) for y in lines)
+    assert any(y == pytest.approx(limit) for y in lines)
+    texts = {a.text for a in fig.layout.annotations}
+    assert "visual alone" in texts and "Bayes limit" in texts
