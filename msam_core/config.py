@@ -75,7 +75,7 @@ class TrainConfig:
     step_epochs: int = 10  # schedule "step": multiply lr by step_gamma every step_epochs
     step_gamma: float = 0.1
     # SAM family
-    rho: float = 0.05
+    rho: float | None = None  # None: the method's own default (Method.DEFAULT_RHO)
     adaptive: bool = False
     # Shapley: coalition value v(S)
     shapley_value: str = "accuracy"
@@ -151,7 +151,7 @@ class TrainConfig:
             _choice("log_to", target, LOG_TARGETS)
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
-        if not (math.isfinite(self.rho) and self.rho >= 0):
+        if self.rho is not None and not (math.isfinite(self.rho) and self.rho >= 0):
             raise ValueError(f"rho must be a finite number >= 0, got {self.rho}")
 
     # -- conversion ------------------------------------------------------------------------

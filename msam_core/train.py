@@ -729,7 +729,7 @@ class _Loop:
             f"the loss became {record.get('loss')} at step {record['step']} (epoch "
             f"{record['epoch']}); the run stopped. Records so far and the last good checkpoint "
             f"(epoch {last}, checkpoints/last.pt) are kept in {str(folder)!r}. "
-            f"Try a smaller lr (now {self.cfg.lr}) or rho (now {self.cfg.rho})."
+            f"Try a smaller lr (now {self.cfg.lr}) or rho (now {self.method.rho})."
         )
 
     def _measure(self, overall: bool) -> dict[str, float]:
@@ -742,7 +742,7 @@ class _Loop:
             self.model,
             inputs,
             targets,
-            self.cfg.rho,
+            self.method.rho,
             adaptive=self.cfg.adaptive,
             overall=overall,
             **self.cfg.measure_options,

@@ -36,3 +36,16 @@ def test_alone_runs_and_specs_are_drawn_apart_with_the_ceilings_as_lines(tmp_pat
     assert any(y == pytest.approx(limit) for y in lines)
     texts = {a.text for a in fig.layout.annotations}
     assert "visual alone" in texts and "Bayes limit" in texts
+
+
+def test_accuracy_curves_draw_the_bayes_limits_of_a_synthetic_run(tmp_path):
+    from msam_core.train import train
+    from msam_viz import accuracy_curves, load_run
+
+    run = load_run(train(method="joint", out=tmp_path / "run", quiet=True, **TINY))
+    limits = run.summary["bayes_limits"]
+    fig = accuracy_curves(run)
+    drawn = sorted(s.y0 for s in fig.layout.shapes)
+    expected = sorted(limits[k]["acc"] for k in ("all", "audio", "visual"))
+    assert drawn == pytest.approx(expected)
+    assert {"Bayes limit fused", "Bayes limit visual"} <= {a.text for a in fig.layout.annotations}

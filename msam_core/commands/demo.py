@@ -29,7 +29,6 @@ DEMO_CONFIG: dict[str, Any] = {
     "optimizer": "sgd",
     "lr": 0.05,
     "momentum": 0.9,
-    "rho": 0.05,
     "batch_size": 64,
     "epochs": 12,
     "measure_every": 47,  # about once per epoch (47 steps/epoch): sharpness per modality

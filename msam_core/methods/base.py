@@ -58,13 +58,20 @@ def build_base_optimizer(params: Iterable[Tensor], config: Any) -> torch.optim.O
     return cls(params, **kwargs)
 
 
+def config_rho(config: Any, default: float) -> float:
+    """The config's ``rho``, or ``default`` (the method's own) when it is unset (None)."""
+    rho = _get(config, "rho", None)
+    return float(default if rho is None else rho)
+
+
 def sharpness_aware_optimizer(
-    cls: type[torch.optim.Optimizer], model: nn.Module, config: Any
+    cls: type[torch.optim.Optimizer], model: nn.Module, config: Any, default_rho: float = 0.05
 ) -> torch.optim.Optimizer:
     """``cls`` (:class:`~msam_core.optim.SAM` or :class:`~msam_core.optim.MSAM`) around the
-    configured base optimizer, with the config's ``rho`` and ``adaptive``."""
+    configured base optimizer, with the config's ``rho`` (``default_rho`` when unset) and
+    ``adaptive``."""
     base_cls, kwargs = base_optimizer_factory(config)
-    rho, adaptive = float(_get(config, "rho", 0.05)), bool(_get(config, "adaptive", False))
+    rho, adaptive = config_rho(config, default_rho), bool(_get(config, "adaptive", False))
     return cls(model.parameters(), base_cls, rho=rho, adaptive=adaptive, **kwargs)
 
 
@@ -97,6 +104,9 @@ class Method:
     #: the fewest modalities the method is defined for, and why (a ``modalities`` subset with
     #: fewer is refused before anything is written)
     MIN_MODALITIES: ClassVar[int] = 1
+    #: ``rho`` when the config leaves it unset: the ascent radius of a SAM-family step, and
+    #: the radius of the loop's sharpness measurements for every method
+    DEFAULT_RHO: ClassVar[float] = 0.05
     MIN_MODALITIES_REASON: ClassVar[str] = ""
     #: True when :meth:`step` measures ``sharpness`` (l(θ+ε) − l(θ)) as a by-product.
     measures_sharpness: bool = False
@@ -115,6 +125,11 @@ class Method:
         """The method's optimizer over ``model``'s parameters: the base optimizer
         (:func:`build_base_optimizer`); the SAM family overrides it to wrap that optimizer."""
         return build_base_optimizer(model.parameters(), config)
+
+    @property
+    def rho(self) -> float:
+        """The run's ``rho``: the config's, else this method's :attr:`DEFAULT_RHO`."""
+        return config_rho(self.config, type(self).DEFAULT_RHO)
 
     def option(self, key: str, default: Any = None) -> Any:
         """A method-specific knob: ``config.method_options[key]``, else ``config.<key>``.

@@ -34,7 +34,7 @@ class JointMethod(Method):
         self.measures_sharpness = _as_bool(self.option("batch_sharpness", False))
 
     def step(self, model: nn.Module, inputs: Mapping[str, Tensor], targets: Tensor) -> dict:
-        rho = float(self.config.rho) if self.measures_sharpness else None
+        rho = self.rho if self.measures_sharpness else None
         result = plain_step(
             model,
             self.optimizer,

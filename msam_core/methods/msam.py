@@ -85,6 +85,10 @@ class MsamMethod(Method):
     """The ``msam`` method: the targeted M-SAM step, with the variants as options."""
 
     OPTIONS = ("decomposition", "phi_ema", "perturb")
+    # chosen on validation by benchmarks/msam_study.py's rule on the default stage (README:
+    # the M-SAM study); the targeted ascent moves one encoder, so it takes a larger radius
+    # than SAM's whole-model 0.05
+    DEFAULT_RHO = 1.0
     measures_sharpness = True
 
     optimizer: MSAM
@@ -114,7 +118,7 @@ class MsamMethod(Method):
 
     def build_optimizer(self, model: nn.Module, config: Any) -> MSAM:
         """The :class:`~msam_core.optim.MSAM` wrapper around the configured base optimizer."""
-        return sharpness_aware_optimizer(MSAM, model, config)
+        return sharpness_aware_optimizer(MSAM, model, config, type(self).DEFAULT_RHO)
 
     # -- φ and its average -------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ class SamMethod(Method):
 
     def build_optimizer(self, model: nn.Module, config: Any) -> SAM:
         """The :class:`~msam_core.optim.SAM` wrapper around the configured base optimizer."""
-        return sharpness_aware_optimizer(SAM, model, config)
+        return sharpness_aware_optimizer(SAM, model, config, type(self).DEFAULT_RHO)
 
     def step(self, model: nn.Module, inputs: Mapping[str, Tensor], targets: Tensor) -> dict:
         result = sam_step(model, self.optimizer, inputs, targets, value=self.config.shapley_value)

@@ -330,7 +330,9 @@ def accuracy_curves(
     One colour per modality (fused: ``style.fused_color``), one dash per split
     (train dotted, val solid, test dashed).  ``splits`` selects splits; default every
     recorded split but ``test`` (watching the test set while training invites choosing on
-    it; pass ``splits=("val", "test")`` to draw it).
+    it; pass ``splits=("val", "test")`` to draw it).  A run that knows its Bayes limits (the
+    synthetic set's, in its summary) gets them as dotted horizontal lines in the same colours:
+    the ceiling no method can pass, fused and per modality.
     """
     check_run(run)
     style = style or DEFAULT_STYLE
@@ -371,6 +373,18 @@ def accuracy_curves(
                     marker={"size": 5},
                     hovertemplate=f"{label} {split or ''}: %{{y:.3f}}<extra>epoch %{{x}}</extra>",
                 )
+            )
+    limits = (getattr(run, "summary", None) or {}).get("bayes_limits") or {}
+    scale = 100.0 if percent_scale else 1.0
+    for col, label, colour, _ in series:
+        limit = limits.get("all" if col == "acc" else col[len(ACC) :])
+        if limit:
+            fig.add_hline(
+                y=scale * float(limit["acc"]),
+                line={"color": colour, "dash": "dot", "width": 1.2},
+                annotation_text=f"Bayes limit {label}",
+                annotation_font_color=colour,
+                annotation_position="bottom right",
             )
     missing = [ACC + m for m in modalities if not present(epochs, ACC + m)]
     if missing:

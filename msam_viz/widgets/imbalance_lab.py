@@ -96,7 +96,7 @@ class ImbalanceLab(W.VBox):
         strengths: Sequence[float] | None = None,
         noise: float = 1.0,
         method: str = "msam",
-        rho: float = 0.05,
+        rho: float = 1.0,  # M-SAM's default (msam_core.methods.msam); SAM's is 0.05
         epochs: int = 10,
         seed: int = 0,
         out: str | os.PathLike = "runs/imbalance_lab",
@@ -166,7 +166,7 @@ class ImbalanceLab(W.VBox):
         self.noise.observe(lambda _c: self._preview(), names="value")
         self.method = W.Dropdown(options=list(COMPARED_METHODS), value=method, description="vs")
         self.rho = W.FloatSlider(
-            value=rho, min=0.0, max=0.5, step=0.01, description="ρ", readout_format=".2f"
+            value=rho, min=0.0, max=2.0, step=0.05, description="ρ", readout_format=".2f"
         )
         self.method.observe(lambda _c: self._rho_enabled(), names="value")
         self.epochs = W.IntSlider(value=epochs, min=1, max=100, description="epochs")
