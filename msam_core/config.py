@@ -201,7 +201,7 @@ DESCRIPTIONS: dict[str, str] = {
     "schedule": "learning-rate schedule: none, cosine (to 0 over the run), step",
     "step_epochs": "schedule step: multiply lr by step_gamma every step_epochs epochs",
     "step_gamma": "schedule step: the factor",
-    "rho": "ascent radius of the SAM family (sam, asam, msam)",
+    "rho": "ascent radius of the SAM family; unset = the method's own (msam 1.0, sam/asam 0.05)",
     "adaptive": "scale the ascent by |θ| (ASAM's form)",
     "shapley_value": "coalition value v(S) behind φ: accuracy, prob or neg_loss",
     "batch_size": "samples per optimisation step (the global batch)",
