@@ -5,6 +5,8 @@
    ``summary.json`` (training time only; process start-up and evaluation left out).
 2. ``msam compare --jobs 2`` vs ``--jobs 1`` on the same grid: wall time of the whole command,
    start-up of the worker processes included (goal <= 0.75 on 2 cores).
+3. ``--compile`` vs eager: median ``time/step_s`` of epochs 2-3 of the default model (the first
+   epoch holds the compiling), and the compiling's cost in the whole run.
 
 Rounds interleave the two sides so load from other processes hits both alike; the ratios of
 each round are summarised by their best and median.
@@ -26,6 +28,7 @@ from pathlib import Path
 
 from msam_core.compare import compare
 from msam_core.executors import available_cpus
+from msam_core.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,6 +49,17 @@ def compare_wall(out: Path, jobs: int, grid: dict) -> float:
     start = time.perf_counter()
     compare(out=out, jobs=jobs, **grid)
     return time.perf_counter() - start
+
+
+def step_times(out: Path, compiled: bool, n_train: int) -> tuple[float, float]:
+    """Median seconds per step after the first epoch, and the whole run's seconds."""
+    config = {"device": "cpu", "epochs": 3, "batch_size": 64, "compile": compiled}
+    config["dataset_options"] = {"n_train": n_train, "n_val": 64, "n_test": 64}
+    start = time.perf_counter()
+    run = train(config, out=out, quiet=True)
+    total = time.perf_counter() - start
+    records = [json.loads(line) for line in (run / "iterations.jsonl").open()]
+    return statistics.median(r["time/step_s"] for r in records if r["epoch"] >= 2), total
 
 
 def summarise(label: str, ratios: list[float], goal: str = "") -> None:
@@ -86,6 +100,12 @@ def main() -> None:
             t2 = compare_wall(Path(tmp) / f"cmp2_{r}", 2, grid)
             walls.append(t2 / t1)
             print(f"round {r}: compare 4 runs {t1:6.1f} s with --jobs 1, {t2:6.1f} s with --jobs 2")
+        eager, eager_total = step_times(Path(tmp) / "eager", False, n_train)
+        compiled, compiled_total = step_times(Path(tmp) / "compiled", True, n_train)
+    print(
+        f"compile: {1000 * compiled:.2f} ms per step vs {1000 * eager:.2f} eager "
+        f"({compiled / eager:.2f}x); whole run {compiled_total:.1f} s vs {eager_total:.1f} s"
+    )
     summarise("train --nproc 2 / --nproc 1, samples/s (speed-up)", speedups)
     summarise("compare --jobs 2 / --jobs 1, wall time", walls, "goal <= 0.75 on 2 cores")
 
