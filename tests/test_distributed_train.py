@@ -7,9 +7,11 @@ rank draws its own dropout masks, so only dropout-free runs can match across wor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -47,17 +49,37 @@ def _env() -> dict[str, str]:
 
 
 def _msam(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "msam_core", "train", *args]
-    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    launcher = _start([sys.executable, "-m", "msam_core", "train", *args])
+    with _ended(launcher):
+        stdout, stderr = launcher.communicate(timeout=TIMEOUT)
+    done = subprocess.CompletedProcess(launcher.args, launcher.returncode, stdout, stderr)
     if check:
         assert done.returncode == 0, done.stderr[-3000:]
     return done
 
 
 def _start(command: list[str]) -> subprocess.Popen:
+    """The launcher in a session of its own, so its ranks can be ended with it."""
     return subprocess.Popen(
-        command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
+
+
+@contextlib.contextmanager
+def _ended(launcher: subprocess.Popen):
+    """Whatever happens in the block, no rank outlives the test (a failed test left a hung
+    launcher and its ranks behind once)."""
+    try:
+        yield launcher
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.communicate()
 
 
 def _kill_rank_after_first_epoch(launcher: subprocess.Popen, run: Path, rank: int = 1) -> None:
@@ -117,9 +139,9 @@ def test_two_processes_are_the_one_process_run(tmp_path, two_process_run):
 def test_a_killed_rank_is_named_and_resume_is_bit_for_bit(tmp_path, two_process_run):
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "msam_core", "train", "--nproc", "2", "--out", str(out)]
-    launcher = _start([*command, *OPTIONS])
-    _kill_rank_after_first_epoch(launcher, out)
-    _, stderr = launcher.communicate(timeout=TIMEOUT)
+    with _ended(_start([*command, *OPTIONS])) as launcher:
+        _kill_rank_after_first_epoch(launcher, out)
+        _, stderr = launcher.communicate(timeout=TIMEOUT)
     assert launcher.returncode == 1
     assert "rank 1 of 2 stopped (killed by SIGKILL)" in stderr
     assert f"msam train --resume {out} --nproc 2" in stderr
@@ -134,9 +156,9 @@ def test_torchrun_max_restarts_continues_from_the_checkpoint(tmp_path, two_proce
     out = tmp_path / "restarted"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     torchrun += ["--nproc_per_node", "2", "--max-restarts", "1", "-m", "msam_core", "train"]
-    launcher = _start([*torchrun, "--out", str(out), *OPTIONS])
-    _kill_rank_after_first_epoch(launcher, out)
-    _, stderr = launcher.communicate(timeout=TIMEOUT)
+    with _ended(_start([*torchrun, "--out", str(out), *OPTIONS])) as launcher:
+        _kill_rank_after_first_epoch(launcher, out)
+        _, stderr = launcher.communicate(timeout=TIMEOUT)
     assert launcher.returncode == 0, stderr[-3000:]
     assert json.loads((out / "summary.json").read_text())["finished"]
     for key, value in _params(two_process_run).items():
