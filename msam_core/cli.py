@@ -32,7 +32,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import signal
 import sys
+import warnings
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from types import ModuleType
@@ -40,14 +42,9 @@ from types import ModuleType
 from msam_core.suggest import did_you_mean
 
 ENTRY_POINT_GROUP = "msam.commands"
-USER_ERRORS = (
-    ValueError,
-    KeyError,
-    FileNotFoundError,
-    FileExistsError,
-    NotADirectoryError,
-    PermissionError,
-)
+#: one line and exit status 2, no traceback: bad input, and the machine's refusals (a full
+#: disk, a read-only folder, a run directory another process is writing: OSError)
+USER_ERRORS = (ValueError, KeyError, OSError)
 
 
 def _builtin_commands() -> dict[str, str]:
@@ -81,6 +78,15 @@ def load_command(name: str) -> ModuleType:
     raise ValueError(
         f"unknown command {name!r}{did_you_mean(name, choices)}; choose one of {choices}"
     )
+
+
+def _one_line_warning(command: str):
+    """``warnings.showwarning`` for the command line: ``msam <command>: warning: ...``."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"msam {command}: warning: {message}", file=file or sys.stderr)
+
+    return show
 
 
 def _error_text(err: BaseException) -> str:
@@ -147,13 +153,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(_unrecognized(parser, extra))
     args.argv = list(rest)  # the command's own tokens, for commands that relaunch themselves
     try:
-        return int(module.run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(name)
+            return int(module.run(args) or 0)
     except USER_ERRORS as err:
         print(f"msam {name}: error: {_error_text(err)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"msam {name}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        # training's TrainingInterrupted says where the run stands and how to resume it
+        how = getattr(err, "signal", "SIGINT")
+        print(f"msam {name}: {err or 'interrupted'}", file=sys.stderr)
+        return 128 + int(getattr(signal, how, signal.SIGINT))
     except RuntimeError as err:
         from msam_core.train import TrainingDiverged
 

@@ -52,6 +52,7 @@ import yaml
 from msam_core.config import TrainConfig, as_stored, read_config_file, resolve_config
 from msam_core.derived import shares
 from msam_core.executors import Executor, Job, JobResult
+from msam_core.layout import CHECKPOINTS_DIR, LAST_CHECKPOINT, checkpoint_epochs
 from msam_core.methods import get_method
 from msam_core.methods.base import check_modality_count
 from msam_core.record import CONFIG_FILE, SUMMARY_FILE, load_run, write_json_atomic
@@ -225,8 +226,9 @@ def run_state(path: str | os.PathLike) -> str:
         return "finished"
     if summary.get("diverged"):
         return "diverged"
-    if (path / "checkpoints" / "last.pt").is_file() and (path / CONFIG_FILE).is_file():
-        return "resumable"
+    has_checkpoint = (path / CHECKPOINTS_DIR / LAST_CHECKPOINT).is_file() or checkpoint_epochs(path)
+    if has_checkpoint and (path / CONFIG_FILE).is_file():
+        return "resumable"  # from last.pt, or the newest intact epoch checkpoint
     return "restart"
 
 

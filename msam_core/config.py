@@ -91,6 +91,7 @@ class TrainConfig:
     eval_every: int = 1
     eval_batch_size: int = 1024
     checkpoint_every: int = 1
+    checkpoint_every_steps: int = 0  # also a mid-epoch last.pt every k steps; 0 = epoch ends
     keep_checkpoints: int = 0  # 0 keeps every epoch_XXXX.pt; n keeps the newest n
     measure_every: int = 0  # per-modality sharpness / Hessian every k steps; 0 = never
     measure_options: dict[str, Any] = field(default_factory=dict)
@@ -101,7 +102,9 @@ class TrainConfig:
     probe_every: int = 0
     landscape_epochs: list[int] = field(default_factory=list)
     landscape_options: dict[str, Any] = field(default_factory=dict)
-    fsync: bool = False  # force each record to disk (slower; survives power loss)
+    # force each record to disk (~1 ms each); without it records are forced to disk at each
+    # checkpoint, and checkpoints always are, so a power loss loses only redoable steps
+    fsync: bool = False
     log_to: list[str] = field(default_factory=list)  # also write records to: tensorboard
     name: str | None = None
 
@@ -130,6 +133,7 @@ class TrainConfig:
             "epochs",
             "eval_every",
             "checkpoint_every",
+            "checkpoint_every_steps",
             "keep_checkpoints",
             "num_workers",
             "probe_every",
@@ -214,6 +218,7 @@ DESCRIPTIONS: dict[str, str] = {
     "eval_every": "evaluate train / val / test every k epochs (and at the last)",
     "eval_batch_size": "samples per evaluation pass",
     "checkpoint_every": "write checkpoints/epoch_XXXX.pt every k epochs; 0 = last.pt only",
+    "checkpoint_every_steps": "also save last.pt every k steps, mid-epoch (resumable exactly)",
     "keep_checkpoints": "keep only the newest n epoch checkpoints; 0 = all",
     "measure_every": "per-modality sharpness and Hessian measures every k steps; 0 = never",
     "measure_options": "options of the measures: hessian, blocks, tol, max_iter, n_samples, ...",
@@ -222,7 +227,7 @@ DESCRIPTIONS: dict[str, str] = {
     "probe_every": "also probe every k epochs; 0 = only at the best and last epochs",
     "landscape_epochs": "epochs after which a loss landscape is computed and saved",
     "landscape_options": "options of compute_landscape: steps, span, dims, norm, ...",
-    "fsync": "force every record to disk (slower; survives power loss)",
+    "fsync": "force every record to disk (records reach the disk at each checkpoint anyway)",
     "log_to": "also send the records to: tensorboard (RUN/tensorboard/; --tensorboard)",
     "name": "display name of the run (default: the directory name)",
 }
@@ -347,6 +352,18 @@ def coerce(key: str, value: Any, kind: Any) -> Any:
     raise ValueError(f"config key {key!r}: cannot read {value!r} as {name}")
 
 
+def _yaml_value(key: str, text: str) -> Any:
+    """Command-line text read as YAML; ValueError (one line) naming the key when it is not."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(
+            f"--{key} {text!r} is not a valid YAML value ({problem}); quote it or fix it, "
+            f"e.g. --{key} '[1, 2]'"
+        ) from err
+
+
 def with_overrides(config: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfig:
     """A new config with ``overrides`` applied; values are coerced to the field types.
 
@@ -365,7 +382,7 @@ def with_overrides(config: TrainConfig, overrides: Mapping[str, Any]) -> TrainCo
             data[top] = dict(data[top])
             # command-line text is read as YAML (numbers, lists, booleans); anything else
             # (a Path, a list) is taken as it is, in the form config.json stores
-            data[top][sub] = yaml.safe_load(value) if isinstance(value, str) else as_stored(value)
+            data[top][sub] = _yaml_value(key, value) if isinstance(value, str) else as_stored(value)
         else:
             data[key] = coerce(key, value, hints[key])
     return TrainConfig(**data)

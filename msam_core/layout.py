@@ -36,6 +36,12 @@ RUN_ENTRIES = (
     CHECKPOINTS_DIR,
     LANDSCAPES_DIR,
 )
+#: the splits evaluated at an epoch's end, in the order their records are written
+SPLITS = ("train", "val", "test")
+#: the checkpoint a resume reads first (the newest)
+LAST_CHECKPOINT = "last.pt"
+#: the best-validation epoch's weights
+BEST_CHECKPOINT = "best.pt"
 #: named checkpoints besides the epoch numbers
 NAMED_CHECKPOINTS = ("best", "last")
 

@@ -15,6 +15,7 @@ that is not valid JSON is skipped with a :mod:`warnings` warning naming file and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -32,6 +33,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+# the atomic writes live in msam_core.atomic (no pandas); importable from here as before
+from msam_core.atomic import RunWriteError as RunWriteError
+from msam_core.atomic import temp_file_beside as temp_file_beside
+from msam_core.atomic import write_bytes_atomic, write_error
+from msam_core.integrity import RecordsCheck, check_records, record_problem
 from msam_core.layout import (
     CHECKPOINTS_DIR,
     CONFIG_FILE,
@@ -41,6 +47,7 @@ from msam_core.layout import (
     RUN_ENTRIES,
     SUMMARY_FILE,
 )
+from msam_core.runlock import LOCK_FILE, run_lock
 from msam_core.version import __version__
 
 # --------------------------------------------------------------------------------------------
@@ -82,42 +89,10 @@ def dumps_record(record: Mapping[str, Any]) -> str:
         return json.dumps(to_jsonable(record), allow_nan=False, separators=(",", ":"))
 
 
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-#: the process's umask, read once at import (reading it means setting it)
-_UMASK = _read_umask()
-
-
-def temp_file_beside(path: Path) -> tuple[int, str]:
-    """``(fd, name)`` of a new temporary file next to ``path``, to ``os.replace`` it with.
-
-    Its mode is the one a plain ``open`` would give (``0o666`` less the umask), not
-    ``mkstemp``'s private ``0o600``, so a run directory stays readable by whoever could read
-    it before (a course's shared runs, a JupyterHub).
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_UMASK)
-    return fd, tmp
-
-
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as JSON via a temporary file and ``os.replace`` (never half-written)."""
-    path = Path(path)
+    """Write ``obj`` as JSON with :func:`write_bytes_atomic` (never half-written)."""
     text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n"
-    fd, tmp = temp_file_beside(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,9 +171,16 @@ class RunWriter:
     non-empty directory that is not a run; ``resume=True`` reopens an existing run and
     appends to it.
 
+    The writer holds the run directory's lock (:mod:`msam_core.runlock`) from its creation
+    until :meth:`close`: a second writer (a resume or ``--overwrite`` of a run still
+    training) is refused, naming this process, before it touches anything.
+
     Each record is one line handed to the OS in one unbuffered ``write`` as it is logged, so
-    readers see it at once and a killed process loses at most the line being written
-    (``fsync=True`` also forces it to disk, which costs ~1 ms per record on most file systems).
+    readers see it at once and a killed process loses at most the line being written.
+    ``fsync=True`` forces every record to disk (~1 ms each on most file systems); without
+    it, :meth:`sync` (called before each checkpoint) makes every record up to the checkpoint
+    durable, so a power loss never leaves a checkpoint ahead of its records.  A failed write
+    (full disk, quota) removes the partial line and raises :class:`~msam_core.atomic.RunWriteError`.
     """
 
     def __init__(
@@ -213,10 +195,19 @@ class RunWriter:
             raise ValueError("choose either resume or overwrite, not both")
         self.path = Path(path).expanduser()
         self.fsync = fsync
-        self._prepare(resume=resume, overwrite=overwrite)
-        self.checkpoints_dir.mkdir(exist_ok=True)
-        self.landscapes_dir.mkdir(exist_ok=True)
-        self._open_logs()
+        self._lock = contextlib.ExitStack()
+        self._iterations = self._epochs = None
+        try:
+            self._prepare(resume=resume, overwrite=overwrite)
+            for folder in (self.checkpoints_dir, self.landscapes_dir):
+                try:
+                    folder.mkdir(exist_ok=True)
+                except OSError as err:
+                    raise write_error(folder, err) from err
+            self._open_logs()
+        except BaseException:
+            self.close()
+            raise
 
     # -- set-up ----------------------------------------------------------------------------
 
@@ -232,26 +223,16 @@ class RunWriter:
                     f"cannot resume {str(path)!r}: no run there (no {CONFIG_FILE}); "
                     "start it without --resume"
                 )
+            self._take_lock("resuming")
             self._check_writable()
             # temporary files a killed process left half-written (never the real ones)
             for folder in (path, path / CHECKPOINTS_DIR):
                 for stale in folder.glob(".*.tmp"):
                     stale.unlink(missing_ok=True)
             return
-        if path.is_dir() and any(path.iterdir()):
-            if not overwrite:
-                raise FileExistsError(
-                    f"run directory {str(path)!r} already exists; pass --resume (resume=True) "
-                    "to continue it, --overwrite (overwrite=True) to replace it, or choose "
-                    "another --out"
-                )
-            if not is_msam_run(path):
-                raise FileExistsError(
-                    f"{str(path)!r} is a non-empty directory that is not an msam run; "
-                    "refusing to overwrite it, choose another --out"
-                )
-            self._check_writable()  # before anything is deleted
-            _remove_run_files(path)
+        # checked before anything is written, then again under the lock (another writer may
+        # have started in between)
+        self._check_fresh(overwrite)
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -259,7 +240,30 @@ class RunWriter:
                 f"cannot create run directory {str(path)!r}: {err.strerror or err}; "
                 "choose a writable --out"
             ) from err
-        self._check_writable()
+        self._take_lock("overwriting" if overwrite else "training")
+        self._check_fresh(overwrite)
+        self._check_writable()  # before anything is deleted
+        if overwrite:
+            _remove_run_files(path)
+
+    def _check_fresh(self, overwrite: bool) -> None:
+        path = self.path
+        if not path.is_dir() or not any(p.name != LOCK_FILE for p in path.iterdir()):
+            return
+        if not overwrite:
+            raise FileExistsError(
+                f"run directory {str(path)!r} already exists; pass --resume (resume=True) "
+                "to continue it, --overwrite (overwrite=True) to replace it, or choose "
+                "another --out"
+            )
+        if not is_msam_run(path):
+            raise FileExistsError(
+                f"{str(path)!r} is a non-empty directory that is not an msam run; "
+                "refusing to overwrite it, choose another --out"
+            )
+
+    def _take_lock(self, purpose: str) -> None:
+        self._lock.enter_context(run_lock(self.path, purpose))
 
     def _check_writable(self) -> None:
         try:
@@ -299,13 +303,26 @@ class RunWriter:
     def _open_logs(self) -> None:
         # unbuffered binary appends: each record is one write() call of one whole line, handed
         # to the OS at once (nothing waits in a Python buffer), and cheaper than a text file
-        self._iterations = open(self.path / ITERATIONS_FILE, "ab", buffering=0)
-        self._epochs = open(self.path / EPOCHS_FILE, "ab", buffering=0)
+        try:
+            self._iterations = open(self.path / ITERATIONS_FILE, "ab", buffering=0)
+            self._epochs = open(self.path / EPOCHS_FILE, "ab", buffering=0)
+        except OSError as err:
+            raise write_error(self.path / ITERATIONS_FILE, err) from err
 
     def _append(self, fh, record: Mapping[str, Any]) -> None:
-        fh.write((dumps_record(record) + "\n").encode("utf-8"))
-        if self.fsync:
-            os.fsync(fh.fileno())
+        data = (dumps_record(record) + "\n").encode("utf-8")
+        start = fh.tell()
+        try:
+            written = 0
+            while written < len(data):  # a short write (disk nearly full) is retried
+                written += fh.write(data[written:])
+            if self.fsync:
+                os.fsync(fh.fileno())
+        except OSError as err:
+            # no half line stays behind: the file ends with the last whole record
+            with contextlib.suppress(OSError):
+                os.ftruncate(fh.fileno(), start)
+            raise write_error(Path(fh.name), err) from err
 
     def log_iteration(self, record: Mapping[str, Any]) -> None:
         """Append one step record to ``iterations.jsonl``."""
@@ -315,55 +332,46 @@ class RunWriter:
         """Append one (epoch, split) record to ``epochs.jsonl``."""
         self._append(self._epochs, record)
 
-    def truncate_after(self, *, step: int, epoch: int) -> None:
-        """Drop records newer than a checkpoint, so a resumed run never duplicates steps.
+    def sync(self) -> None:
+        """Force every record written so far to disk (before a checkpoint refers to them)."""
+        for fh in (self._iterations, self._epochs):
+            try:
+                os.fsync(fh.fileno())
+            except OSError as err:
+                raise write_error(Path(fh.name), err) from err
 
-        Keeps iteration records with ``record["step"] <= step`` and epoch records with
-        ``record["epoch"] <= epoch``; unreadable (truncated) lines are dropped.  Each file is
-        rewritten through a temporary file and ``os.replace``.
+    def truncate_after(self, *, step: int, epoch: int, check: RecordsCheck | None = None) -> None:
+        """Rewrite the records to the whole prefix up to a checkpoint, so a resumed run
+        never duplicates or skips a step.
+
+        Keeps the whole prefix (:func:`msam_core.integrity.check_records`; ``check`` if
+        already made) with ``record["step"] <= step`` and ``record["epoch"] <= epoch``:
+        a line cut mid-write, a repeated record and anything after a gap are dropped.  Each
+        file is rewritten with :func:`write_bytes_atomic`.
         """
-        self._iterations.close()
-        self._epochs.close()
-        _filter_jsonl(self.path / ITERATIONS_FILE, lambda r: r.get("step", -1) <= step)
-        _filter_jsonl(self.path / EPOCHS_FILE, lambda r: r.get("epoch", -1) <= epoch)
+        check = check or check_records(self.path)
+        self._close_logs()
+        keep_steps = [ln.text for ln in check.iterations if ln.record["step"] <= step]
+        keep_epochs = [ln.text for ln in check.epochs if ln.record["epoch"] <= epoch]
+        write_bytes_atomic(self.path / ITERATIONS_FILE, "".join(keep_steps).encode("utf-8"))
+        write_bytes_atomic(self.path / EPOCHS_FILE, "".join(keep_epochs).encode("utf-8"))
         self._open_logs()
 
-    def close(self) -> None:
+    def _close_logs(self) -> None:
         for fh in (self._iterations, self._epochs):
-            if not fh.closed:
+            if fh is not None and not fh.closed:
                 fh.close()
+
+    def close(self) -> None:
+        """Close the record files and release the run directory's lock."""
+        self._close_logs()
+        self._lock.close()
 
     def __enter__(self) -> RunWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _filter_jsonl(path: Path, keep) -> None:
-    if not path.exists():
-        return
-    lines = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            problem = record_problem(record)
-            if problem:  # said before the file is rewritten, as load_run says it
-                raise ValueError(
-                    f"{path}, line {lineno}: {problem}; this file is not a record msam wrote "
-                    f"(or was edited by hand): fix or remove that line, then resume"
-                )
-            if line.endswith("\n") and keep(record):
-                lines.append(line)
-    fd, tmp = temp_file_beside(path)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.writelines(lines)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -404,36 +412,6 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     return records
 
 
-#: record keys with one fixed type (docs/design.md, "The run directory"); any other key is a
-#: number or null
-_INT_KEYS = ("step", "epoch")
-_STR_KEYS = ("split", "dominant")
-#: prefixes of the keys figures plot: their values must be numbers (or null: not finite)
-_NUMBER_PREFIXES = ("loss", "lr", "acc", "phi/", "weight/", "sharpness", "balance", "hessian/")
-
-
-def record_problem(record: Any) -> str | None:
-    """What is wrong with one parsed ``.jsonl`` line, or None: a record is a JSON object,
-    ``step`` / ``epoch`` are integers, ``split`` / ``dominant`` strings, and the measured
-    values figures plot (loss, lr, acc, phi/<m>, weight/<m>, sharpness, ...) numbers or null."""
-    if not isinstance(record, dict):
-        return f"expected a JSON object {{...}}, found a {type(record).__name__}"
-    for key, value in record.items():
-        if key in _INT_KEYS:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-            want = "an integer"
-        elif key in _STR_KEYS:
-            ok, want = isinstance(value, str), "a string"
-        elif key.startswith(_NUMBER_PREFIXES):
-            ok = value is None or (isinstance(value, int | float) and not isinstance(value, bool))
-            want = "a number or null"
-        else:
-            continue
-        if not ok:
-            return f"{key!r} must be {want}, found {value!r}"
-    return None
-
-
 def records_frame(records: list[dict[str, Any]], first: Iterable[str]) -> pd.DataFrame:
     """Tidy DataFrame, one row per record; leading columns in ``first`` order; null -> NaN."""
     frame = pd.DataFrame.from_records(records) if records else pd.DataFrame()
@@ -465,6 +443,9 @@ class Run:
     summary: dict[str, Any] = field(default_factory=dict)
     landscapes: list[Path] = field(default_factory=list)
     checkpoints: list[Path] = field(default_factory=list)
+    #: gaps, conflicting repeats and repeated records found in the files, each naming file
+    #: and line (:func:`msam_core.integrity.check_records`); empty for a whole run
+    problems: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -552,6 +533,11 @@ def load_run(path: str | os.PathLike) -> Run:
     epochs = records_frame(read_jsonl(path / EPOCHS_FILE), ("epoch", "split"))
     landscapes = sorted((path / LANDSCAPES_DIR).glob("*.npz"))
     checkpoints = sorted((path / CHECKPOINTS_DIR).glob("epoch_*.pt"))
+    eval_every = config.get("eval_every")
+    check = check_records(path, eval_every if isinstance(eval_every, int) else None)
+    problems = [*check.problems, *check.repaired]
+    for problem in problems:
+        warnings.warn(f"{path}: {problem}", RuntimeWarning, 2)
     return Run(
         path=path,
         config=config,
@@ -560,4 +546,5 @@ def load_run(path: str | os.PathLike) -> Run:
         summary=summary,
         landscapes=landscapes,
         checkpoints=checkpoints,
+        problems=problems,
     )

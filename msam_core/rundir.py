@@ -17,10 +17,12 @@ both sit above this module, so neither needs the other to read a run.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
-import shutil
+import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,9 +31,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from msam_core.integrity import RecordsCheck, check_records
 from msam_core.layout import (
+    CHECKPOINTS_DIR,
     CONFIG_FILE,
     LANDSCAPES_DIR,
+    LAST_CHECKPOINT,
     NAMED_CHECKPOINTS,
     checkpoint_epochs,
     checkpoint_path,
@@ -46,6 +51,14 @@ if TYPE_CHECKING:
     from msam_core.config import TrainConfig
     from msam_core.data import MultimodalDataset
 
+from msam_core.atomic import write_bytes_atomic, write_error
+from msam_core.runlock import run_lock
+
+try:  # numpy >= 2
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core.multiarray import _reconstruct
+
 #: version of the checkpoint dictionary the loop writes
 CHECKPOINT_FORMAT = 1
 
@@ -53,13 +66,18 @@ CHECKPOINT_FORMAT = 1
 __all__ = [
     "CHECKPOINT_FORMAT",
     "NAMED_CHECKPOINTS",
+    "SAFE_NUMPY_GLOBALS",
+    "CheckpointError",
     "Landscape",
+    "ResumePoint",
     "TrainedModel",
     "build_dataset",
     "build_run_model",
     "checkpoint_epochs",
     "checkpoint_path",
+    "checksum_file",
     "epoch_checkpoints",
+    "find_resume_point",
     "load_checkpoint",
     "load_landscape",
     "load_landscapes",
@@ -67,6 +85,8 @@ __all__ = [
     "save_checkpoint",
     "save_landscape",
     "save_loop_checkpoint",
+    "serialize_checkpoint",
+    "write_checkpoint_bytes",
 ]
 
 
@@ -74,30 +94,120 @@ __all__ = [
 # checkpoints
 
 
-def save_checkpoint(state: Mapping[str, Any], path: Path) -> None:
-    """``torch.save`` through a temporary file and ``os.replace``: never a half-written file."""
-    from msam_core.record import temp_file_beside
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: unreadable, damaged, or needing code to load."""
 
-    fd, tmp = temp_file_beside(path)
-    os.close(fd)
+
+#: the only non-tensor types an msam checkpoint holds: numpy's RNG state (a uint32 array)
+SAFE_NUMPY_GLOBALS = [np.ndarray, np.dtype, np.dtypes.UInt32DType, _reconstruct]
+
+
+def _global_name(obj: Any) -> str:
+    return f"{obj.__module__}.{obj.__qualname__}"
+
+
+def checksum_file(path: Path) -> Path:
+    """``last.pt`` -> ``last.pt.sha256``: the checksum(s) stored when ``path`` was written
+    (``sha256sum -c`` reads it)."""
+    return path.with_name(path.name + ".sha256")
+
+
+def _stored_checksums(path: Path) -> list[str]:
     try:
-        torch.save(dict(state), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        text = checksum_file(path).read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError):
+        return []
+    return [line.split()[0] for line in text.splitlines() if line.strip()]
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by the loop.
+def _store_checksums(path: Path, digests: list[str]) -> None:
+    text = "".join(f"{d}  {path.name}\n" for d in digests)
+    write_bytes_atomic(checksum_file(path), text.encode("ascii"))
 
-    ``weights_only=False`` because it holds RNG states (numpy, python); load only checkpoints
-    you trust, as with any pickle.
+
+def write_checkpoint_bytes(data: bytes, path: Path) -> None:
+    """Write serialized checkpoint ``data`` to ``path`` with its checksum, durably.
+
+    The file goes through a temporary file (fsynced) and ``os.replace`` (the folder fsynced
+    too): always, whatever the run's ``fsync`` option, because a checkpoint is written once
+    per epoch (or every ``checkpoint_every_steps``) and is what a resume depends on; the cost
+    is a few milliseconds against an epoch's seconds.  ``<name>.sha256`` lists the digest;
+    while the new file replaces the old one it lists both, so a kill at any moment leaves a
+    file that matches its checksum.
+    """
+    digest = hashlib.sha256(data).hexdigest()
+    before = _stored_checksums(path)
+    if digest not in before:
+        _store_checksums(path, [*before[-1:], digest])
+    write_bytes_atomic(path, data)
+    if before != [digest]:
+        _store_checksums(path, [digest])
+
+
+def serialize_checkpoint(state: Mapping[str, Any]) -> bytes:
+    """``torch.save`` of ``state`` into memory (written then by :func:`write_checkpoint_bytes`)."""
+    buffer = io.BytesIO()
+    torch.save(dict(state), buffer)
+    return buffer.getvalue()
+
+
+def save_checkpoint(state: Mapping[str, Any], path: Path) -> None:
+    """Write ``state`` to ``path``: atomic, durable, with its checksum; never a half-written
+    file (a full disk is a :class:`~msam_core.atomic.RunWriteError`)."""
+    write_checkpoint_bytes(serialize_checkpoint(state), Path(path))
+
+
+def load_checkpoint(
+    path: str | os.PathLike, map_location: Any = "cpu", *, verify: bool = True
+) -> dict[str, Any]:
+    """Read a checkpoint msam wrote, safely: ``torch.load(weights_only=True)``.
+
+    Only tensors, plain Python values and numpy's RNG state (:data:`SAFE_NUMPY_GLOBALS`) are
+    accepted, so a crafted file cannot run code.  With ``verify``, the file must match the
+    checksum stored beside it (files written before checksums existed are read as they are).
+    Raises FileNotFoundError, or :class:`CheckpointError` naming the file and why.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
-    return torch.load(path, map_location=map_location, weights_only=False)
+    data = path.read_bytes()
+    if verify:
+        stored = _stored_checksums(path)
+        if stored and hashlib.sha256(data).hexdigest() not in stored:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} is damaged: its contents do not match the checksum "
+                f"stored when it was written ({checksum_file(path).name})"
+            )
+    try:
+        with torch.serialization.safe_globals(SAFE_NUMPY_GLOBALS):
+            state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise _load_error(path, data, err) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"{str(path)!r} holds a {type(state).__name__}, not an msam checkpoint (a dict)"
+        )
+    return state
+
+
+def _load_error(path: Path, data: bytes, err: Exception) -> CheckpointError:
+    """Why ``torch.load`` refused: a global outside the allow-list (unsafe), or damage."""
+    try:
+        needed = torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data))
+    except Exception:
+        needed = []
+    allowed = {_global_name(g) for g in SAFE_NUMPY_GLOBALS}
+    unsafe = [name for name in needed if name not in allowed]
+    if unsafe:
+        return CheckpointError(
+            f"refusing to load {str(path)!r}: it needs {', '.join(unsafe)}, which an msam "
+            "checkpoint never holds (loading it could run code); it was not written by msam "
+            "or was altered"
+        )
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return CheckpointError(
+        f"checkpoint {str(path)!r} is unreadable (cut short or damaged: {first[:120]})"
+    )
 
 
 def save_loop_checkpoint(
@@ -105,21 +215,94 @@ def save_loop_checkpoint(
 ) -> None:
     """Write the loop's checkpoint of ``epoch`` as ``last.pt`` (what a resume reads).
 
-    ``keep_epoch_file`` also keeps it as ``epoch_XXXX.pt`` (``last.pt`` is then a copy of that
-    file), and ``keep > 0`` deletes all but the newest ``keep`` epoch files.
+    ``keep_epoch_file`` also keeps it as ``epoch_XXXX.pt`` (written first, so ``last.pt`` is
+    never newer than the files a resume may fall back to), and ``keep > 0`` deletes all but
+    the newest ``keep`` epoch files.
     """
-    last = folder / "last.pt"
+    data = serialize_checkpoint(state)
     if keep_epoch_file:
-        path = folder / epoch_checkpoint_name(epoch)
-        save_checkpoint(state, path)
-        tmp = folder / ".last.pt.copy"
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, last)
-        if keep:
-            for old in sorted(folder.glob("epoch_*.pt"))[:-keep]:
-                old.unlink()
-    else:
-        save_checkpoint(state, last)
+        write_checkpoint_bytes(data, folder / epoch_checkpoint_name(epoch))
+    write_checkpoint_bytes(data, folder / LAST_CHECKPOINT)
+    if keep_epoch_file and keep:
+        for old in sorted(folder.glob("epoch_*.pt"))[:-keep]:
+            old.unlink()
+            checksum_file(old).unlink(missing_ok=True)
+
+
+def resume_candidates(run_dir: Path) -> list[Path]:
+    """The checkpoints a resume may start from, newest first: ``last.pt``, then the epoch
+    files from the latest back."""
+    folder = run_dir / CHECKPOINTS_DIR
+    return [folder / LAST_CHECKPOINT, *reversed(checkpoint_epochs(run_dir).values())]
+
+
+@dataclass
+class ResumePoint:
+    """Where a resume starts: the checkpoint (path and contents), the checked records, and
+    why each newer checkpoint was passed over."""
+
+    path: Path
+    state: dict[str, Any]
+    check: RecordsCheck
+    passed_over: list[str]
+
+
+def _evaluated_epochs(config: Mapping[str, Any]) -> Callable[[int], bool]:
+    """Which epochs the loop of ``config`` evaluates: 0, every ``eval_every``-th, the last."""
+    every, last = config.get("eval_every") or 0, config.get("epochs")
+    return lambda e: e == 0 or e == last or bool(every and e % every == 0)
+
+
+def find_resume_point(run_dir: str | os.PathLike, map_location: Any = "cpu") -> ResumePoint:
+    """The newest intact checkpoint of ``run_dir`` that its records reach.
+
+    Tries ``last.pt``, then the epoch files newest first; a checkpoint is passed over when
+    it is missing, damaged (checksum, truncation) or ahead of a gap in the records.  Warns
+    (RuntimeWarning) saying which checkpoint it took and why, when that is not ``last.pt``
+    or the records needed repair.  Raises :class:`CheckpointError` for a file that would
+    need code to load, and ValueError when no checkpoint can be used; nothing is changed.
+    """
+    run_dir = Path(run_dir)
+    check = check_records(run_dir)
+    passed: list[str] = []
+    for path in resume_candidates(run_dir):
+        where = f"{CHECKPOINTS_DIR}/{path.name}"
+        if not path.is_file():
+            passed.append(f"{where} is missing")
+            continue
+        try:
+            state = load_checkpoint(path, map_location)
+        except CheckpointError as err:
+            if "refusing" in str(err):
+                raise
+            passed.append(str(err).replace(f"{str(path)!r}", where))
+            continue
+        loop = state.get("loop")
+        if not isinstance(loop, dict) or "config" not in state:
+            passed.append(f"{where} holds no loop state (weights only)")
+            continue
+        step, epoch = int(loop["step"]), int(loop["epoch"])
+        missing = check.covers(step, epoch, _evaluated_epochs(state["config"]))
+        if missing:
+            passed.append(f"{where} (step {step}) is past a gap in the records: {missing}")
+            continue
+        notes = passed + check.problems + check.repaired
+        if notes:
+            redo = "" if path.name == LAST_CHECKPOINT else ", redoing the steps after it"
+            warnings.warn(
+                f"resuming {str(run_dir)!r} from {where} (epoch {epoch}, step {step}){redo}: "
+                + "; ".join(notes),
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return ResumePoint(path, state, check, passed)
+    steps = check.steps
+    why = "; ".join(passed + check.problems) or "no checkpoint was written"
+    raise ValueError(
+        f"cannot resume {str(run_dir)!r}: no checkpoint it can continue from ({why}); "
+        f"its {steps} step records stay readable with load_run; start a new run with "
+        "another --out"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,9 +380,13 @@ _OPTIONAL = ("trajectory", "trajectory_epochs", "explained_variance", "direction
 def save_landscape(
     landscape: Landscape, run_dir: str | os.PathLike, name: str | None = None
 ) -> Path:
-    """Write ``RUN/landscapes/<name>.npz`` atomically (default name from the landscape)."""
+    """Write ``RUN/landscapes/<name>.npz`` atomically (default name from the landscape),
+    holding the run directory's writer lock."""
     folder = Path(run_dir) / LANDSCAPES_DIR
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_error(folder, err) from err
     path = folder / f"{name or landscape.default_name()}.npz"
     arrays = {
         "alphas": landscape.alphas,
@@ -224,16 +411,12 @@ def save_landscape(
         value = getattr(landscape, key)
         if value is not None:
             arrays[key] = np.asarray(value)
-    from msam_core.record import temp_file_beside
-
-    fd, tmp = temp_file_beside(path)  # the mode a plain open gives, not mkstemp's 0600
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    # the run's writer lock: a training run may write its own landscapes (nested), but no
+    # other process writes into a run directory another one is writing
+    with run_lock(run_dir, "writing a landscape", nested_ok=True):
+        write_bytes_atomic(path, buffer.getvalue())
     return path
 
 

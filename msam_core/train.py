@@ -25,6 +25,7 @@ import dataclasses
 import math
 import os
 import random
+import signal
 import threading
 import time
 import warnings
@@ -42,6 +43,7 @@ from tqdm.auto import tqdm
 
 from msam_core.batches import fetch_batch, iterate_batches
 from msam_core.config import (
+    RESERVED_KEYS,
     TrainConfig,
     as_stored,
     read_config_file,
@@ -63,12 +65,16 @@ from msam_core.distributed import (
 )
 from msam_core.evaluate import balance_entropy, evaluate_split
 from msam_core.landscape import compute_landscape
+from msam_core.layout import BEST_CHECKPOINT, SPLITS
 from msam_core.methods import Method, build_method
 from msam_core.record import CONFIG_FILE, RunWriter
 
 # checkpoint I/O and model rebuilding live in msam_core.rundir; importable from here as before
 from msam_core.rundir import (
     CHECKPOINT_FORMAT,
+    CheckpointError,
+    ResumePoint,
+    find_resume_point,
     run_fusion,
     save_checkpoint,
     save_landscape,
@@ -79,7 +85,6 @@ from msam_core.rundir import build_run_model as build_run_model
 from msam_core.rundir import load_checkpoint as load_checkpoint
 from msam_core.sinks import Sink, check_log_targets, open_sinks
 
-SPLITS = ("train", "val", "test")
 #: keys a resumed run may change; anything else would make it a different run
 RESUMABLE_KEYS = (
     "epochs",
@@ -88,6 +93,7 @@ RESUMABLE_KEYS = (
     "eval_every",
     "eval_batch_size",
     "checkpoint_every",
+    "checkpoint_every_steps",
     "keep_checkpoints",
     "fsync",
     "name",
@@ -102,6 +108,19 @@ Callback = Callable[[dict[str, Any]], "bool | None"]
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf; the run directory keeps every record so far."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C, SIGTERM or SIGHUP stopped training; the summary says so and the message names
+    the resume command.  ``signal``: the signal's name (``"SIGTERM"``)."""
+
+    def __init__(self, signal_name: str, message: str) -> None:
+        super().__init__(signal_name, message)
+        self.signal = signal_name
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class TrainingControl:
@@ -194,6 +213,39 @@ def check_splits_have_samples(dataset: MultimodalDataset) -> None:
                 f"dataset {dataset.name!r} has no {name} samples; the loop trains on train, "
                 f"selects on val and reports test, so each needs some (see its "
                 f"dataset_options, e.g. fractions)"
+            )
+
+
+def first_non_finite(inputs: Mapping[str, torch.Tensor]) -> tuple[int, str, str] | None:
+    """``(row, modality, "NaN" | "inf")`` of the first sample whose input holds a non-finite
+    value, or None.  Rows are the leading dimension; integer inputs are always finite."""
+    for modality, x in inputs.items():
+        if not torch.is_floating_point(x):
+            continue
+        finite = torch.isfinite(x.reshape(len(x), -1)).all(1) if len(x) else x.new_ones(0)
+        if not bool(finite.all()):
+            row = int((~finite).nonzero()[0, 0])
+            what = "NaN" if bool(torch.isnan(x[row]).any()) else "inf"
+            return row, modality, what
+    return None
+
+
+def check_inputs_finite(dataset: MultimodalDataset) -> None:
+    """ValueError naming split, sample and modality when an in-memory split holds NaN or
+    inf, before anything is written (the loss would diverge, and not for the learning rate's
+    sake).  Splits read from files are checked batch by batch as they are trained on."""
+    for name in SPLITS:
+        split = dataset.split(name)
+        inputs = getattr(split, "inputs", None)
+        if not isinstance(inputs, Mapping):
+            continue
+        found = first_non_finite(inputs)
+        if found is not None:
+            row, modality, what = found
+            raise ValueError(
+                f"dataset {dataset.name!r}, {name} split, sample {row}, modality {modality!r}: "
+                f"its input holds {what}; clean or drop that sample before training (its loss "
+                "cannot be finite)"
             )
 
 
@@ -301,7 +353,9 @@ def train(
         ValueError / KeyError / FileExistsError / PermissionError: bad input, before any file
             is written.
     """
-    # 1. config and device
+    # 1. config and device; a resumed run is locked first, then read: its newest intact
+    # checkpoint and that checkpoint's config
+    resumed: RunWriter | None = None
     if resume:
         if out is None:
             raise ValueError("resume=True needs out=<the run directory to continue>")
@@ -310,21 +364,47 @@ def train(
                 f"cannot resume {str(out)!r}: no run there (no {CONFIG_FILE}); "
                 "start it without --resume"
             )
-        if not (Path(out) / "checkpoints" / "last.pt").is_file():
-            raise FileNotFoundError(
-                f"cannot resume {str(out)!r}: it stopped before its first checkpoint "
-                "(no checkpoints/last.pt); start it again with --overwrite"
+        # rank 0 alone writes (torchrun sets RANK): the others only read the checkpoint
+        if int(os.environ.get("RANK", "0")) == 0:
+            resumed = RunWriter(out, resume=True)
+    try:
+        with _signals_stop_training():
+            return _train(
+                config,
+                out,
+                resume,
+                resumed,
+                overwrite,
+                callback,
+                control,
+                quiet,
+                data,
+                model,
+                overrides,
             )
-        stored = resolve_config(read_config_file(Path(out) / CONFIG_FILE))
-        cfg = with_overrides(stored, overrides) if overrides else stored
-        # repeating the original command with --resume is fine: only real changes count
-        before, after = as_stored(stored.to_dict()), as_stored(cfg.to_dict())
-        changed = [k for k in before if k not in RESUMABLE_KEYS and before[k] != after[k]]
-        if changed:
-            raise ValueError(
-                f"cannot change {changed} when resuming (the run would no longer be one run); "
-                f"resumable keys are {list(RESUMABLE_KEYS)}; start a new run instead"
-            )
+    finally:
+        if resumed is not None:
+            resumed.close()
+
+
+def _train(
+    config: Any,
+    out: str | os.PathLike | None,
+    resume: bool,
+    resumed: RunWriter | None,
+    overwrite: bool,
+    callback: Callback | None,
+    control: TrainingControl | None,
+    quiet: bool,
+    data: MultimodalDataset | None,
+    model: nn.Module | None,
+    overrides: dict[str, Any],
+) -> Path:
+    """:func:`train`'s body; ``resumed`` is the locked writer of the run to continue (on
+    rank 0; None on the other ranks of a resumed run, which only read it)."""
+    if resume:
+        point = find_resume_point(Path(out))
+        cfg = _resume_config(Path(out), point, overrides)
     else:
         cfg = resolve_config(config, **overrides)
     device = resolve_device(cfg.device)
@@ -350,6 +430,7 @@ def train(
     model = model if model is not None else build_run_model(cfg, dataset)
     check_model_matches_data(model, dataset)
     check_splits_have_samples(dataset)
+    check_inputs_finite(dataset)
     if cfg.baseline == "mean":
         model.fit_baselines(_all_inputs(dataset.train, cfg.eval_batch_size, cfg.num_workers))
     if world.active and any(isinstance(m, _BatchNorm) for m in model.modules()):
@@ -375,11 +456,18 @@ def train(
     # 4. the run directory: fresh, or restored from the last checkpoint
     if out is None:
         out = default_run_dir(cfg.method, dataset.name, cfg.seed)
-    writer = _open_on_rank_zero(world, out, resume=resume, overwrite=overwrite, fsync=cfg.fsync)
+    if resumed is not None:  # rank 0 of a resumed run: its writer is open and locked
+        writer = resumed
+        writer.fsync = cfg.fsync
+    elif resume:  # another rank of a resumed run: rank 0 alone writes
+        writer = None
+    else:
+        writer = _open_on_rank_zero(world, out, overwrite=overwrite, fsync=cfg.fsync)
     run_dir = Path(out)
     state = _LoopState()
+    epoch_order = None
     if resume:
-        ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location=device)
+        ckpt = point.state
         stored_world = int(ckpt.get("world_size", 1))
         if stored_world != world.size and world.main:
             warnings.warn(
@@ -389,15 +477,22 @@ def train(
                 "bit-for-bit what the original world size would have given",
                 stacklevel=2,
             )
-        model.load_state_dict(ckpt["model"])
-        method.optimizer.load_state_dict(ckpt["optimizer"])
-        method.load_state_dict(ckpt["method_state"])
-        scheduler.load_state_dict(ckpt["scheduler"])
+        try:
+            model.load_state_dict(ckpt["model"])
+            method.optimizer.load_state_dict(ckpt["optimizer"])
+            method.load_state_dict(ckpt["method_state"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise CheckpointError(
+                f"checkpoint {str(point.path)!r} does not fit the run its config builds "
+                f"({str(err).strip().splitlines()[0][:160]}); was it copied from another run?"
+            ) from err
         data_generator.set_state(ckpt["data_order"]["generator"])
+        epoch_order = ckpt["data_order"].get("epoch_order")
         _set_rng_state(ckpt["rng"])
         state = _LoopState.from_dict(ckpt["loop"])
         if writer is not None:
-            writer.truncate_after(step=state.step, epoch=state.epoch)
+            writer.truncate_after(step=state.step, epoch=state.epoch, check=point.check)
         if cfg.schedule == "cosine" and ckpt["config"].get("epochs") != cfg.epochs and world.main:
             warnings.warn(
                 "resuming a cosine schedule with a different number of epochs changes the "
@@ -442,6 +537,7 @@ def train(
         writer=writer,
         state=state,
         resumed=resume,
+        epoch_order=epoch_order,
         callback=callback,
         control=control,
         quiet=quiet,
@@ -449,7 +545,7 @@ def train(
     try:
         loop.run()
     finally:
-        if writer is not None:
+        if writer is not None and resumed is None:
             writer.close()
         for sink in sinks:
             sink.close()
@@ -529,6 +625,78 @@ def _wrap_for_steps(model: nn.Module, world: World, device: torch.device, compil
     return ddp, weight
 
 
+def _resume_config(run_dir: Path, point: ResumePoint, overrides: Mapping[str, Any]) -> TrainConfig:
+    """The config a resumed run continues with: the checkpoint's own (what it trained with),
+    with the :data:`RESUMABLE_KEYS` of ``config.json`` (a previous ``--resume --epochs``) and
+    then ``overrides`` applied.
+
+    An edited ``config.json`` is an error listing each changed key with both values: going
+    on silently with the checkpoint's values would ignore the edit, and going on with the
+    edited ones would record values the run never trained with.
+    """
+    trained = TrainConfig.from_dict(point.state["config"])
+    config_file = run_dir / CONFIG_FILE
+    try:
+        stored = read_config_file(config_file)
+    except ValueError as err:
+        warnings.warn(
+            f"{err}; continuing with the config stored in {point.path.name} "
+            f"({CONFIG_FILE} is rewritten from it)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        stored = as_stored(trained.to_dict())
+    stored = {k: v for k, v in stored.items() if k not in RESERVED_KEYS}
+    before = as_stored(trained.to_dict())
+    edited = [
+        k for k in before if k not in RESUMABLE_KEYS and stored.get(k, before[k]) != before[k]
+    ]
+    if edited:
+        detail = "; ".join(
+            f"{k}: {stored[k]!r} in {CONFIG_FILE}, {before[k]!r} trained" for k in edited
+        )
+        raise ValueError(
+            f"cannot resume {str(run_dir)!r}: {CONFIG_FILE} was edited after the run started "
+            f"({detail}); a run continues with the values it trained with (stored in "
+            f"{point.path.name}): undo the edit, or train a new run with the new values"
+        )
+    base = with_overrides(trained, {k: stored[k] for k in RESUMABLE_KEYS if k in stored})
+    cfg = with_overrides(base, overrides) if overrides else base
+    # repeating the original command with --resume is fine: only real changes count
+    after = as_stored(cfg.to_dict())
+    changed = [k for k in before if k not in RESUMABLE_KEYS and before[k] != after[k]]
+    if changed:
+        raise ValueError(
+            f"cannot change {changed} when resuming (the run would no longer be one run); "
+            f"resumable keys are {list(RESUMABLE_KEYS)}; start a new run instead"
+        )
+    return cfg
+
+
+@contextlib.contextmanager
+def _signals_stop_training():
+    """SIGTERM and SIGHUP stop training as Ctrl-C (SIGINT) does: the loop's clean-up marks
+    the summary stopped and the error names the resume command (main thread only: Python
+    delivers signals there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            sig = getattr(signal, name)
+            previous[sig] = signal.signal(sig, stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _all_inputs(split: Dataset, batch_size: int, num_workers: int = 0):
     """Every sample's inputs, as one dict (in-memory splits) or batch by batch."""
     if hasattr(split, "inputs"):
@@ -553,6 +721,7 @@ class _LoopState:
     def __init__(self) -> None:
         self.epoch = 0  # last finished epoch (0 = before training)
         self.step = 0  # optimisation steps done
+        self.batch = 0  # batches done in the epoch under way (> 0 in a mid-epoch checkpoint)
         self.best_epoch: int | None = None
         self.best_key: tuple[float, float] | None = None
         self.best_metrics: dict[str, dict[str, Any]] = {}
@@ -600,6 +769,9 @@ class _Loop:
         self.diverged = False  # the loss became NaN/inf: summary.json says so explicitly
         self.epoch_metrics: dict[int, dict[str, dict[str, Any]]] = {}
         self.main = self.world.main
+        self.best_improved = False  # this epoch's evaluation is the best so far: write best.pt
+        self.last_checkpoint_step: int | None = self.state.step if self.resumed else None
+        self.epoch_started = 0.0
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -626,12 +798,35 @@ class _Loop:
                 self._end_of_epoch(epoch)
             if state.epoch >= cfg.epochs and self.stop_reason is None:
                 self._probe_best()
-        except KeyboardInterrupt:
-            self.stop_reason = f"interrupted at step {state.step}"
+        except KeyboardInterrupt as err:
+            how = err.args[0] if err.args and str(err.args[0]).startswith("SIG") else "SIGINT"
+            self.stop_reason = f"interrupted ({how}) at step {state.step}"
+            self._summary_after(err)
+            raise TrainingInterrupted(how, self._interrupted_message(how)) from err
+        except BaseException as err:
+            self._summary_after(err)
             raise
+        else:
+            self._write_summary()
         finally:
             bar.close()
+
+    def _summary_after(self, err: BaseException) -> None:
+        """Update summary.json after ``err`` stopped the run, never hiding ``err`` (a full
+        disk fails this write too)."""
+        try:
             self._write_summary()
+        except Exception as second:
+            err.add_note(f"summary.json was not updated either: {second}")
+
+    def _interrupted_message(self, how: str) -> str:
+        ckpt = self.last_checkpoint_step
+        kept = f"its checkpoint at step {ckpt}" if ckpt is not None else "no checkpoint yet"
+        path = self.writer.path if self.writer is not None else "RUN"  # (ranks other than 0)
+        return (
+            f"stopped by {how} at step {self.state.step}; the records and {kept} are kept in "
+            f"{str(path)!r}; continue with: msam train --resume {path}"
+        )
 
     def _autocast(self):
         if self.cfg.precision == "bf16":
@@ -644,14 +839,20 @@ class _Loop:
     def _train_epoch(self, epoch: int, bar: tqdm) -> bool:
         """One pass over the training data; False when the run must stop."""
         cfg, state, model, method = self.cfg, self.state, self.model, self.method
-        order = torch.randperm(len(self.dataset.train), generator=self.data_generator)
+        if self.epoch_order is not None:  # resumed from a checkpoint taken mid-epoch
+            order, self.epoch_order = self.epoch_order, None
+        else:
+            order = torch.randperm(len(self.dataset.train), generator=self.data_generator)
+            state.batch = 0
+        self.current_order = order
         method.set_epoch(epoch)
         model.train()
-        started = time.perf_counter()
+        self.epoch_started = time.perf_counter()
         rows = (lambda n: shard(n, self.world)) if self.world.active else None
-        seen = 0  # samples of the epoch's order taken so far (by every rank together)
+        first = state.batch * cfg.batch_size  # > 0 when resumed from a mid-epoch checkpoint
+        seen = first  # samples of the epoch's order taken so far (by every rank together)
         for inputs, targets in iterate_batches(
-            self.dataset.train, order, cfg.batch_size, self.device, cfg.num_workers, rows
+            self.dataset.train, order[first:], cfg.batch_size, self.device, cfg.num_workers, rows
         ):
             if self.control is not None and not self.control.wait():
                 self.stop_reason = f"stopped by the user at step {state.step}"
@@ -674,10 +875,12 @@ class _Loop:
             if self.world.active:
                 out = _global_batch_record(out, n_local, self.world)
             state.step += 1
+            state.batch += 1
             record: dict[str, Any] = {"step": state.step, "epoch": epoch, "lr": lr, **out}
             record["time/step_s"] = step_s
             if not _finite(record.get("loss")):
                 self._log(record)
+                self._blame_inputs(inputs, order, epoch)
                 self._diverged(record)
             self.scheduler.step()
             if cfg.measure_every and state.step % cfg.measure_every == 0:
@@ -699,8 +902,26 @@ class _Loop:
                 bar.set_postfix(
                     epoch=epoch, loss=f"{record['loss']:.3f}", dominant=record.get("dominant", "-")
                 )
-        state.train_time_s += time.perf_counter() - started
+            every = cfg.checkpoint_every_steps
+            if every and state.step % every == 0 and state.batch < self._steps_per_epoch():
+                self._checkpoint(state.epoch, mid_epoch=True)
+        state.train_time_s += time.perf_counter() - self.epoch_started
+        state.batch = 0
         return True
+
+    def _blame_inputs(self, inputs: Mapping[str, torch.Tensor], order, epoch: int) -> None:
+        """A non-finite loss from non-finite inputs is the data's fault, not lr's or rho's:
+        ValueError naming the training sample and modality."""
+        found = first_non_finite(inputs)
+        if found is None:
+            return
+        row, modality, what = found
+        index = int(order[(self.state.batch - 1) * self.cfg.batch_size + row])
+        raise ValueError(
+            f"dataset {self.dataset.name!r}, train split, sample {index}, modality "
+            f"{modality!r}: its input holds {what} (found at step {self.state.step}, epoch "
+            f"{epoch}); clean or drop that sample: the loss cannot be finite with it"
+        )
 
     def _log(self, record: dict[str, Any]) -> bool:
         """Write one record, hand it to the callback; False if the callback asks to stop.
@@ -761,6 +982,14 @@ class _Loop:
         if epoch in cfg.landscape_epochs:
             self._landscape(epoch)
         self._checkpoint(epoch)
+        if self.best_improved and self.main:
+            # after last.pt: a kill between the two leaves a best.pt no newer than last.pt,
+            # and the resumed run rewrites it when it evaluates this epoch again
+            save_checkpoint(
+                {"model": self.model.state_dict(), "epoch": epoch, "step": self.state.step},
+                self.writer.checkpoints_dir / BEST_CHECKPOINT,
+            )
+            self.best_improved = False
         self._write_summary()
 
     def _probes(self) -> dict[str, dict[str, float]]:
@@ -819,11 +1048,7 @@ class _Loop:
             self.state.best_key = key
             self.state.best_epoch = epoch
             self.state.best_metrics = metrics
-            if self.main:
-                save_checkpoint(
-                    {"model": self.model.state_dict(), "epoch": epoch, "step": self.state.step},
-                    self.writer.checkpoints_dir / "best.pt",
-                )
+            self.best_improved = True  # best.pt is written after last.pt (_end_of_epoch)
         if not self.quiet and self.main:
             self._print_epoch(epoch, metrics)
 
@@ -883,10 +1108,21 @@ class _Loop:
         )
         save_landscape(landscape, self.writer.path)
 
-    def _checkpoint(self, epoch: int) -> None:
+    def _checkpoint(self, epoch: int, *, mid_epoch: bool = False) -> None:
+        """Save everything a resume needs.  ``mid_epoch`` (``checkpoint_every_steps``): also
+        the epoch's data order and how many of its batches are done; only ``last.pt``."""
         if not self.main:
             return
         cfg = self.cfg
+        if mid_epoch:  # the time trained so far this epoch goes into the checkpoint
+            now = time.perf_counter()
+            self.state.train_time_s += now - self.epoch_started
+            self.epoch_started = now
+        # every record up to this checkpoint reaches the disk before the checkpoint does
+        self.writer.sync()
+        order = {"generator": self.data_generator.get_state()}
+        if mid_epoch:
+            order["epoch_order"] = self.current_order
         state = {
             "world_size": self.world.size,
             "format": CHECKPOINT_FORMAT,
@@ -895,14 +1131,17 @@ class _Loop:
             "method_state": self.method.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": _rng_state(),
-            "data_order": {"generator": self.data_generator.get_state()},
+            "data_order": order,
             "epoch": epoch,
             "step": self.state.step,
-            "config": cfg.to_dict(),
+            # JSON form: plain values a weights-only load accepts (a Path would not be)
+            "config": as_stored(cfg.to_dict()),
             "loop": self.state.to_dict(),
         }
-        keep_epoch_file = bool(cfg.checkpoint_every) and (
-            epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs
+        keep_epoch_file = (
+            not mid_epoch
+            and bool(cfg.checkpoint_every)
+            and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs)
         )
         save_loop_checkpoint(
             state,
@@ -911,6 +1150,7 @@ class _Loop:
             keep_epoch_file=keep_epoch_file,
             keep=cfg.keep_checkpoints,
         )
+        self.last_checkpoint_step = self.state.step
 
     def _write_summary(self) -> None:
         if self.main:

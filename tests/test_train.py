@@ -58,8 +58,12 @@ def test_msam_run_records_every_step_and_every_epoch(tmp_path):
     ):
         assert epochs[key].notna().all(), key
 
-    names = sorted(p.name for p in (path / "checkpoints").iterdir())
+    names = sorted(p.name for p in (path / "checkpoints").glob("*.pt"))
     assert names == ["best.pt", "epoch_0000.pt", "epoch_0001.pt", "epoch_0002.pt", "last.pt"]
+    # each with the checksum a resume verifies it by
+    assert sorted(p.name for p in (path / "checkpoints").glob("*.sha256")) == [
+        f"{name}.sha256" for name in names
+    ]
     last = torch.load(path / "checkpoints" / "last.pt", weights_only=False)
     for key in ("model", "optimizer", "method_state", "rng", "epoch", "step", "config"):
         assert key in last
