@@ -17,6 +17,7 @@ from msam_core.data.av.frames import FrameConfig, list_frames, load_frames, pick
 from msam_core.data.registry import load_dataset
 from msam_core.models import build_model
 from msam_core.models.resnet import ResNet18Encoder
+from msam_core.rundir import load_checkpoint
 
 OPTIONS = {**fx.AUDIO_OPTIONS, **fx.FRAME_OPTIONS}
 SPEC_SHAPE = (1, 33, 32)  # 0.25 s at 8 kHz, n_fft 64 (33 bins), hop 64 (1 + 2000 // 64 frames)
@@ -393,8 +394,5 @@ def test_training_with_workers_is_the_same_run(tmp_path):
 
     for name in ("iterations.jsonl", "epochs.jsonl"):
         assert records(runs[0], name) == records(runs[2], name)
-    weights = [
-        torch.load(r / "checkpoints" / "last.pt", weights_only=False)["model"]
-        for r in runs.values()
-    ]
+    weights = [load_checkpoint(r / "checkpoints" / "last.pt")["model"] for r in runs.values()]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -27,6 +27,7 @@ from msam_core.models.base import LateFusionModel
 from msam_core.models.fusion import ConcatFusion
 from msam_core.optim import MSAM
 from msam_core.record import load_run
+from msam_core.rundir import load_checkpoint
 from msam_core.step import msam_step
 from msam_core.train import train
 
@@ -451,8 +452,8 @@ def test_resume_continues_method_state_bit_for_bit(tmp_path, method, options):
     pd.testing.assert_frame_equal(
         a.iterations.drop(columns=timing), b.iterations.drop(columns=timing), rtol=0, atol=0
     )
-    last_a = torch.load(whole / "checkpoints" / "last.pt", weights_only=False)
-    last_b = torch.load(half / "checkpoints" / "last.pt", weights_only=False)
+    last_a = load_checkpoint(whole / "checkpoints" / "last.pt")
+    last_b = load_checkpoint(half / "checkpoints" / "last.pt")
     assert last_a["method_state"] == last_b["method_state"]
     for key, value in last_a["model"].items():
         assert torch.equal(value, last_b["model"][key]), key

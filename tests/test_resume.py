@@ -8,6 +8,7 @@ from pandas.testing import assert_frame_equal
 
 from msam_core.config import TrainConfig
 from msam_core.record import load_run
+from msam_core.rundir import load_checkpoint
 from msam_core.train import train
 
 SMALL = {"n_train": 192, "n_val": 48, "n_test": 48}
@@ -32,7 +33,7 @@ def config(method: str, epochs: int) -> TrainConfig:
 
 
 def _params(path):
-    return torch.load(path / "checkpoints" / "last.pt", weights_only=False)["model"]
+    return load_checkpoint(path / "checkpoints" / "last.pt")["model"]
 
 
 def _records(frame):

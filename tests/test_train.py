@@ -13,6 +13,7 @@ from msam_core.config import TrainConfig
 from msam_core.data import load_dataset
 from msam_core.models import build_model
 from msam_core.record import load_run
+from msam_core.rundir import load_checkpoint
 from msam_core.train import (
     TrainingControl,
     TrainingDiverged,
@@ -64,7 +65,7 @@ def test_msam_run_records_every_step_and_every_epoch(tmp_path):
     assert sorted(p.name for p in (path / "checkpoints").glob("*.sha256")) == [
         f"{name}.sha256" for name in names
     ]
-    last = torch.load(path / "checkpoints" / "last.pt", weights_only=False)
+    last = load_checkpoint(path / "checkpoints" / "last.pt")
     for key in ("model", "optimizer", "method_state", "rng", "epoch", "step", "config"):
         assert key in last
     assert last["epoch"] == 2 and last["step"] == 16 and "data_order" in last
@@ -207,7 +208,7 @@ def test_diverged_loss_stops_and_keeps_records_and_last_good_checkpoint(tmp_path
     assert run.iterations["loss"].iloc[:STEPS_PER_EPOCH].notna().all()
     assert run.summary["finished"] is False and "non-finite" in run.summary["stopped"]
     assert run.summary["diverged"] is True
-    last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert last["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
 
@@ -284,7 +285,7 @@ def test_joint_batch_sharpness_matches_the_formula_and_probe_sharpness_keeps_its
     # the seeded data order, and the formula l(θ + ρ g/‖g‖) − l(θ)
     dataset = build_dataset(config)
     model_before = build_run_model(config, dataset)
-    initial = torch.load(run.path / "checkpoints" / "epoch_0000.pt", weights_only=False)
+    initial = load_checkpoint(run.path / "checkpoints" / "epoch_0000.pt")
     model_before.load_state_dict(initial["model"])
     order = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(0))
     inputs, targets = dataset.train.take(order[:32])
