@@ -24,7 +24,7 @@ import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PosixPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -71,6 +71,7 @@ __all__ = [
     "Landscape",
     "ResumePoint",
     "TrainedModel",
+    "UnsafeCheckpointError",
     "build_dataset",
     "build_run_model",
     "checkpoint_epochs",
@@ -98,8 +99,13 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used: unreadable, damaged, or needing code to load."""
 
 
-#: the only non-tensor types an msam checkpoint holds: numpy's RNG state (a uint32 array)
-SAFE_NUMPY_GLOBALS = [np.ndarray, np.dtype, np.dtypes.UInt32DType, _reconstruct]
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint whose loading would need more than msam ever stores (it could run code)."""
+
+
+#: the only non-tensor types an msam checkpoint holds: numpy's RNG state (a uint32 array),
+#: and a path in the config of checkpoints written before the config was stored as JSON
+SAFE_NUMPY_GLOBALS = [np.ndarray, np.dtype, np.dtypes.UInt32DType, _reconstruct, PosixPath]
 
 
 def _global_name(obj: Any) -> str:
@@ -199,7 +205,7 @@ def _load_error(path: Path, data: bytes, err: Exception) -> CheckpointError:
     allowed = {_global_name(g) for g in SAFE_NUMPY_GLOBALS}
     unsafe = [name for name in needed if name not in allowed]
     if unsafe:
-        return CheckpointError(
+        return UnsafeCheckpointError(
             f"refusing to load {str(path)!r}: it needs {', '.join(unsafe)}, which an msam "
             "checkpoint never holds (loading it could run code); it was not written by msam "
             "or was altered"
@@ -272,9 +278,9 @@ def find_resume_point(run_dir: str | os.PathLike, map_location: Any = "cpu") -> 
             continue
         try:
             state = load_checkpoint(path, map_location)
+        except UnsafeCheckpointError:
+            raise
         except CheckpointError as err:
-            if "refusing" in str(err):
-                raise
             passed.append(str(err).replace(f"{str(path)!r}", where))
             continue
         loop = state.get("loop")
