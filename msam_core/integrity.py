@@ -150,14 +150,18 @@ class RecordsCheck:
         return {e for e, s in splits.items() if set(SPLITS) <= s}
 
 
-def check_records(run_dir: str | os.PathLike, eval_every: int | None = None) -> RecordsCheck:
+def check_records(
+    run_dir: str | os.PathLike, eval_every: int | None = None, *, first_step: int | None = 1
+) -> RecordsCheck:
     """Check ``RUN/iterations.jsonl`` and ``RUN/epochs.jsonl`` (see the module docstring).
 
     ``eval_every`` (the run's config), when given, also makes a missing evaluation of an
-    epoch divisible by it (and of epoch 0) a problem.
+    epoch divisible by it (and of epoch 0) a problem.  ``first_step``: the step the records
+    must start at (1: the training loop's); None accepts the first one found (records
+    written by a loop of one's own, which may count from 0).
     """
     check = RecordsCheck(Path(run_dir))
-    _check_iterations(check, read_lines(check.run_dir / ITERATIONS_FILE))
+    _check_iterations(check, read_lines(check.run_dir / ITERATIONS_FILE), first_step)
     _check_epochs(check, read_lines(check.run_dir / EPOCHS_FILE), eval_every)
     return check
 
@@ -167,10 +171,11 @@ def _later(lines: list[Line], index: int) -> str:
     return f" ({rest} later line{'s' * (rest != 1)} not used)" if rest else ""
 
 
-def _check_iterations(check: RecordsCheck, lines: list[Line]) -> None:
+def _check_iterations(check: RecordsCheck, lines: list[Line], first_step: int | None) -> None:
     name = ITERATIONS_FILE
     by_step: dict[int, Line] = {}
     last_epoch = -1
+    start = first_step
     for index, line in enumerate(lines):
         where = f"{name} line {line.number}"
         record = line.record
@@ -183,7 +188,9 @@ def _check_iterations(check: RecordsCheck, lines: list[Line]) -> None:
         step, epoch = record.get("step"), record.get("epoch", last_epoch)
         if not isinstance(step, int) or not isinstance(epoch, int):
             continue  # not a step record of the loop (hand-written): nothing to check
-        expected = check.steps + 1
+        if start is None:
+            start = step
+        expected = start + check.steps
         if step < expected:
             first = by_step.get(step)
             if first is not None and _same(first.record, record):
@@ -191,7 +198,9 @@ def _check_iterations(check: RecordsCheck, lines: list[Line]) -> None:
                 continue
             check.problems.append(
                 f"{where}: step {step} again, with other values than line "
-                f"{first.number if first else '?'} (two writers?){_later(lines, index)}"
+                f"{first.number} (two writers?){_later(lines, index)}"
+                if first is not None
+                else f"{where}: step {step} before step {expected}{_later(lines, index)}"
             )
             return
         if step > expected:

@@ -534,7 +534,8 @@ def load_run(path: str | os.PathLike) -> Run:
     landscapes = sorted((path / LANDSCAPES_DIR).glob("*.npz"))
     checkpoints = sorted((path / CHECKPOINTS_DIR).glob("epoch_*.pt"))
     eval_every = config.get("eval_every")
-    check = check_records(path, eval_every if isinstance(eval_every, int) else None)
+    every = eval_every if isinstance(eval_every, int) else None
+    check = check_records(path, every, first_step=None)  # own loops may count from 0
     problems = [*check.problems, *check.repaired]
     for problem in problems:
         warnings.warn(f"{path}: {problem}", RuntimeWarning, 2)
