@@ -758,6 +758,7 @@ class _Loop:
     writer: RunWriter | None  # None on ranks other than 0
     state: _LoopState
     resumed: bool
+    epoch_order: Tensor | None  # the epoch's data order of a mid-epoch checkpoint resumed
     callback: Callback | None
     control: TrainingControl | None
     quiet: bool
@@ -772,6 +773,7 @@ class _Loop:
         self.best_improved = False  # this epoch's evaluation is the best so far: write best.pt
         self.last_checkpoint_step: int | None = self.state.step if self.resumed else None
         self.epoch_started = 0.0
+        self.current_order: Tensor | None = None  # the data order of the epoch under way
 
     # -- the loop --------------------------------------------------------------------------
 

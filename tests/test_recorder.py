@@ -79,7 +79,7 @@ def test_the_run_directory_reads_like_trains(tmp_path):
     summary = run.summary
     assert summary["finished"] and summary["epochs_done"] == 2 and summary["steps"] == 6
     assert summary["best_epoch"] in (1, 2)
-    files = {p.name for p in (tmp_path / "run" / "checkpoints").iterdir()}
+    files = {p.name for p in (tmp_path / "run" / "checkpoints").glob("*.pt")}
     assert files == {"best.pt", "epoch_0000.pt", "epoch_0001.pt", "epoch_0002.pt"}
 
 
