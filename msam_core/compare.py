@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+from tqdm.auto import tqdm
 
 from msam_core.config import TrainConfig, as_stored, read_config_file, resolve_config
 from msam_core.derived import shares
@@ -553,7 +554,8 @@ def compare(
         alone: also train each modality alone (``alone/<m>`` runs and the ceiling columns).
         overwrite: train every run again even if ``out`` holds it.
         quiet: no progress bar or epoch lines from the training loop.
-        progress: print one line per run (what was done with it).
+        progress: one overall progress bar (runs done / total, the run in progress) and a
+            line per run saying what was done with it.
         jobs: runs at once: local worker processes (CPU threads shared out between them),
             or the CPU count of a local Ray instance.
         executor: ``"local"`` (this machine) or ``"ray"`` (each run a Ray task; ``out`` must
@@ -630,18 +632,31 @@ def compare(
         write_json_atomic(out / REQUEST_FILE, request)
 
         finished: list[JobResult] = []
+        # One overall bar: runs done / total, the runs in progress, a line per finished run.
+        bar = tqdm(total=len(job_list), disable=not progress, desc="runs", unit="run")
+        running = [job.label for job in todo]
 
         def report(result: JobResult, *_: int) -> None:
             finished.append(result)
+            if result.job.label in running:
+                running.remove(result.job.label)
+            bar.update(1)
+            now = "running " + ", ".join(running[: max(jobs, 1)]) if running else "all done"
+            bar.set_postfix_str(now, refresh=True)
             if progress:
                 what = f"failed: {result.error}" if result.failed else result.action
                 count = f"[{len(finished)}/{len(job_list)}]"
-                print(f"{count} {result.job.label}: {what} ({result.job.path})", flush=True)
+                bar.write(f"{count} {result.job.label}: {what} ({result.job.path})")
 
         for job, plan in zip(job_list, plans, strict=True):
             if plan in stored:
                 report(JobResult(job, stored[plan]))
-        runner.run(run_job, todo, on_done=report)
+        if running:
+            bar.set_postfix_str("running " + ", ".join(running[: max(jobs, 1)]), refresh=True)
+        try:
+            runner.run(run_job, todo, on_done=report)
+        finally:
+            bar.close()
     failures = {spec_of[r.job.path]: r.error or "failed" for r in finished if r.failed}
 
     runs = collect_runs(out, every, seed_list, failures)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from msam_core.coalitions import eval_mode
 from msam_core.param_groups import has_modality_groups, modality_parameter_groups
@@ -293,13 +294,15 @@ def hessian_record(
     n_samples: int = 32,
     method: str = "lanczos",
     generator: torch.Generator | None = None,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Hessian measures on a probe batch, keyed as the run directory records them.
 
     Keys: ``hessian/top_eig``, ``hessian/trace``, ``hessian/trace_se`` over all trainable
     parameters and, when ``blocks`` and the model has per-modality encoders, the same three
     with ``/<block>`` appended for each modality and for ``fusion`` (a block with no
-    parameters is left out).  One gradient graph is shared by every block.
+    parameters is left out).  One gradient graph is shared by every block.  ``progress``: a
+    progress bar over the measures (top eigenvalue and trace per block), cleared when done.
     """
     generator = _default_generator(generator)
     with eval_mode(model):
@@ -310,10 +313,16 @@ def hessian_record(
                 if params:
                     targets_.append((f"/{name}", op.block(params)))
         out: dict[str, float] = {}
+        bar = tqdm(total=2 * len(targets_), disable=not progress, desc="Hessian", leave=False)
         for suffix, block_op in targets_:
+            bar.set_postfix_str(f"top eigenvalue {suffix[1:] or 'all'}")
             top, _ = _top_eig(block_op, method, tol, max_iter, generator)
+            bar.update(1)
+            bar.set_postfix_str(f"trace {suffix[1:] or 'all'}")
             trace, se = _hutchinson(block_op, n_samples, generator)
+            bar.update(1)
             out[f"hessian/top_eig{suffix}"] = top
             out[f"hessian/trace{suffix}"] = trace
             out[f"hessian/trace_se{suffix}"] = se
+        bar.close()
     return out

@@ -20,6 +20,7 @@ reference (load weights, evaluate) that loss-landscape tools use.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
+from tqdm.auto import tqdm
 
 from msam_core.batches import fetch_batch
 from msam_core.coalitions import eval_mode
@@ -508,6 +510,7 @@ def evaluate_grid(
     batch_size: int | None = None,
     affine_inputs: bool = True,
     method: str = "auto",
+    progress: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Loss and accuracy at ``θ + Σ_k coords[p, k]·directions[k]`` for every point ``p``.
 
@@ -530,6 +533,7 @@ def evaluate_grid(
       (:func:`grid_method`).
 
     At a point with all coordinates 0 the weights are θ exactly.  Evaluated in eval mode.
+    ``progress``: a progress bar counting point evaluations (points x sample batches).
     """
     names = _check_directions(directions, model)
     _check_choice("method", method, GRID_METHODS)
@@ -551,17 +555,29 @@ def evaluate_grid(
     loss_total = torch.zeros(coords.shape[0], dtype=ref.dtype, device=ref.device)
     acc_total = torch.zeros_like(loss_total)
     point: dict[str, object] = {}
-    with eval_mode(model), torch.no_grad():
+    n_batches = math.ceil(n_total / (batch_size or n_total))
+    bar = tqdm(total=coords.shape[0] * n_batches, disable=not progress, desc="landscape", unit="pt")
+    with eval_mode(model), torch.no_grad(), bar:
         for x, y in _sample_batches(inputs, targets, batch_size):
             constants, affine = _capture(model, structure, directions, x)
             with _replayed(structure, constants, affine, point):
                 if method == "inplace":
                     loss, acc = _points_inplace(
-                        model, params, rest, directions, coords, x, y, point, loss_fn
+                        model, params, rest, directions, coords, x, y, point, loss_fn, bar
                     )
                 else:
                     loss, acc = _points_vmap(
-                        model, params, rest, directions, coords, x, y, point, loss_fn, chunk_size
+                        model,
+                        params,
+                        rest,
+                        directions,
+                        coords,
+                        x,
+                        y,
+                        point,
+                        loss_fn,
+                        chunk_size,
+                        bar,
                     )
             weight = y.shape[0] / n_total
             loss_total += loss * weight
@@ -579,6 +595,7 @@ def _points_inplace(
     y: Tensor,
     point: dict[str, object],
     loss_fn: LossFn,
+    bar: tqdm,
 ) -> tuple[Tensor, Tensor]:
     """Per point: ``θ + Σ_k c_k·d_k`` written into the parameters with foreach ops (three
     calls, no allocation), one forward; θ restored exactly afterwards."""
@@ -597,6 +614,7 @@ def _points_inplace(
             logits = model(x)
             losses.append(loss_fn(logits, y))
             accs.append(_accuracy(logits, y))
+            bar.update(1)
     finally:
         if moved:
             torch._foreach_copy_(moved, saved)
@@ -614,6 +632,7 @@ def _points_vmap(
     point: dict[str, object],
     loss_fn: LossFn,
     chunk_size: int,
+    bar: tqdm,
 ) -> tuple[Tensor, Tensor]:
     """``chunk_size`` points per vmapped ``functional_call`` (parameters no direction moves
     stay unbatched, so what depends only on them is computed once per chunk)."""
@@ -637,6 +656,7 @@ def _points_vmap(
         loss, acc = batched(moved, chunk)
         losses.append(loss)
         accs.append(acc)
+        bar.update(chunk.shape[0])
     return torch.cat(losses), torch.cat(accs)
 
 
@@ -648,6 +668,7 @@ def evaluate_grid_loop(
     coords: Tensor,
     loss_fn: LossFn = F.cross_entropy,
     batch_size: int | None = None,
+    progress: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Point-by-point reference for :func:`evaluate_grid`: write each point's weights into
     the model, evaluate, move on (as loss-landscape tools do); weights restored afterwards."""
@@ -658,7 +679,7 @@ def evaluate_grid_loop(
     losses, accs = [], []
     try:
         with eval_mode(model), torch.no_grad():
-            for row in coords.tolist():
+            for row in tqdm(coords.tolist(), disable=not progress, desc="landscape", unit="pt"):
                 for n in names:
                     step = sum(c * d[n] for c, d in zip(row, directions, strict=True))
                     params[n].copy_(saved[n] + step)
@@ -696,6 +717,7 @@ def compute_landscape(
     epoch: int | None = None,
     step: int | None = None,
     split: str = "",
+    progress: bool = False,
 ) -> Landscape:
     """Loss and accuracy of ``model`` on a ``steps``-per-axis grid in ``[-span, span]^dims``.
 
@@ -703,7 +725,7 @@ def compute_landscape(
     with seeds ``seed, seed + 1`` (:func:`random_direction` with ``norm``, ``ignore``,
     ``modality``).  ``method``: ``"auto"`` (the fastest path for the device), ``"inplace"``
     or ``"vmap"`` (see :func:`evaluate_grid`), or ``"loop"``, the point-by-point reference.
-    Batch norm and dropout in eval mode.
+    Batch norm and dropout in eval mode.  ``progress``: a progress bar over the grid.
     """
     if dims not in (1, 2):
         raise ValueError(f"dims must be 1 or 2, got {dims}")
@@ -734,10 +756,11 @@ def compute_landscape(
             chunk_size,
             batch_size,
             method=method,
+            progress=progress,
         )
     else:
         loss, acc = evaluate_grid_loop(
-            model, inputs, targets, directions, coords, loss_fn, batch_size
+            model, inputs, targets, directions, coords, loss_fn, batch_size, progress=progress
         )
     shape = (steps,) * dims
     with eval_mode(model), torch.no_grad():
@@ -802,6 +825,7 @@ def landscape_for_run(
     name: str | None = None,
     model: nn.Module | None = None,
     data: MultimodalDataset | None = None,
+    progress: bool = False,
 ) -> Path:
     """Compute a landscape of a run's checkpoint and save it in ``RUN/landscapes/``.
 
@@ -810,7 +834,8 @@ def landscape_for_run(
     samples of ``split`` (drawn with ``seed``).  ``modality`` restricts random directions to
     one encoder (or ``"fusion"``); ``pca`` uses the PCA of the checkpoints up to ``epoch``
     instead.  ``model`` / ``data``: a run of your own model or data needs them, as
-    :func:`~msam_core.load_trained` does.  Returns the path of the ``.npz`` written.
+    :func:`~msam_core.load_trained` does.  ``progress``: a progress bar over the grid.
+    Returns the path of the ``.npz`` written.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -829,7 +854,14 @@ def landscape_for_run(
     inputs, targets = _evaluation_subset(dataset.split(split), n_eval, seed)
     inputs = {m: x.to(device) for m, x in inputs.items()}
     targets = targets.to(device)
-    options = dict(steps=steps, span=span, dims=dims, chunk_size=chunk_size, batch_size=batch_size)
+    options = dict(
+        steps=steps,
+        span=span,
+        dims=dims,
+        chunk_size=chunk_size,
+        batch_size=batch_size,
+        progress=progress,
+    )
     where = dict(epoch=epoch, step=trained.step, split=split)
     if not pca:
         landscape = compute_landscape(

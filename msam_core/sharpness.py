@@ -146,6 +146,7 @@ def periodic_measures(
     n_samples: int = 16,
     seed: int = 0,
     method: str = "lanczos",
+    progress: bool = False,
 ) -> dict[str, float]:
     """Everything the loop records every k steps and at epoch end, on a fixed probe batch.
 
@@ -155,7 +156,8 @@ def periodic_measures(
     ``joint`` runs, where no SAM step measures it), and, when ``hessian``, the keys of
     :func:`msam_core.hessian.hessian_record` (per block when ``blocks``; top eigenvalue by
     ``method``, ``"lanczos"`` or ``"power"``).  ``seed`` fixes the Hessian probes so
-    successive measurements differ only through the weights.
+    successive measurements differ only through the weights.  ``progress``: a progress bar
+    over the Hessian measures, for calls outside training (the loop has its own bar).
     """
     out: dict[str, float] = {}
     with eval_mode(model):
@@ -182,6 +184,7 @@ def periodic_measures(
                     n_samples=n_samples,
                     method=method,
                     generator=torch.Generator().manual_seed(seed),
+                    progress=progress,
                 )
             )
     return out

@@ -780,6 +780,15 @@ class _Loop:
     def run(self) -> None:
         cfg, state = self.cfg, self.state
         total = cfg.epochs * self._steps_per_epoch()
+        if self.resumed and not self.quiet:
+            where = self.writer.path
+            if state.epoch >= cfg.epochs:
+                tqdm.write(
+                    f"{where}: already complete ({state.epoch} of {cfg.epochs} epochs); "
+                    "pass --epochs (epochs=) to extend it"
+                )
+            else:
+                tqdm.write(f"{where}: resuming from epoch {state.epoch} of {cfg.epochs}")
         bar = tqdm(
             total=total,
             initial=state.step,
@@ -1088,8 +1097,10 @@ class _Loop:
     def _print_epoch(self, epoch: int, metrics: Mapping[str, Mapping[str, Any]]) -> None:
         val = metrics["val"]
         uni = ", ".join(f"{m} {val.get(f'acc/{m}', float('nan')):.3f}" for m in self.modalities)
+        # epoch 0 is the evaluation of the initial weights, before any step
+        name = f"epoch {epoch:>3}" if epoch else "initial evaluation"
         tqdm.write(
-            f"epoch {epoch:>3}: train loss {metrics['train'].get('loss', float('nan')):.4f}  "
+            f"{name}: train loss {metrics['train'].get('loss', float('nan')):.4f}  "
             f"val acc {val.get('acc', float('nan')):.3f} ({uni})  "
             f"balance {val.get('balance', float('nan')):.2f}"
         )

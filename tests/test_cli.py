@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import types
 
@@ -161,3 +162,67 @@ def test_train_data_root_missing_is_a_one_line_error_with_the_layout(tmp_path, c
     assert main([*args, "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert str(missing) in err and "AudioWAV" in err
+
+
+# `msam --help` and argument errors answer before torch, pandas or plotly are imported: each
+# case runs in a fresh interpreter and reports which of them it loaded.
+_IMPORTS_PROBE = """
+import runpy, sys
+sys.argv = ["msam", *{args!r}]
+try:
+    runpy.run_module({module!r}, run_name="__main__", alter_sys=True)
+except SystemExit as stop:
+    code = stop.code
+heavy = [m for m in ("torch", "pandas", "plotly", "scipy") if m in sys.modules]
+print("LOADED", heavy, code, file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "status"),
+    [
+        ("msam_core", ["--help"], 0),
+        ("msam_core.cli", ["--help"], 0),
+        ("msam_core", ["train", "--help"], 0),
+        ("msam_core", ["report", "--help"], 0),
+        ("msam_core", ["train", "--epochs"], 2),  # argparse: a flag without its value
+        ("msam_core", ["compare", "--methods", "joint"], 2),  # --out is required
+        ("msam_core", ["landscape"], 2),  # the run directory is required
+        ("msam_core", ["tarin"], 2),  # unknown command
+    ],
+)
+def test_help_and_argument_errors_do_not_import_torch(module, args, status):
+    import subprocess
+
+    probe = _IMPORTS_PROBE.format(module=module, args=args)
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300
+    )
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == f"LOADED [] {status}", done.stderr[-2000:]
+
+
+def test_every_command_accepts_quiet():
+    for name in cli.available_commands():
+        module = cli.load_command(name)
+        parser = argparse.ArgumentParser()
+        module.add_arguments(parser)
+        options = {a for action in parser._actions for a in action.option_strings}
+        assert "--quiet" in options, f"msam {name} has no --quiet"
+
+
+def test_epoch_lines_name_the_initial_evaluation_and_resume_says_where_it_starts(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--method", "joint", "--epochs", "2", "--device", "cpu", *SMALL]
+    assert main([*args, "--out", str(out)]) == 0
+    text = "".join(capsys.readouterr())
+    # 2 epochs print 2 epoch lines, plus one line for the evaluation of the initial weights
+    assert text.count("initial evaluation: train loss") == 1, text
+    assert re.findall(r"epoch +(\d+): train loss", text) == ["1", "2"], text
+    assert main(["train", "--resume", str(out), "--device", "cpu"]) == 0
+    text = "".join(capsys.readouterr())
+    assert "already complete (2 of 2 epochs); pass --epochs" in text, text
+    assert main(["train", "--resume", str(out), "--epochs", "3", "--device", "cpu"]) == 0
+    text = "".join(capsys.readouterr())
+    assert "resuming from epoch 2 of 3" in text, text
+    assert re.findall(r"epoch +(\d+): train loss", text) == ["3"], text

@@ -173,9 +173,18 @@ def test_cli_compare_prints_the_table(tmp_path, capsys):
     argv = ["compare", "--methods", "joint", "--seeds", "1", "--out", str(out), "--epochs", "1"]
     argv += ["--batch_size", "32", "--device", "cpu", "--dataset_options.n_train", "64"]
     argv += ["--dataset_options.n_val", "32", "--dataset_options.n_test", "32"]
+    argv[2] = "joint,msam"
     assert main(argv) == 0
-    printed = capsys.readouterr().out
-    assert "| joint | 1 |" in printed and "results.md" in printed
+    printed, err = capsys.readouterr()
+    assert "| joint | 1 |" in printed and "| msam | 1 |" in printed and "results.md" in printed
+    # one overall bar (runs done / total, the run in progress) and a line per finished run
+    # (4 runs: joint, msam, and each modality trained alone)
+    assert "runs: 100%" in err and "4/4" in err and "running msam seed 0" in err, err
+    assert "[1/4] joint seed 0: trained" in printed + err
+    assert "epoch" not in err  # no per-run bars or epoch lines without --verbose
+    assert main([*argv, "--quiet"]) == 0  # every run is reused; nothing but the table
+    printed, err = capsys.readouterr()
+    assert err == "" and "| msam | 1 |" in printed and "[1/4]" not in printed
     assert main([*argv[:2], "jiont", *argv[3:]]) == 2
     assert "unknown method 'jiont'" in capsys.readouterr().err
 

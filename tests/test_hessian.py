@@ -176,6 +176,17 @@ def test_record_blocks_match_exact_block_eigenvalues_and_traces():
     )
 
 
+def test_record_progress_bar_changes_nothing(capsys):
+    model, x, y = _problem()
+    quiet = hessian_record(model, x, y, generator=torch.Generator().manual_seed(3))
+    assert capsys.readouterr().err == ""
+    shown = hessian_record(model, x, y, generator=torch.Generator().manual_seed(3), progress=True)
+    err = capsys.readouterr().err
+    # whole model, two modality blocks and the fusion head: an eigenvalue and a trace each
+    assert "Hessian" in err and f"/{2 * (1 + len(modality_parameter_names(model)))} " in err, err
+    assert shown == quiet
+
+
 def test_record_keeps_mode_and_grads_and_uses_eval_mode():
     model, x, y = _problem()
     model.encoders["audio"].append(nn.Dropout(0.9))  # would make the loss random in train mode

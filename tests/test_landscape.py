@@ -133,6 +133,17 @@ def test_grid_centre_equals_model_loss_in_eval_mode():
     assert result.loss.shape == (5, 5) and result.alphas[2] == 0.0
 
 
+def test_progress_bar_counts_the_grid_and_changes_nothing(capsys):
+    model, x, y = _late(dtype=torch.float64)
+    quiet = compute_landscape(model, x, y, steps=5, span=0.5)
+    assert capsys.readouterr().err == ""
+    for method in ("vmap", "loop"):
+        shown = compute_landscape(model, x, y, steps=5, span=0.5, method=method, progress=True)
+        err = capsys.readouterr().err
+        assert "landscape" in err and "25/25" in err, err  # 5 x 5 points, one sample batch
+        np.testing.assert_allclose(shown.loss, quiet.loss, rtol=1e-12)
+
+
 def test_one_dimensional_curve_of_quadratic_loss_is_the_parabola():
     torch.manual_seed(0)
     model = LinearRegression()
@@ -462,8 +473,11 @@ def test_msam_landscape_command(tmp_path, capsys):
 
     run, _, _ = _fake_run(tmp_path)
     assert main(["landscape", str(run), "--steps", "3", "--pca", "--n-eval", "16"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "epoch0003_pca_2d.npz" in out and "explain" in out
+    assert "landscape" in err and "9/9" in err  # the progress bar: 3 x 3 points
+    assert main(["landscape", str(run), "--steps", "3", "--n-eval", "16", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
     assert (run / "landscapes" / "epoch0003_pca_2d.npz").is_file()
     assert main(["landscape", str(run), "--epoch", "7"]) == 2
     err = capsys.readouterr().err

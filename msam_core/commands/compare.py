@@ -40,7 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--overwrite", action="store_true", help="train every run again, even those in --out"
     )
     parser.add_argument(
-        "--verbose", action="store_true", help="show each run's progress bar and epoch lines"
+        "--verbose", action="store_true", help="also show each run's progress bar and epoch lines"
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bar (runs done / total); the table only"
     )
     parser.add_argument(
         "--jobs",
@@ -90,8 +93,8 @@ def run(args: argparse.Namespace) -> int:
         config=args.config,
         alone=args.alone,
         overwrite=args.overwrite,
-        quiet=not args.verbose,
-        progress=True,
+        quiet=not args.verbose or args.quiet,
+        progress=not args.quiet,
         jobs=args.jobs,
         executor=args.executor,
         ray_address=args.ray_address,

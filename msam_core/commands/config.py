@@ -16,6 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--yaml", action="store_true", help="print the defaults as a YAML config file"
     )
+    parser.add_argument("--quiet", action="store_true", help="the table only, without the hint")
 
 
 def _show(value: object) -> str:
@@ -49,5 +50,6 @@ def run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(TrainConfig().to_dict(), sort_keys=False), end="")
         return 0
     print(describe(args.keys))
-    print("\nSet any key with --key value (msam train --lr 0.1), or in a --config YAML file.")
+    if not args.quiet:
+        print("\nSet any key with --key value (msam train --lr 0.1), or in a --config YAML file.")
     return 0

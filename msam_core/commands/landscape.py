@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-eval", type=int, default=1024, help="evaluation samples (1024)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
     parser.add_argument("--name", default=None, help="file name without .npz (automatic)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         n_eval=args.n_eval,
         device=args.device,
         name=args.name,
+        progress=not args.quiet,
     )
     result = load_landscape(path)
     print(
