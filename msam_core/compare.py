@@ -54,9 +54,9 @@ from msam_core.config import TrainConfig, as_stored, read_config_file, resolve_c
 from msam_core.derived import shares
 from msam_core.executors import Executor, Job, JobResult
 from msam_core.layout import CHECKPOINTS_DIR, LAST_CHECKPOINT, checkpoint_epochs
-from msam_core.methods import get_method
-from msam_core.methods.base import check_modality_count
+from msam_core.methods import build_method, get_method
 from msam_core.record import CONFIG_FILE, SUMMARY_FILE, load_run, write_json_atomic
+from msam_core.rundir import build_run_model
 from msam_core.train import RESUMABLE_KEYS, TrainingDiverged, build_dataset, train
 
 DEFAULT_METHODS = ("joint", "sam", "ogm_ge", "agm", "msam")
@@ -591,9 +591,13 @@ def compare(
     base = resolve_config(config, **overrides)
     if dataset is not None:
         base = base.replace(dataset=dataset)
-    modalities = build_dataset(base).modality_names  # also checks dataset and modalities
+    data = build_dataset(base)  # also checks dataset and modalities
+    modalities = data.modality_names
     for spec in specs:
-        check_modality_count(get_method(spec.method), modalities)
+        # each spec's method on its model: a bad option value (msam[perturb=bogus]) or too few
+        # modalities is refused here, not once per run after the others have trained
+        cfg = spec.config(base, seed_list[0])
+        build_method(spec.method, build_run_model(cfg, data), cfg)
     extra = alone_specs(modalities) if alone and len(modalities) > 1 else []
     out = Path(out).expanduser()
     if (out / CONFIG_FILE).exists():

@@ -229,6 +229,10 @@ def test_method_specs_are_rows_of_their_own_and_reused(tmp_path, train_calls):
         ("msam[rho=-1]", r"rho must be"),
         ("ogm_ge[perturb=all]", r"'perturb' is neither an option of 'ogm_ge'"),
         ("msm[rho=1]", r"unknown method 'msm'"),
+        # option values are the method's to check: refused before the grid runs, not per run
+        ("msam[perturb=bogus]", r"unknown msam perturb 'bogus'"),
+        ("msam[decomposition=split]", r"unknown msam decomposition 'split'"),
+        ("msam[phi_ema=1.5]", r"phi_ema .* must be in \[0, 1\)"),
     ],
 )
 def test_a_bad_spec_is_named_before_anything_is_written(tmp_path, spec, message):
