@@ -8,6 +8,7 @@ modality's parameters and has norm ρ; on early fusion it moves only that modali
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -231,3 +232,18 @@ def test_combine_and_ascent_ends_are_exact():
     torch.testing.assert_close(
         ascent(params, grads, 1.0, masks=[mask])[0], torch.tensor([0.6, 0, 0.8])
     )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_early_fusion_method_built_before_the_model_moves_to_the_gpu():
+    """Lightning builds the method in __init__ and moves the model afterwards: the early-fusion
+    column masks were made on the CPU and must follow the weights."""
+    model = early()
+    cfg = TrainConfig.from_dict({"method": "msam", "rho": 0.3, "lr": 0.1})
+    method = build_method("msam", model, cfg)
+    model.cuda()
+    inputs, targets = tiny_batch(DIMS, 24)
+    inputs, targets = {m: x.cuda() for m, x in inputs.items()}, targets.cuda()
+    record = method.step(model, inputs, targets)
+    assert math.isfinite(record["sharpness"]) and record["dominant"] in DIMS

@@ -61,8 +61,11 @@ def ascent(
     masks = [None] * n if masks is None else list(masks)
     if len(masks) != n or len(grads) != n:
         raise ValueError(f"ascent needs one gradient and one mask per parameter ({n})")
+    # a mask may have been made before the model moved (a method built, then model.to("cuda"),
+    # as Lightning does): it follows the gradient's device
     directions = [
-        g if mask is None else g * mask.to(g.dtype) for g, mask in zip(grads, masks, strict=True)
+        g if mask is None else g * mask.to(device=g.device, dtype=g.dtype)
+        for g, mask in zip(grads, masks, strict=True)
     ]
     scaled = [
         p.detach().abs() * g if a else g for p, g, a in zip(params, directions, flags, strict=True)
