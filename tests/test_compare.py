@@ -241,6 +241,13 @@ def test_a_bad_spec_is_named_before_anything_is_written(tmp_path, spec, message)
     assert not (tmp_path / "cmp").exists()
 
 
+def test_a_method_its_model_cannot_take_is_refused_before_anything_is_written(tmp_path):
+    # OGM-GE needs a unimodal readout, which early fusion lacks
+    with pytest.raises(ValueError, match="early fusion"):
+        compare("synthetic", "joint,ogm_ge", 1, tmp_path / "cmp", fusion="early", **TINY)
+    assert not (tmp_path / "cmp").exists()
+
+
 def test_alone_runs_give_ceiling_headroom_and_recovered(tmp_path):
     out = tmp_path / "cmp"
     table = compare("synthetic", "joint,sam", 2, out, **{**TINY, "alone": True})

@@ -53,22 +53,25 @@ def test_two_local_processes_give_the_sequential_table(tmp_path):
 
 
 def test_a_failed_run_is_a_row_and_the_others_finish(tmp_path):
-    # OGM-GE needs a unimodal readout, which early fusion lacks: that run raises when built
+    # a settings error compare cannot see (it is refused before writing when the method is
+    # built); holding out all 64 training samples is found by the run itself, on its data
     out = tmp_path / "cmp"
-    table = compare("synthetic", "joint,ogm_ge", 1, out, fusion="early", **TINY)
+    spec = "gblending[gb_holdout=0.999]"
+    table = compare("synthetic", f"joint,{spec}", 1, out, alone=False, **TINY)
     runs = pd.read_csv(out / "runs.csv")
-    joint, ogm = (runs.loc[runs["method"] == m].iloc[0] for m in ("joint", "ogm_ge"))
+    joint, bad = (runs.loc[runs["method"] == m].iloc[0] for m in ("joint", spec))
     assert joint["failed"] == 0 and joint["test_acc"] > 0
-    assert ogm["failed"] == 1 and "early fusion" in ogm["error"].lower()
-    assert pd.isna(ogm["test_acc"])
-    assert table.set_index("method").loc["ogm_ge", "failed"] == 1
-    assert "| ogm_ge | 0 (1 failed) |" in (out / "results.md").read_text()
+    assert bad["failed"] == 1 and "gb_holdout" in bad["error"]
+    assert pd.isna(bad["test_acc"])
+    assert table.set_index("method").loc[spec, "failed"] == 1
+    assert f"| {spec} | 0 (1 failed) |" in (out / "results.md").read_text()
 
 
 @pytest.mark.slow
 def test_a_run_failing_in_a_worker_process_is_reported_by_the_cli(tmp_path, capsys):
-    argv = ["compare", "--methods", "joint,ogm_ge", "--seeds", "1", "--out", str(tmp_path / "c")]
-    argv += ["--epochs", "1", "--batch_size", "32", "--device", "cpu", "--fusion", "early"]
+    methods = "joint,gblending[gb_holdout=0.999]"  # the second fails in its run (see above)
+    argv = ["compare", "--methods", methods, "--seeds", "1", "--out", str(tmp_path / "c")]
+    argv += ["--epochs", "1", "--batch_size", "32", "--device", "cpu", "--no-alone"]
     argv += ["--dataset_options.n_train", "64", "--dataset_options.n_val", "32"]
     argv += ["--dataset_options.n_test", "32", "--jobs", "2"]
     assert main(argv) == 1
