@@ -118,11 +118,18 @@ def modality_parameters(model: nn.Module, needed_by: str = "this") -> ModalityPa
                 f"{type(model).__name__}.modality_parameters() returned modalities "
                 f"{sorted(parts)}; it must return one entry per modality of {modalities}"
             )
+        own = {id(p) for p in model.parameters()}
         out: ModalityParameters = {}
         for m in modalities:
             entries = []
             for entry in parts[m]:
                 p, mask = entry if isinstance(entry, tuple) else (entry, None)
+                if id(p) not in own:  # the optimizer would not hold it: refused at build
+                    raise ValueError(
+                        f"{type(model).__name__}.modality_parameters()[{m!r}] holds a tensor of "
+                        f"shape {list(p.shape)} that is not a parameter of the model; return "
+                        "the model's own parameters (e.g. self.layer.weight), not copies"
+                    )
                 if mask is not None and (mask.dtype != torch.bool or mask.shape != p.shape):
                     raise ValueError(
                         f"{type(model).__name__}.modality_parameters()[{m!r}]: a mask must be a "

@@ -223,6 +223,14 @@ def test_a_declared_partition_is_used_and_checked():
     with pytest.raises(ValueError, match="one entry per modality"):
         modality_parameters(Wrong(DIMS))
 
+    class Copied(TinyEarlyFusion):  # a copy of the weight: the model never trains it
+        def modality_parameters(self):
+            copy = torch.nn.Parameter(self.network[0].weight.detach().clone())
+            return {m: [copy] for m in DIMS}
+
+    with pytest.raises(ValueError, match="not a parameter of the model"):  # when built
+        build_method("msam", Copied(DIMS), TrainConfig.from_dict({"method": "msam"}))
+
 
 def test_combine_and_ascent_ends_are_exact():
     g2, g1 = torch.randn(5), torch.randn(5)
