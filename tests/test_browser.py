@@ -1,10 +1,14 @@
 """The notebooks in a real browser: JupyterLab on loopback, driven by headless Chromium.
 
 Starts JupyterLab (token auth, free port, temporary root, settings and workspace) with
-``MSAM_SMOKE=1``, opens the imbalance-lab notebook, runs all cells, checks that the plotly
-figures rendered as SVG, moves a modality-strength slider and checks that the figure it
-drives changed, and saves screenshots in ``$MSAM_SCREENSHOT_DIR`` (default
-``<tmp>/msam_browser/``; the paths are printed, run with ``-s`` to see them).
+``MSAM_SMOKE=1`` and two CPU-burning processes beside it (a loaded machine is where live
+figures used to go blank), opens notebooks 02 and 06, runs them, reloads the page in the
+middle of the imbalance lab's and the monitor's training and checks every figure of the lab,
+the monitor and the run comparer in the browser: its traces and point counts equal those of
+the same figure function drawn from the run's records on disk.  It also moves a
+modality-strength slider and checks that the figure it drives changed, and saves screenshots in
+``$MSAM_SCREENSHOT_DIR``
+(default ``<tmp>/msam_browser/``; the paths are printed, run with ``-s`` to see them).
 
 Needs Debian's Chromium at /usr/bin/chromium (``apt-get install chromium``) and the
 ``playwright`` Python package (dev extras); Playwright's own browser downloads are not used.
@@ -24,6 +28,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import nbformat
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,8 +49,25 @@ CHROMIUM_ARGS = [
 SCREENSHOTS = Path(
     os.environ.get("MSAM_SCREENSHOT_DIR", Path(tempfile.gettempdir()) / "msam_browser")
 )
-START_TIMEOUT_S = 120
-RUN_TIMEOUT_S = 300
+START_TIMEOUT_S = 180
+RUN_TIMEOUT_S = 600
+FIGURE_TIMEOUT_S = 120  # a figure's browser state may trail the kernel's under load
+BURNERS = 2
+# Runs the test reloads the page in the middle of are made longer (in the served copy) so the
+# reload lands mid-run on any machine.  They train in the dashboards' background threads with
+# the kernel idle, as after a press of Start or Run: a kernel inside a blocking cell
+# (``lab.run(wait=True)``, ``monitor.wait()``) would answer the rebuilt page's request for its
+# widgets only once its queued cells end.
+LONG_RUNS = {
+    "02_imbalance_and_msam.ipynb": (
+        "ImbalanceLab(epochs=EPOCHS, dataset_options=DATA,",
+        "ImbalanceLab(epochs=60, dataset_options=dict(DATA, n_train=512),",
+    ),
+    "06_live_dashboard.ipynb": (
+        'method="msam",\n    epochs=EPOCHS,',
+        'method="msam",\n    epochs=40,',
+    ),
+}
 
 pytestmark = pytest.mark.browser
 
@@ -97,12 +120,30 @@ def _write_lab_settings(settings: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
+def burners():
+    """Two processes that keep two cores busy for the whole module (ended by their pid)."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(BURNERS)]
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, burners):
     """JupyterLab on 127.0.0.1 serving a copy of the notebooks; yields (url, token, root)."""
     _require_browser()
     home = tmp_path_factory.mktemp("lab")
     root = home / "root"
     shutil.copytree(ROOT / "notebooks", root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    for name, (short, long) in LONG_RUNS.items():
+        nb = nbformat.read(root / name, as_version=4)
+        cells = [c for c in nb.cells if short in c.source]
+        assert len(cells) == 1, f"{name}: no one cell with {short!r} to lengthen the run in"
+        cells[0].source = cells[0].source.replace(short, long)
+        nbformat.write(nb, root / name)
     _write_lab_settings(home / "settings")
     token = os.urandom(16).hex()
     port = _free_port()
@@ -125,6 +166,7 @@ def lab(tmp_path_factory):
         "--ServerApp.port_retries=0",
         f"--IdentityProvider.token={token}",
         f"--ServerApp.root_dir={root}",
+        "--LabApp.expose_app_in_browser=True",  # window.jupyterapp: commands without menus
     ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         command.append("--allow-root")  # containers often run as root
@@ -185,9 +227,21 @@ def page(browser):
 
 # JS: the y/z arrays of every plotly graph in the open notebook, as one JSON string per graph.
 PLOT_DATA_JS = """(selector) => Array.from(document.querySelectorAll(selector)).map(
-    g => JSON.stringify((g.data || []).map(t => [t.x, t.y, t.z])))"""
-TRACE_COUNTS_JS = """(selector) => Array.from(document.querySelectorAll(selector)).map(
-    g => (g.data || []).length)"""
+    g => JSON.stringify((g._fullData || []).map(t => [t.x, t.y, t.z])))"""
+# JS: every plotly graph under `selector` as [[type, name, points], ...] per trace, read from
+# plotly's own decoded copy of the data (`_fullData`); points as _points counts them below.
+FIGURES_JS = """(selector) => {
+    const len = a => (a == null ? 0 : (a.length || 0));
+    const grid = new Set(['contour', 'surface', 'heatmap']);
+    const points = t => grid.has(t.type)
+        ? Array.from(t.z || []).reduce((s, row) => s + len(row), 0)
+        : Math.max(len(t.x), len(t.y));
+    return Array.from(document.querySelectorAll(selector)).map(g =>
+        (g.data || []).map((t, i) => {
+            const full = (g._fullData || [])[i] || {};
+            return [full.type || t.type || 'scatter', t.name ?? null, points(full)];
+        }));
+}"""
 # JS: prompt of every code cell ("[3]:", "[*]:", "[ ]:").
 PROMPTS_JS = """() => Array.from(
     document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputPrompt')
@@ -195,6 +249,23 @@ PROMPTS_JS = """() => Array.from(
 ERRORS_JS = """() => Array.from(document.querySelectorAll(
     '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
 )).map(e => e.textContent).filter(t => /Traceback|Error/.test(t))"""
+TEXTS_JS = (
+    """(selector) => Array.from(document.querySelectorAll(selector)).map(e => e.textContent)"""
+)
+
+
+def _points(trace) -> int:
+    """Points of one trace: cells of a grid (contour, surface, heatmap), else the longer of x, y."""
+    if trace.type in ("contour", "surface", "heatmap"):
+        return int(np.asarray(trace.z, dtype=float).size)
+    return max(
+        len(trace.x) if trace.x is not None else 0, len(trace.y) if trace.y is not None else 0
+    )
+
+
+def _summary(fig) -> list[list]:
+    """[[type, name, points], ...]: what FIGURES_JS reads in the browser, from a go.Figure."""
+    return [[t.type, t.name, _points(t)] for t in fig.data]
 
 
 def _failure_screenshot(page, name: str) -> Path:
@@ -215,7 +286,23 @@ def _kernel_ready(url: str, token: str, name: str) -> bool:
     )
 
 
-def _open_and_run_all(page, url: str, token: str, name: str) -> None:
+def _wait_for(page, name: str, what: str, ready, timeout_s: float = RUN_TIMEOUT_S):
+    """Poll ``ready()`` until it returns something true; fail with a screenshot on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        errors = page.evaluate(ERRORS_JS)
+        assert errors == [], f"{name}: a cell raised in the browser:\n{errors[0][-2000:]}"
+        value = ready()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            shot = _failure_screenshot(page, name)
+            pytest.fail(f"{name}: {what} not reached after {timeout_s:.0f}s; see {shot}")
+        time.sleep(0.5)
+
+
+def _open(page, url: str, token: str, name: str) -> None:
+    """Open notebook ``name`` and wait for its kernel (the page's, a new or a running one)."""
     page.goto(f"{url}/lab/tree/{name}?token={token}&reset")
     page.wait_for_selector(".jp-NotebookPanel .jp-Notebook .jp-Cell")
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -223,64 +310,157 @@ def _open_and_run_all(page, url: str, token: str, name: str) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"{name}: no idle kernel after {START_TIMEOUT_S}s")
         time.sleep(0.5)
-    # The page may still be connecting to that kernel, and Run All without a connection runs
-    # nothing: press it again until the first cell has started.
-    for _attempt in range(10):
+
+
+def _kernel_busy(url: str, token: str, name: str) -> bool:
+    with urllib.request.urlopen(f"{url}/api/sessions?token={token}", timeout=5) as reply:
+        sessions = json.load(reply)
+    return any(
+        s.get("path", "").endswith(name)
+        and (s.get("kernel") or {}).get("execution_state") == "busy"
+        for s in sessions
+    )
+
+
+def _run(page, url: str, token: str, name: str, item: str) -> None:
+    """Press Run > ``item`` once the page's kernel connection runs it (never twice)."""
+    # The page may still be connecting to its kernel, and a run without a connection runs
+    # nothing; pressing again too early would run every cell twice.  So press again only
+    # when, 30 s after a press, no prompt has changed and the kernel was never seen busy.
+    for _attempt in range(5):
+        before = page.evaluate(PROMPTS_JS)
         page.click(".lm-MenuBar-itemLabel:text-is('Run')")
-        page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
-        try:
-            page.wait_for_function(
-                f"() => {{ const p = ({PROMPTS_JS})(); return p.length && p[0] !== '[ ]:'; }}",
-                timeout=5_000,
-            )
-            break
-        except Exception:  # playwright's TimeoutError: nothing ran yet
-            continue
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while True:
-        prompts = page.evaluate(PROMPTS_JS)
-        done = prompts and all(p.startswith("[") and p[1:-2].strip().isdigit() for p in prompts)
-        errors = page.evaluate(ERRORS_JS)
-        assert errors == [], f"{name}: a cell raised in the browser:\n{errors[0][-2000:]}"
-        if done:
-            return
+        page.click(f".lm-Menu-itemLabel:text-is('{item}')")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if page.evaluate(PROMPTS_JS) != before or _kernel_busy(url, token, name):
+                return
+            time.sleep(0.25)
+    pytest.fail(f"{name}: Run > {item} started no cell")
+
+
+def _cells_done(page, cells: range | None = None) -> bool:
+    """True when the code cells ``cells`` (all by default) show an execution count."""
+    prompts = page.evaluate(PROMPTS_JS)
+    chosen = prompts if cells is None else [prompts[i] for i in cells if i < len(prompts)]
+    return bool(chosen) and all(p.startswith("[") and p[1:-2].strip().isdigit() for p in chosen)
+
+
+def _run_above(page, url: str, token: str, name: str, cell: int) -> None:
+    """Run the code cells above code cell ``cell`` (0-based) and wait until they are done."""
+    page.locator(".jp-CodeCell").nth(cell).locator(".jp-InputPrompt").click()
+    _run(page, url, token, name, "Run All Above Selected Cell")
+    _wait_for(page, name, f"code cells 0-{cell - 1} run", lambda: _cells_done(page, range(cell)))
+
+
+def _open_and_run_all(page, url: str, token: str, name: str) -> None:
+    _open(page, url, token, name)
+    _run(page, url, token, name, "Run All Cells")
+    _wait_for(page, name, "every cell finished", lambda: _cells_done(page))
+
+
+def _save_and_reload(
+    page, url: str, token: str, root: Path, name: str, views: int, running
+) -> None:
+    """Save the notebook (its outputs name the widgets shown) and reload the page mid-run.
+
+    ``views``: widget views the saved file must hold, so the reload brings them back;
+    ``running()``: True while the run is still going; it must be, at the reload.
+    """
+    # JupyterLab's own save command, not the File menu: on a loaded machine a menu click can
+    # take half a minute, and a keyboard shortcut depends on where the focus is.
+    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+
+    def saved() -> bool:
+        return (root / name).read_text().count("application/vnd.jupyter.widget-view+json") >= views
+
+    _wait_for(page, name, f"a saved file with {views} widget views", saved, timeout_s=120)
+    assert running(), f"{name}: the run ended before the page could be reloaded"
+    page.reload()
+    page.wait_for_selector(".jp-NotebookPanel .jp-Notebook .jp-Cell")
+
+
+def _check_figures(page, name: str, selector: str, expected: list[list[list]]) -> None:
+    """Every plotly graph under ``selector`` shows ``expected`` (as :func:`_summary` gives)."""
+    shown: list = []
+
+    def matches() -> bool:
+        nonlocal shown
+        shown = page.evaluate(FIGURES_JS, selector)
+        return shown == expected
+
+    deadline = time.monotonic() + FIGURE_TIMEOUT_S
+    while not matches():
         if time.monotonic() > deadline:
             shot = _failure_screenshot(page, name)
             pytest.fail(
-                f"{name}: cells still running after {RUN_TIMEOUT_S}s: {prompts}; see {shot}"
+                f"{name}: the figures under {selector} differ from the records\n"
+                f"browser: {shown}\nrecords: {expected}\nsee {shot}"
             )
         time.sleep(0.5)
 
 
-def test_imbalance_lab_renders_and_reacts_to_a_slider(page, lab):
-    url, token, _root = lab
-    _open_and_run_all(page, url, token, NOTEBOOK)
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
 
-    # Every displayed plotly figure rendered to SVG: the static figures of joint training and
-    # the lab's four FigureWidgets (strength preview, two Shapley shares, comparison).
-    page.wait_for_selector(".js-plotly-plot .main-svg", state="attached")
-    plots = page.locator(".js-plotly-plot")
-    assert plots.count() >= 6
-    assert page.locator(".js-plotly-plot .main-svg").count() >= plots.count()
-    # After lab.run(wait=True) every lab figure holds traces in the browser, not only in Python.
-    lab_traces = page.evaluate(TRACE_COUNTS_JS, ".msam-imbalance-lab .js-plotly-plot")
-    assert len(lab_traces) == 4 and min(lab_traces) >= 1, lab_traces
+
+def _unfinished(run_dir: Path) -> bool:
+    """True until the run's summary says it finished (also before the run has begun)."""
+    summary = run_dir / "summary.json"
+    return not summary.exists() or json.loads(summary.read_text()).get("finished") is not True
+
+
+def test_imbalance_lab_shows_its_runs_after_a_reload_mid_run(page, lab):
+    """02 under load: reload while the lab trains; every lab figure ends equal to the records."""
+    from msam_viz import compare_curves, load_run, shapley_shares
+    from msam_viz.widgets import strength_preview
+
+    url, token, root = lab
+    trial = root / "runs" / "02_imbalance" / "lab" / "trial_001"
+    _open(page, url, token, NOTEBOOK)
+    _run_above(page, url, token, NOTEBOOK, 5)  # up to the lab, not its blocking lab.run(wait=True)
+    page.locator(".msam-imbalance-lab button.widget-button:has-text('Run')").click()
+    # Mid-run: the lab trains joint, the first run of its trial.
+    _wait_for(page, NOTEBOOK, "the lab training", lambda: _lines(trial / "joint/iterations.jsonl"))
+    _save_and_reload(page, url, token, root, NOTEBOOK, 1, lambda: _unfinished(trial / "msam"))
+
+    # The rebuilt lab follows the trial to its end; its status says when that is.
+    status = ".msam-imbalance-lab .widget-html"
+    _wait_for(
+        page,
+        NOTEBOOK,
+        "the lab's 'done' status",
+        lambda: any("done:" in t for t in page.evaluate(TEXTS_JS, status)),
+    )
+    joint, msam = load_run(trial / "joint"), load_run(trial / "msam")
+    options = joint.config["dataset_options"]
+    strengths = dict(zip(joint.modalities, options["strengths"], strict=True))
+    weakest = min(strengths, key=strengths.get)
+    expected = [
+        strength_preview(strengths, noise=options["noise"]),
+        shapley_shares(joint),
+        shapley_shares(msam),
+        compare_curves([joint, msam], metric=f"acc/{weakest}"),
+    ]
+    _check_figures(
+        page, NOTEBOOK, ".msam-imbalance-lab .js-plotly-plot", [_summary(f) for f in expected]
+    )
 
     # Move the first modality's strength slider with the keyboard, as a reader would.
-    # The FigureWidget's own element is the plotly graph div (classes added in Python land on it).
-    preview = ".msam-strength-preview.js-plotly-plot, .msam-strength-preview .js-plotly-plot"
-    page.wait_for_selector(preview)
+    preview = ".msam-strength-preview .js-plotly-plot"
     before = page.evaluate(PLOT_DATA_JS, preview)
     handle = page.locator(".msam-strength-slider .noUi-handle").first
     handle.scroll_into_view_if_needed()
     handle.focus()
     for _ in range(3):
         handle.press("ArrowLeft")
-    deadline = time.monotonic() + 30
-    while page.evaluate(PLOT_DATA_JS, preview) == before:
-        if time.monotonic() > deadline:
-            pytest.fail("moving the strength slider did not change the preview figure")
-        time.sleep(0.25)
+    _wait_for(
+        page,
+        NOTEBOOK,
+        "a preview changed by the slider",
+        lambda: page.evaluate(PLOT_DATA_JS, preview) != before,
+        timeout_s=60,
+    )
 
     # Outside pytest's temporary tree (pruned after a few sessions), so the image outlives it.
     folder = SCREENSHOTS
@@ -295,25 +475,58 @@ def test_imbalance_lab_renders_and_reacts_to_a_slider(page, lab):
     assert shot.stat().st_size > 10_000
 
 
-def test_live_monitor_figures_fill_in_the_browser(page, lab):
-    """06: training runs in a thread; its records reach the browser's figures as it goes."""
+def _monitor_figures(run) -> list[list[list]]:
+    """What a TrainingMonitor of ``run`` draws, from the records (notebook 06's settings)."""
+    from msam_viz import accuracy_curves, shapley_shares, sharpness_curves
+    from msam_viz.widgets import loss_curve
+
+    figures = [
+        loss_curve(run, smooth_steps=1),
+        shapley_shares(run, smooth_steps=1),
+        accuracy_curves(run),
+    ]
+    if run.method in ("sam", "asam", "msam"):
+        figures.append(sharpness_curves(run, smooth_steps=1))
+    return [_summary(f) for f in figures]
+
+
+def test_live_monitor_and_run_comparer_after_a_reload_mid_run(page, lab):
+    """06 under load: reload while M-SAM trains; the monitors and the comparer match the records."""
+    from msam_viz import load_run
+    from msam_viz.widgets import RunComparer
+
     url, token, root = lab
-    _open_and_run_all(page, url, token, "06_live_dashboard.ipynb")
+    name = "06_live_dashboard.ipynb"
+    runs = root / "runs" / "06_live"
+    _open(page, url, token, name)
+    _run_above(page, url, token, name, 3)  # build and start the monitor, not monitor.wait()
+    # Mid-run: the monitor is shown twice (built, then started) and has recorded a step.
+    _wait_for(page, name, "the monitor training", lambda: _lines(runs / "msam/iterations.jsonl"))
+    _save_and_reload(page, url, token, root, name, 2, lambda: _unfinished(runs / "msam"))
+
+    # Both views of the M-SAM monitor come back from the kernel and show the run's end.
     monitors = ".msam-monitor"
-    page.wait_for_selector(f"{monitors} .js-plotly-plot .main-svg", state="attached")
-    # The first figure of each monitor is its loss curve: x = the steps the run recorded.
-    steps = page.evaluate(
-        """(selector) => Array.from(document.querySelectorAll(selector)).map(m => {
-            const g = m.querySelector('.js-plotly-plot');
-            return g && g.data && g.data.length ? Array.from(g.data[0].x).length : 0; })""",
-        monitors,
+
+    def ended() -> bool:
+        texts = page.evaluate(TEXTS_JS, f"{monitors} .widget-html")
+        return sum("finished" in t for t in texts) >= 2
+
+    _wait_for(page, name, "both M-SAM monitor views 'finished'", ended)
+    expected = _monitor_figures(load_run(runs / "msam"))
+    _check_figures(page, name, f"{monitors} .js-plotly-plot", expected + expected)
+
+    # The rest of the notebook: a joint monitor trained live, then the run comparer.
+    page.locator(".jp-CodeCell").nth(3).locator(".jp-InputPrompt").click()
+    _run(page, url, token, name, "Run Selected Cell and All Below")
+    _wait_for(page, name, "the last cells run", lambda: _cells_done(page, range(3, 6)))
+    joint = load_run(runs / "joint")
+    _check_figures(
+        page, name, f"{monitors} .js-plotly-plot", expected + expected + _monitor_figures(joint)
     )
-    recorded = []
-    for method in ("msam", "joint"):
-        lines = (root / "runs" / "06_live" / method / "iterations.jsonl").read_text()
-        recorded.append(len(lines.splitlines()))
-    # The notebook displays the M-SAM monitor twice (built, then after start) and joint once.
-    assert len(steps) == 3 and min(recorded) > 0, (steps, recorded)
-    assert steps[0] == steps[1] == recorded[0] and steps[2] == recorded[1], (steps, recorded)
-    status = page.locator(f"{monitors} .widget-html").all_inner_texts()
-    assert any("finished" in text for text in status), status
+    comparer = RunComparer([runs / "msam", runs / "joint"])
+    _check_figures(
+        page,
+        name,
+        ".msam-run-comparer .js-plotly-plot",
+        [_summary(comparer.bars.widget.figure), _summary(comparer.curves.widget.figure)],
+    )

@@ -3,12 +3,15 @@
 Each notebook's parameters cell reads ``SMOKE = os.environ.get("MSAM_SMOKE", "0") == "1"``;
 smoke mode shrinks data and epochs so the whole notebook runs in seconds.  Notebooks run in a
 temporary working directory, so the runs they write land there.  There is no allow-list:
-every ``notebooks/*.ipynb`` must run.
+every ``notebooks/*.ipynb`` must run.  An executed notebook, saved with its outputs and widget
+state as nbclient leaves it, must stay under ``MAX_EXECUTED_BYTES``: figures are plotly JSON drawn
+by the front end's plotly, never a copy of plotly.js per figure.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+MAX_EXECUTED_BYTES = 3_000_000
 EXPECTED = (
     "01_quickstart.ipynb",
     "02_imbalance_and_msam.ipynb",
@@ -94,3 +98,11 @@ def test_notebook_runs_in_smoke_mode(path, tmp_path, monkeypatch):
         if out.output_type == "error"
     ]
     assert errors == []
+    saved = tmp_path / path.name
+    nbformat.write(nb, saved)  # outputs and, in its metadata, the state of every widget
+    size = saved.stat().st_size
+    widgets = len(json.dumps(nb.metadata.get("widgets", {})))
+    assert size <= MAX_EXECUTED_BYTES, (
+        f"{path.name} executed is {size / 1e6:.1f} MB (widget state {widgets / 1e6:.1f} MB); "
+        f"the limit is {MAX_EXECUTED_BYTES / 1e6:.0f} MB"
+    )

@@ -1,7 +1,7 @@
 """Dashboards driven without a browser: set controls, press buttons, check the figures.
 
-Widgets are plain Python objects; a FigureWidget keeps its ``data`` and ``layout`` on the
-Python side, so every assertion here is on what the browser would be sent.
+Widgets are plain Python objects; a FigureView keeps the figure it shows (``.figure``) beside
+the synced state the browser draws, so assertions here are on what the browser would be sent.
 """
 
 from __future__ import annotations
@@ -19,40 +19,46 @@ from msam_core import train
 from msam_viz import DEFAULT_STYLE, load_run
 from msam_viz.figures import shapley_shares
 from msam_viz.widgets import ImbalanceLab, LandscapeExplorer, TrainingMonitor
-from msam_viz.widgets._live import BackgroundJob, LiveFigure, RecordBuffer, sync_figure
+from msam_viz.widgets._live import (
+    PLOTLY_MIME,
+    BackgroundJob,
+    FigureView,
+    LiveFigure,
+    RecordBuffer,
+)
 from msam_viz.widgets.run_comparer import RunComparer
 
-# -- sync_figure ----------------------------------------------------------------------------
+# -- FigureView -----------------------------------------------------------------------------
 
 
-def test_sync_updates_traces_in_place_when_structure_matches():
-    widget = go.FigureWidget(go.Figure(go.Scatter(x=[0, 1], y=[1, 2], name="a")))
-    trace = widget.data[0]
-    sync_figure(widget, go.Figure(go.Scatter(x=[0, 1, 2], y=[1, 2, 5], name="a")))
-    assert widget.data[0] is trace  # same trace object: updated, not replaced
-    assert list(widget.data[0].y) == [1, 2, 5]
+def _shown(view):
+    """The figure spec a browser would draw: the view's synced state, as sent (JSON)."""
+    state = json.loads(json.dumps(view.get_state()["outputs"], allow_nan=False))
+    (output,) = state
+    return output["data"][PLOTLY_MIME]
 
 
-def test_sync_replaces_traces_when_structure_changes_and_clears_stale_layout():
-    empty = go.Figure(layout={"xaxis": {"visible": False}, "annotations": [{"text": "none yet"}]})
-    widget = go.FigureWidget(empty)
+def test_figure_view_state_is_the_whole_current_figure():
+    view = FigureView(go.Figure(go.Scatter(x=[0, 1], y=[1, 2], name="a")))
+    assert [t["name"] for t in _shown(view)["data"]] == ["a"]
     drawn = go.Figure(
         [go.Scatter(y=[1, 2], name="a"), go.Bar(y=[3], name="b")],
         layout={"title": {"text": "t"}, "xaxis": {"title": {"text": "step"}}},
     )
-    before = widget
-    sync_figure(widget, drawn)
-    assert widget is before
-    assert [(t.type, t.name) for t in widget.data] == [("scatter", "a"), ("bar", "b")]
-    assert widget.layout.annotations == ()
-    assert widget.layout.xaxis.visible is None  # the empty figure's hidden axis is gone
-    assert widget.layout.xaxis.title.text == "step"
-    assert widget.layout.title.text == "t"
+    assert view.set_figure(drawn) is view
+    # A view made now (late, re-created, after a reload) renders this state: all of it.
+    shown = _shown(view)
+    assert [(t["type"], t["name"]) for t in shown["data"]] == [("scatter", "a"), ("bar", "b")]
+    assert shown["layout"]["title"]["text"] == "t"
+    assert shown["layout"]["xaxis"] == {"title": {"text": "step"}}
+    assert view.figure is drawn
+    # plotly.js is the front end's: the state is the figure alone
+    assert len(json.dumps(view.get_state(), default=str)) < 50_000
 
 
-def test_sync_rejects_a_plain_figure():
-    with pytest.raises(TypeError, match="FigureWidget"):
-        sync_figure(go.Figure(), go.Figure())
+def test_figure_view_rejects_what_is_not_a_figure():
+    with pytest.raises(TypeError, match="a plotly go\\.Figure"):
+        FigureView().set_figure({"data": []})
 
 
 # -- RecordBuffer + LiveFigure --------------------------------------------------------------
@@ -82,22 +88,22 @@ def test_live_figure_grows_with_the_buffer_and_matches_the_static_figure():
     buffer = RecordBuffer(_config())
     live = LiveFigure(shapley_shares, buffer.snapshot())
     widget = live.widget
-    assert len(widget.data) == 0  # no records: the figure's empty message only
+    assert len(widget.figure.data) == 0  # no records: the figure's empty message only
     for step in range(3):
         buffer.add_iteration(_step(step, 0.3, 0.1))
     live.update(buffer.snapshot())
     assert live.widget is widget
-    area = [t for t in widget.data if t.type == "scatter"]
+    area = [t for t in widget.figure.data if t.type == "scatter"]
     assert [t.name for t in area] == ["audio", "visual"]
     assert list(area[0].x) == [0, 1, 2]
     assert list(area[0].y) == pytest.approx([0.75] * 3)  # 0.3 / (0.3 + 0.1)
     buffer.add_iteration(_step(3, 0.0, 0.4))
     live.update(buffer.snapshot())
-    area = [t for t in widget.data if t.type == "scatter"]
+    area = [t for t in widget.figure.data if t.type == "scatter"]
     assert list(area[0].x) == [0, 1, 2, 3]
     assert area[1].y[-1] == pytest.approx(1.0)
     static = shapley_shares(buffer.snapshot())
-    assert [t.name for t in static.data] == [t.name for t in widget.data]
+    assert [t.name for t in static.data] == [t.name for t in widget.figure.data]
     assert live.updates == 3
 
 
@@ -149,8 +155,8 @@ def compare_dir(tmp_path_factory):
     return root
 
 
-def _line(fig, name):
-    (trace,) = [t for t in fig.data if t.name == name and t.type == "scatter"]
+def _line(view, name):
+    (trace,) = [t for t in view.figure.data if t.name == name and t.type == "scatter"]
     return trace
 
 
@@ -168,21 +174,21 @@ def test_run_comparer_draws_the_comparison_figures_and_follows_controls(compare_
     np.testing.assert_allclose(_line(curves, "msam").y, expected)
 
     comparer.curve_metric.value = "acc/visual"
-    assert "visual-only accuracy" in curves.layout.yaxis.title.text
+    assert "visual-only accuracy" in curves.figure.layout.yaxis.title.text
 
     # Untick the seed-1 runs: each method keeps one run, so no sd band is drawn.
     keep = [i for i, r in enumerate(comparer.runs) if r.seed == 0]
     comparer.run_select.value = tuple(keep)
-    assert not [t for t in curves.data if t.name.endswith("±1 sd")]
+    assert not [t for t in curves.figure.data if t.name.endswith("±1 sd")]
     assert "2 runs in 2 groups" in comparer.status.value
 
 
 def test_run_comparer_metrics_panels_and_errors(compare_dir):
     comparer = RunComparer(compare_dir, metrics=["acc"])
-    panels = [a.text for a in comparer.bars.widget.layout.annotations if a.name != "missing"]
+    panels = [a.text for a in comparer.bars.widget.figure.layout.annotations if a.name != "missing"]
     assert panels == ["accuracy"]
     comparer.metric_select.value = ("acc", "switches")
-    panels = [a.text for a in comparer.bars.widget.layout.annotations if a.name != "missing"]
+    panels = [a.text for a in comparer.bars.widget.figure.layout.annotations if a.name != "missing"]
     assert panels == ["accuracy", "dominance switches"]
     with pytest.raises(ValueError, match="unknown metrics"):
         RunComparer(compare_dir, metrics=["grad_norm"])
@@ -206,7 +212,7 @@ def test_monitor_trains_to_the_end_and_live_figures_equal_the_figures_of_the_run
     monitor = TrainingMonitor(method="msam", epochs=2, out=tmp_path / "m", refresh_s=0.05, **FAST)
     widgets = {name: f.widget for name, f in monitor.figures.items()}
     assert set(widgets) == {"loss", "shapley", "accuracy", "sharpness"}
-    assert all(len(w.data) == 0 for w in widgets.values())  # nothing recorded yet
+    assert all(len(w.figure.data) == 0 for w in widgets.values())  # nothing recorded yet
 
     monitor.start_button.click()  # what the Start button does in the browser
     run_dir = monitor.wait(timeout=120)
@@ -216,13 +222,13 @@ def test_monitor_trains_to_the_end_and_live_figures_equal_the_figures_of_the_run
     stored = load_run(run_dir)
     steps = stored.iterations["step"].tolist()
     assert len(steps) == 4  # 2 epochs x 64 samples / batches of 32
-    assert _xs(widgets["loss"], "loss per batch") == [steps]
+    assert _xs(widgets["loss"].figure, "loss per batch") == [steps]
     static = shapley_shares(stored)  # the figure drawn from disk equals the live one
     for name in stored.modalities:
-        (live,) = [t for t in widgets["shapley"].data if t.name == name]
+        (live,) = [t for t in widgets["shapley"].figure.data if t.name == name]
         (ref,) = [t for t in static.data if t.name == name]
         np.testing.assert_allclose(live.y, ref.y)
-    fused = [t for t in widgets["accuracy"].data if t.name.startswith("fused")]
+    fused = [t for t in widgets["accuracy"].figure.data if t.name.startswith("fused")]
     assert fused and all(list(t.x) == [0, 1, 2] for t in fused)
     assert monitor.progress.value == monitor.progress.max == 4
     assert "finished" in monitor.status.value
@@ -276,11 +282,11 @@ def test_monitor_reports_bad_input_and_training_errors(tmp_path):
 
 def test_imbalance_lab_sliders_preview_and_configs(tmp_path):
     lab = ImbalanceLab(strengths=[4.0, 2.0], noise=1.0, epochs=1, out=tmp_path, **FAST)
-    (bars,) = lab.preview.widget.data
+    (bars,) = lab.preview.widget.figure.data
     np.testing.assert_allclose(bars.y, [4.0 * np.sqrt(2), 2.0 * np.sqrt(2)])
     lab.strength["audio"].value = 1.0
     lab.noise.value = 2.0
-    (bars,) = lab.preview.widget.data
+    (bars,) = lab.preview.widget.figure.data
     np.testing.assert_allclose(bars.y, [1.0 * np.sqrt(2) / 2, 2.0 * np.sqrt(2) / 2])
     assert list(bars.marker.color) == [
         DEFAULT_STYLE.modality_color("audio"),
@@ -320,11 +326,11 @@ def test_imbalance_lab_runs_joint_and_msam_and_compares(tmp_path):
     assert [lab.shares["joint"].widget, lab.shares["method"].widget] == figures[:2]
     for key, run_dir in zip(("joint", "method"), dirs, strict=True):
         steps = load_run(run_dir).iterations["step"].tolist()
-        area = [t for t in lab.shares[key].widget.data if t.name in ("audio", "visual")]
+        area = [t for t in lab.shares[key].widget.figure.data if t.name in ("audio", "visual")]
         assert [list(t.x) for t in area] == [steps, steps]
-    lines = {t.name for t in lab.comparison.widget.data}
+    lines = {t.name for t in lab.comparison.widget.figure.data}
     assert {"joint", "msam"} <= lines
-    assert "visual-only" in lab.comparison.widget.layout.yaxis.title.text  # the weak one
+    assert "visual-only" in lab.comparison.widget.figure.layout.yaxis.title.text  # the weak one
     assert ">joint</th>" in lab.summary.value and ">msam</th>" in lab.summary.value
     assert "done" in lab.status.value and lab.draw_error is None
     lab.run(wait=True)
@@ -350,7 +356,7 @@ def test_landscape_explorer_computes_caches_and_switches_views(trained_run):
     explorer.compute(wait=True)
     ls = explorer.landscape
     assert (ls.dims, ls.steps, ls.epoch, ls.span) == (2, 5, 2, 0.5)
-    (contour,) = [t for t in widget.data if t.type == "contour"]
+    (contour,) = [t for t in widget.figure.data if t.type == "contour"]
     # plotly rows are y (β): z[j, i] is the loss at (α_i, β_j)
     np.testing.assert_allclose(np.asarray(contour.z, dtype=float), ls.loss.T, rtol=1e-6)
     path = explorer.path
@@ -359,17 +365,17 @@ def test_landscape_explorer_computes_caches_and_switches_views(trained_run):
 
     explorer.view.value = "3-D surface"  # same grid, new view: no computation
     assert explorer.job is job
-    assert [t.type for t in widget.data if t.type == "surface"] == ["surface"]
+    assert [t.type for t in widget.figure.data if t.type == "surface"] == ["surface"]
     assert explorer.figure.widget is widget
 
     explorer.metric.value = "acc"
-    (surface,) = [t for t in widget.data if t.type == "surface"]
+    (surface,) = [t for t in widget.figure.data if t.type == "surface"]
     assert np.nanmax(np.asarray(surface.z, dtype=float)) <= 1.0
 
     explorer.view.value = "1-D curve"  # needs a 1-D grid: computed in the background
     explorer.compute(wait=True)
     assert explorer.landscape.dims == 1
-    assert [len(t.x) for t in widget.data if t.type == "scatter" and len(t.x) > 1] == [5]
+    assert [len(t.x) for t in widget.figure.data if t.type == "scatter" and len(t.x) > 1] == [5]
 
     explorer.subspace.value = "visual"
     explorer.compute(wait=True)
@@ -391,31 +397,17 @@ def test_landscape_explorer_errors(trained_run, tmp_path):
         LandscapeExplorer(trained_run, view="4-D")
 
 
-def _strict_json(value):
-    """What FigureWidget sends as JSON (1-D numeric arrays go as binary buffers) must be strict."""
-    if isinstance(value, dict):
-        return {k: _strict_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_strict_json(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return None if value.ndim == 1 and value.dtype.kind in "uif" else value.tolist()
-    return value
-
-
-def test_sync_sends_no_nan_over_json():
+def test_figure_view_sends_no_nan_over_json():
     nan = float("nan")
     fig = go.Figure(
         [
             go.Scatter(x=[0, 1, 2], y=[1.0, nan, 3.0], error_y={"array": [0.1, nan, 0.2]}),
-            go.Contour(z=np.array([[1.0, np.nan], [np.inf, 2.0]])),
-            go.Scatter(x=np.arange(3), y=np.array([1.0, np.nan, 2.0])),  # binary: NaN allowed
+            go.Contour(z=[[1.0, nan], [float("inf"), 2.0]]),
+            go.Scatter(x=np.arange(3), y=np.array([1.0, np.nan, 2.0])),  # base64: NaN allowed
         ]
     )
-    widget = sync_figure(go.FigureWidget(), fig)
-    json.dumps(_strict_json(widget.to_plotly_json()), allow_nan=False)  # raises on NaN
-    assert list(widget.data[0].y) == [1.0, None, 3.0]
-    assert [list(row) for row in widget.data[1].z] == [[1.0, None], [None, 2.0]]
-    assert np.isnan(widget.data[2].y[1])
-    fig.data[0].y = [4.0, nan, 6.0]  # the in-place update path is cleaned as well
-    sync_figure(widget, fig)
-    assert list(widget.data[0].y) == [4.0, None, 6.0]
+    shown = _shown(FigureView(fig))  # _shown raises on a NaN in the JSON
+    assert shown["data"][0]["y"] == [1.0, None, 3.0]
+    assert shown["data"][0]["error_y"]["array"] == [0.1, None, 0.2]
+    assert shown["data"][1]["z"] == [[1.0, None], [None, 2.0]]
+    assert shown["data"][2]["y"]["dtype"] == "f8"  # decoded by plotly.js, NaN and all

@@ -1,14 +1,22 @@
-"""Plumbing shared by the dashboards: figures kept live in place, and work off the kernel thread.
+"""Plumbing shared by the dashboards: figures that always show their current state, and work
+off the kernel thread.
 
-- :func:`sync_figure` makes a ``go.FigureWidget`` match a freshly drawn ``go.Figure`` by
-  updating its traces and layout in one ``batch_update`` (one message to the browser); the
-  widget object is never re-created, so a displayed figure keeps its place, zoom and view.
-- :class:`LiveFigure` pairs a figure function of :mod:`msam_viz.figures` with its widget, so
+- :class:`FigureView` is a widget whose synced state *is* the whole figure: one notebook output
+  of plotly's own mime type, drawn by the front end's plotly renderer (the one that draws every
+  static figure).  A view created late, re-created or rebuilt after a page reload renders from
+  that state, so it always shows the current figure.
+- :class:`LiveFigure` pairs a figure function of :mod:`msam_viz.figures` with its view, so
   every dashboard draws with the same code as the static figures.
 - :class:`RecordBuffer` collects step and epoch records as training emits them (any thread) and
   hands out a :class:`~msam_viz.io.Run` snapshot that every figure function accepts.
 - :class:`BackgroundJob` runs a function in a daemon thread and keeps its result or error,
   so a notebook cell returns at once and the kernel stays responsive.
+
+Why not plotly's ``FigureWidget``: it sends its state once, at creation, and every later change
+as a one-shot delta.  A delta that reaches the browser before the widget's front end has loaded
+is dropped, and a view made after a reload renders the creation-time state, so figures stayed
+blank under load.  Each ``FigureWidget`` also stores its own 4.8 MB copy of plotly.js in the
+notebook's widget state.
 
 Widget updates may come from a worker thread: ipywidgets sends comm messages through the
 kernel's IOPub thread, which is thread-safe; a per-figure lock keeps two threads from
@@ -18,7 +26,6 @@ interleaving updates of one figure.
 from __future__ import annotations
 
 import json
-import math
 import threading
 import traceback
 import warnings
@@ -26,97 +33,61 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import ipywidgets as W
 import plotly.graph_objects as go
-from plotly.utils import PlotlyJSONEncoder
+import plotly.io as pio
 
 # One tidy-frame builder for files and live records alike, so live figures equal reloaded ones.
 from msam_core.record import records_frame
 from msam_viz.figures import MissingRecordsWarning
 from msam_viz.io import Run
 
-__all__ = ["BackgroundJob", "LiveFigure", "RecordBuffer", "json_safe", "sync_figure"]
+__all__ = ["BackgroundJob", "FigureView", "LiveFigure", "RecordBuffer", "figure_output"]
+
+#: plotly's mime type; JupyterLab, Notebook 7 and VS Code draw it with their plotly renderer
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Equal as plotly would serialise them (handles numpy arrays inside dicts)."""
-    if a is b:
-        return True
-    try:
-        return json.dumps(a, cls=PlotlyJSONEncoder, sort_keys=True) == json.dumps(
-            b, cls=PlotlyJSONEncoder, sort_keys=True
-        )
-    except (TypeError, ValueError):
-        return False
+def figure_output(fig: go.Figure) -> dict[str, Any]:
+    """``fig`` as one notebook output (``display_data``) in plotly's mime type.
 
-
-def json_safe(value: Any) -> Any:
-    """``value`` with every NaN / inf replaced by None (a gap in plotly), ready for the wire.
-
-    Widget state travels as strict JSON, which has no NaN: plotly sends 1-D numeric numpy
-    arrays as binary buffers (NaN survives), but lists and 2-D arrays (a contour's ``z``) as
-    JSON, where one NaN makes the browser drop the whole message.
+    Strict JSON: NaN and inf become null (a gap), numeric arrays travel base64-encoded; no
+    plotly.js inside, the front end brings its own.
     """
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        if value.ndim == 1 and value.dtype.kind in "uif":
-            return value  # sent as a binary buffer (floats) or holds no NaN (integers)
-        return json_safe(value.tolist())
-    if isinstance(value, float | np.floating) and not math.isfinite(value):
-        return None
-    return value
+    spec = json.loads(pio.to_json(fig, validate=False, remove_uids=False))
+    title = fig.layout.title.text or "plotly figure"
+    return {
+        "output_type": "display_data",
+        "data": {PLOTLY_MIME: spec, "text/plain": f"<figure: {title}>"},
+        "metadata": {},
+    }
 
 
-def _update_props(target: Any, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
-    """Assign changed top-level properties of ``new`` onto ``target``; clear ones ``new`` lacks.
+class FigureView(W.Output):
+    """A plotly figure as a widget whose synced state is the whole figure.
 
-    Whole sub-objects are replaced (``xaxis``, ``line``, …), so nested keys left over from an
-    earlier drawing (an axis hidden while the figure was empty) cannot linger.
+    :meth:`set_figure` replaces that state (one message); the browser redraws every view of it
+    from the state, so there is no delta to lose.  ``figure`` is the ``go.Figure`` shown
+    (read its ``data`` and ``layout`` in Python).
     """
-    for key in old:
-        if key not in new and key != "uid":
-            target[key] = None
-    for key, value in new.items():
-        if key in ("uid", "type"):
-            continue
-        if key not in old or not _same(old[key], value):
-            target[key] = value
 
+    def __init__(self, figure: go.Figure | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.figure = go.Figure()
+        self.set_figure(figure if figure is not None else go.Figure())
 
-def _signature(traces: Any) -> list[tuple[str, Any]]:
-    return [(t.type, t.name) for t in traces]
-
-
-def sync_figure(widget: go.FigureWidget, fig: go.Figure) -> go.FigureWidget:
-    """Make ``widget`` show what ``fig`` shows, in place, with one batched update.
-
-    Traces are updated property by property when ``fig`` has the same traces (types and
-    names, in order) as ``widget``; otherwise they are replaced.  Layout keys ``fig`` lacks
-    are cleared.  Returns ``widget``.
-    """
-    if not isinstance(widget, go.FigureWidget):
-        raise TypeError(f"widget must be a plotly FigureWidget, got {type(widget).__name__}")
-    # Per object, not fig.to_plotly_json(): that base64-encodes arrays, and the widget's
-    # Python side would then hold encoded dicts instead of the arrays users read back.
-    traces = [json_safe(trace.to_plotly_json()) for trace in fig.data]
-    new_layout = json_safe(fig.layout.to_plotly_json())
-    old_layout = widget.layout.to_plotly_json()
-    with widget.batch_update():
-        if _signature(widget.data) == _signature(fig.data):
-            for target, source in zip(widget.data, traces, strict=True):
-                _update_props(target, target.to_plotly_json(), source)
-        else:
-            widget.data = ()
-            widget.add_traces(traces)
-        _update_props(widget.layout, old_layout, new_layout)
-    return widget
+    def set_figure(self, figure: go.Figure) -> FigureView:
+        """Show ``figure`` in every view, present and future; returns ``self``."""
+        if not isinstance(figure, go.Figure):
+            raise TypeError(f"figure must be a plotly go.Figure, got {type(figure).__name__}")
+        output = figure_output(figure)
+        self.figure = figure
+        self.outputs = (output,)
+        return self
 
 
 class LiveFigure:
-    """A ``FigureWidget`` drawn by ``make(run, **options)`` and redrawn in place on :meth:`update`.
+    """A :class:`FigureView` drawn by ``make(run, **options)`` and redrawn on :meth:`update`.
 
     ``make`` is a figure function of :mod:`msam_viz.figures` (or any ``Run -> go.Figure``).
     Updates are serialised by a lock, so a worker thread and the kernel thread may both call
@@ -128,7 +99,7 @@ class LiveFigure:
         self.make = make
         self.options = options
         self._lock = threading.RLock()
-        self.widget = go.FigureWidget()
+        self.widget = FigureView()
         self.updates = 0
         if run is not None:
             self.update(run)
@@ -139,12 +110,12 @@ class LiveFigure:
             warnings.simplefilter("ignore", MissingRecordsWarning)
             return self.make(run, **self.options)
 
-    def update(self, run: Any, **options: Any) -> go.FigureWidget:
-        """Redraw for ``run`` into the existing widget; ``options`` change the figure's options."""
+    def update(self, run: Any, **options: Any) -> FigureView:
+        """Redraw for ``run`` into the existing view; ``options`` change the figure's options."""
         self.options.update(options)
         fig = self.draw(run)
         with self._lock:
-            sync_figure(self.widget, fig)
+            self.widget.set_figure(fig)
             self.updates += 1
         return self.widget
 

@@ -110,6 +110,7 @@ class LandscapeExplorer(W.VBox):
         self.compute_button = W.Button(description="Compute", icon="cogs", button_style="primary")
         self.status = W.HTML("<i>choose settings and press Compute</i>")
         self.figure = LiveFigure(_draw, view=view, metric="loss", log=False, style=style)
+        self.figure.widget.add_class("msam-landscape-view")
 
         self.compute_button.on_click(lambda _b: self.compute())
         for control in (self.view, self.metric, self.log_scale):

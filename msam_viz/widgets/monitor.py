@@ -3,9 +3,10 @@
 Training runs in a background thread (:func:`msam_core.train` with a
 :class:`~msam_core.train.TrainingControl`), so the cell returns at once and the kernel stays
 free.  Every record the loop writes is also handed to a :class:`RecordBuffer`; a refresher
-thread redraws the figures from it a few times a second, in place (``batch_update``), with
-the same figure functions as the static plots: Shapley shares with the dominant modality,
-fused and unimodal accuracy, sharpness, and the loss.
+thread redraws the figures from it a few times a second (each view holds its whole current
+figure, so a reloaded page shows it too), with the same figure functions as the static
+plots: Shapley shares with the dominant modality, fused and unimodal accuracy, sharpness, and
+the loss.
 """
 
 from __future__ import annotations
