@@ -60,12 +60,12 @@ BURNERS = 2
 # widgets only once its queued cells end.
 LONG_RUNS = {
     "02_imbalance_and_msam.ipynb": (
-        "ImbalanceLab(epochs=EPOCHS, dataset_options=DATA,",
-        "ImbalanceLab(epochs=60, dataset_options=dict(DATA, n_train=512),",
+        "epochs=EPOCHS, dataset_options=DATA,",
+        "epochs=60, dataset_options=dict(DATA, n_train=512),",
     ),
     "06_live_dashboard.ipynb": (
         'method="msam",\n    epochs=EPOCHS,',
-        'method="msam",\n    epochs=40,',
+        'method="msam",\n    epochs=100,',
     ),
 }
 
@@ -502,10 +502,20 @@ def test_live_monitor_and_run_comparer_after_a_reload_mid_run(page, lab):
     _run_above(page, url, token, name, 3)  # build and start the monitor, not monitor.wait()
     # Mid-run: the monitor is shown twice (built, then started) and has recorded a step.
     _wait_for(page, name, "the monitor training", lambda: _lines(runs / "msam/iterations.jsonl"))
+    # Paused with its own button, so the reload lands mid-run however fast the machine is.
+    monitors = ".msam-monitor"
+    page.locator(f"{monitors} button.widget-button:has-text('Pause')").first.click()
+    _wait_for(
+        page,
+        name,
+        "the monitor paused",
+        lambda: any("paused" in t for t in page.evaluate(TEXTS_JS, f"{monitors} .widget-html")),
+    )
     _save_and_reload(page, url, token, root, name, 2, lambda: _unfinished(runs / "msam"))
 
-    # Both views of the M-SAM monitor come back from the kernel and show the run's end.
-    monitors = ".msam-monitor"
+    # Both views of the M-SAM monitor come back from the kernel; resumed from the rebuilt page,
+    # they follow the run to its end.
+    page.locator(f"{monitors} button.widget-button:has-text('Resume')").first.click()
 
     def ended() -> bool:
         texts = page.evaluate(TEXTS_JS, f"{monitors} .widget-html")
