@@ -69,6 +69,18 @@ def note(fault: str, *, survived: bool, lost: int = 0, tried: int = 1) -> None:
 
 
 @pytest.fixture(scope="module", autouse=True)
+def one_intra_op_thread():
+    """Children here are forked from a process that ran torch: GNU OpenMP's worker pool does not
+    survive fork, so a child entering a parallel region (a QR, a matmul) waits forever.  With one
+    intra-op thread every region runs in the calling thread.  Set before every run of this module
+    (the reference included), so the runs compared bit for bit share one thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", autouse=True)
 def fault_table():
     yield
     lines = ["| fault | tried | survived | records lost |", "|---|---:|---:|---:|"]
