@@ -69,11 +69,12 @@ class Line:
     record: dict[str, Any] | None
 
 
-def read_lines(path: Path) -> list[Line]:
+def read_lines(path: Path, advice: str = "fix or remove that line, then resume") -> list[Line]:
     """Every non-blank line of ``path`` (``[]`` when it does not exist).
 
     A line that is valid JSON but not a record msam writes (:func:`record_problem`) is a
-    ValueError naming file and line: a hand edit, never something to repair silently.
+    ValueError naming file and line, ending with ``advice``: a hand edit, never something to
+    repair silently.
     """
     if not path.exists():
         return []
@@ -91,7 +92,7 @@ def read_lines(path: Path) -> list[Line]:
                 if problem:
                     raise ValueError(
                         f"{path}, line {number}: {problem}; this file is not a record msam "
-                        "wrote (or was edited by hand): fix or remove that line, then resume"
+                        f"wrote (or was edited by hand): {advice}"
                     )
             lines.append(Line(number, text, record))
     return lines

@@ -37,7 +37,7 @@ import pandas as pd
 from msam_core.atomic import RunWriteError as RunWriteError
 from msam_core.atomic import temp_file_beside as temp_file_beside
 from msam_core.atomic import write_bytes_atomic, write_error
-from msam_core.integrity import RecordsCheck, check_records, record_problem
+from msam_core.integrity import RecordsCheck, check_records, read_lines
 from msam_core.layout import (
     CHECKPOINTS_DIR,
     CONFIG_FILE,
@@ -384,31 +384,18 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     A missing file gives ``[]`` (a run that has not logged anything yet).
     """
     path = Path(path)
-    if not path.exists():
-        return []
     records = []
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                where = "last line" if not line.endswith("\n") else "line"
-                warnings.warn(
-                    f"{path}: skipping unreadable {where} {lineno} (truncated or corrupt "
-                    f"record, e.g. a run killed mid-write): {line[:60]!r}",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-                continue
-            problem = record_problem(record)
-            if problem:
-                raise ValueError(
-                    f"{path}, line {lineno}: {problem}; this file is not a record msam wrote "
-                    f"(or was edited by hand): fix or remove that line"
-                )
-            records.append(record)
+    for line in read_lines(path, advice="fix or remove that line"):
+        if line.record is None:
+            where = "last line" if not line.text.endswith("\n") else "line"
+            warnings.warn(
+                f"{path}: skipping unreadable {where} {line.number} (truncated or corrupt "
+                f"record, e.g. a run killed mid-write): {line.text[:60]!r}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            continue
+        records.append(line.record)
     return records
 
 
