@@ -22,6 +22,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/step_cost.py [--device cuda] [--quick]
     python benchmarks/step_cost.py --threads 0      # the default thread count
+    python benchmarks/step_cost.py --only early --skip-coalitions   # early fusion's rows only
 """
 
 from __future__ import annotations
@@ -194,6 +195,8 @@ def step_costs(args, device) -> None:
         "best times / median of per-round ratios)"
     )
     for label, fusion, dims, batch, goal in SETTINGS:
+        if args.only and not label.startswith(args.only):
+            continue
         for clock_name, clock in clocks:
             t = time_steps(fusion, dims, batch, args, device, clock)
             of_best, of_rounds = ratios(t["msam"], t["sam"])
@@ -296,6 +299,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="fewer rounds (smoke run)")
+    parser.add_argument("--only", default="", help="settings whose label starts with this")
+    parser.add_argument("--skip-coalitions", action="store_true", help="step costs only")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (0: torch's default count)"
     )
@@ -307,7 +312,8 @@ def main() -> None:
     device = torch.device(args.device)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     step_costs(args, device)
-    coalition_cost(args, device)
+    if not args.skip_coalitions:
+        coalition_cost(args, device)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from msam_core.coalitions import all_coalitions, encode_baselines, eval_mode, has_feature_path
+from msam_core.coalitions import (
+    all_coalitions,
+    baseline_inputs,
+    encode_baselines,
+    eval_mode,
+    has_feature_path,
+    has_first_layer_path,
+)
 from msam_core.param_groups import modality_parameters
 
 #: above this many modalities only single-modality and leave-one-out coalitions are compared
@@ -212,6 +219,9 @@ def _check_parameters(model, report: ModelCheck) -> None:
 
 
 def _check_fast_path(model, inputs, out, names, atol, report: ModelCheck) -> None:
+    if has_first_layer_path(model) and not has_feature_path(model):
+        _check_first_layer_path(model, inputs, names, atol, report)
+        return
     if not has_feature_path(model):
         report.add(
             "fast path",
@@ -257,4 +267,37 @@ def _check_fast_path(model, inputs, out, names, atol, report: ModelCheck) -> Non
         else f"feature masking differs from input masking by {worst:.3g} at {where}: encode "
         "must see each modality alone, and fuse must treat an absent modality as the encoding "
         "of its baseline; else drop encode/fuse and input masking is used",
+    )
+
+
+def _check_first_layer_path(model, inputs, names, atol, report: ModelCheck) -> None:
+    """``after_first_layer(Σ_m parts)`` with absent modalities' parts taken on their baselines
+    must equal input masking on every coalition (the first-layer masking path's promise)."""
+    try:
+        parts = model.first_layer_parts(inputs)
+        base = model.first_layer_parts(baseline_inputs(model, inputs))
+    except Exception as err:
+        report.add("fast path", False, f"first_layer_parts raised {type(err).__name__}: {err}")
+        return
+    n = len(names)
+    if n <= _ALL_COALITIONS_UP_TO:
+        coalitions = [torch.tensor(c) for c in all_coalitions(n)]
+    else:
+        eye = torch.eye(n, dtype=torch.bool)
+        coalitions = [*eye, *~eye, torch.ones(n, dtype=torch.bool)]
+    worst, where = 0.0, ""
+    for mask in coalitions:
+        z = sum(parts[m] if mask[i] else base[m] for i, m in enumerate(names))
+        gap = _gap(model.after_first_layer(z), model(inputs, mask.to(z.device)))
+        if gap > worst:
+            worst, where = gap, f"coalition {[m for i, m in enumerate(names) if mask[i]]}"
+    report.add(
+        "fast path",
+        worst <= atol,
+        f"first-layer masking equals input masking on {len(coalitions)} coalitions "
+        f"(largest gap {worst:.2g})"
+        if worst <= atol
+        else f"first-layer masking differs from input masking by {worst:.3g} at {where}: "
+        "first_layer_parts must split the first layer's output by modality (no bias) and "
+        "after_first_layer must apply the bias and the rest of the network",
     )

@@ -59,16 +59,28 @@ def test_a_protocol_model_passes_every_check(capsys):
     assert "feature masking equals input masking on 4 coalitions" in printed
 
 
-def test_an_early_fusion_model_passes_without_a_fast_path():
+def test_an_early_fusion_model_passes_with_its_first_layer_path():
     data = load_dataset("synthetic", n_train=32, n_val=16, n_test=16)
     torch.manual_seed(0)
     model = build_model(data.modalities, data.num_classes, fusion="early")
-    result = check_model(model, data.train.take(torch.arange(16)), quiet=True)
+    batch = data.train.take(torch.arange(16))
+    result = check_model(model, batch, quiet=True)
     assert result.ok, str(result)
     fast = result.checks[-2]
-    assert fast.passed is None and "input masking" in fast.detail
-    # without modality_parameters() the targeted ascent has nothing to perturb: said so
+    assert fast.passed and "first-layer masking equals input masking" in fast.detail
+    # parts that keep the bias (counted once per modality) are caught
+    parts = model.first_layer_parts
+    model.first_layer_parts = lambda x: {
+        m: p + model.first_layer().bias for m, p in parts(x).items()
+    }
+    bad = check_model(model, batch, quiet=True)
+    assert bad.failures[0].name == "fast path" and "after_first_layer" in bad.failures[0].detail
+
+
+def test_a_model_without_a_fast_path_uses_input_masking():
     tiny = check_model(TinyEarlyFusion(DIMS), tiny_batch(DIMS, batch_size=8), quiet=True)
+    assert "input masking" in tiny.checks[-2].detail and tiny.checks[-2].passed is None
+    # without modality_parameters() the targeted ascent has nothing to perturb: said so
     [failure] = tiny.failures
     assert failure.name == "modality parameters" and "modality_parameters()" in failure.detail
 

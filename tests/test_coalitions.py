@@ -279,3 +279,69 @@ def test_cpu_passes_are_cache_sized_by_default():
         coalition_values(model, inputs, targets, "prob", chunk_size=32), values
     )
     assert rows == [31 * batch_size + 1]  # an explicit chunk size: all in one pass
+
+
+# --------------------------------------------------------------------------------------------
+# early fusion: the first layer's linearity
+
+
+def _early_model(dims: dict[str, int], seed: int = 0):
+    torch.manual_seed(seed)
+    specs = [ModalitySpec(m, "vector", (d,)) for m, d in dims.items()]
+    model = build_model(specs, 4, fusion="early")
+    model.set_baselines({m: torch.randn(d) for m, d in dims.items()})  # non-zero baselines
+    return model
+
+
+def _coalition_logits(model, inputs, masking):
+    """Every coalition's logits ``[2**M, B, C]`` by input masking or by the first-layer parts."""
+    masks = coalition_masks(len(model.modalities))
+    with torch.no_grad():
+        if masking == "input":
+            return torch.stack([model(inputs, mask) for mask in masks])
+        parts = model.first_layer_parts(inputs)
+        base = model.first_layer_parts({m: b.unsqueeze(0) for m, b in model.baselines.items()})
+        out = []
+        for mask in masks:
+            z = sum(parts[m] if mask[i] else base[m] for i, m in enumerate(model.modalities))
+            out.append(model.after_first_layer(z).expand(len(parts["a"]), -1))  # ∅: one row
+        return torch.stack(out)
+
+
+def test_early_fusion_first_layer_parts_equal_input_masking():
+    dims = {"a": 7, "b": 5, "c": 9}
+    model = _early_model(dims)
+    inputs, _ = tiny_batch(dims, batch_size=16, seed=3)
+    torch.testing.assert_close(
+        _coalition_logits(model, inputs, "first_layer"),
+        _coalition_logits(model, inputs, "input"),
+        atol=1e-6,
+        rtol=0,
+    )
+
+
+@pytest.mark.parametrize("value", VALUE_KINDS)
+@pytest.mark.parametrize("chunk_size", [None, 1, 3])
+def test_first_layer_masking_equals_input_masking(value, chunk_size):
+    dims = {"a": 7, "b": 5, "c": 9}
+    model = _early_model(dims, seed=1)
+    inputs, targets = tiny_batch(dims, batch_size=24, seed=4)
+    fast = coalition_values(model, inputs, targets, value, "first_layer", chunk_size=chunk_size)
+    slow = coalition_values(model, inputs, targets, value, "input")
+    torch.testing.assert_close(fast, slow, atol=1e-6, rtol=0)
+    auto = coalition_values(model, inputs, targets, value, "auto", chunk_size=chunk_size)
+    torch.testing.assert_close(auto, fast, atol=0, rtol=0)  # auto picks the first-layer path
+    given = {m: torch.full((d,), 0.5) for m, d in dims.items()}  # explicit baselines too
+    torch.testing.assert_close(
+        coalition_values(model, inputs, targets, value, "first_layer", given),
+        coalition_values(model, inputs, targets, value, "input", given),
+        atol=1e-6,
+        rtol=0,
+    )
+
+
+def test_first_layer_masking_needs_the_pair():
+    model = TinyEarlyFusion(DIMS)
+    inputs, targets = tiny_batch(DIMS)
+    with pytest.raises(ValueError, match="first_layer_parts"):
+        coalition_values(model, inputs, targets, masking="first_layer")
