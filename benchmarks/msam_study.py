@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from msam_core.compare import compare, parse_seeds, run_path
+from msam_core.compare import compare, parse_seeds, run_path, weak_modality
 
 
 @dataclass(frozen=True)
@@ -159,8 +159,8 @@ def run_stage(name: str, stage: Stage, out: Path, jobs: int) -> str:
         for c in table.columns
         if c.startswith("alone/") and c.endswith("_mean")
     ]
-    joint_val = val_means(out, "joint", seeds, ["acc", *(f"acc/{m}" for m in modalities)])
-    weak = min(modalities, key=lambda m: joint_val[f"acc/{m}"])
+    joint_val = val_means(out, "joint", seeds, ["acc"])
+    weak = weak_modality(out, seeds, modalities)
     chosen = {"joint": "joint"}
     tuning = []
     for method in KNOBS:

@@ -426,6 +426,33 @@ def add_ceilings(summary: pd.DataFrame, runs: pd.DataFrame, modalities: Sequence
         summary[f"recovered/{m}_std"] = sds
 
 
+def weak_modality(out: str | os.PathLike, seeds: Sequence[int], modalities: Sequence[str]) -> str:
+    """The modality joint training leaves weakest: the lowest mean validation unimodal accuracy
+    ``acc/<m>`` of the runs ``OUT/joint/seed<k>`` at their best-val epochs (ties: the first in
+    ``modalities``).  Read on validation, so choosing it reads no test number; the M-SAM study's
+    rule (README, "Ceilings, headroom and the M-SAM study").
+
+    ValueError when no joint run in ``out`` records a validation unimodal accuracy.
+    """
+    means: dict[str, float] = {}
+    for m in modalities:
+        values = [
+            ((_read_summary(run_path(out, "joint", s)).get("best") or {}).get("val") or {}).get(
+                f"acc/{m}"
+            )
+            for s in seeds
+        ]
+        found = [float(v) for v in values if v is not None and math.isfinite(v)]
+        if found:
+            means[m] = float(np.mean(found))
+    if not means:
+        raise ValueError(
+            f"no joint run in {str(out)!r} (seeds {list(seeds)}) records a validation unimodal "
+            f"accuracy acc/<m> for {list(modalities)}; compare needs 'joint' among its methods"
+        )
+    return min(means, key=means.__getitem__)
+
+
 def summarise(runs: pd.DataFrame, methods: Sequence[str] | None = None) -> pd.DataFrame:
     """Per method: ``seeds``, ``diverged`` and ``<metric>_mean`` / ``<metric>_std`` columns.
 
@@ -494,6 +521,44 @@ def markdown_table(summary: pd.DataFrame) -> str:
                 cells.append(_pm(row[f"{s}_mean"], row[f"{s}_std"]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def headline(summary: pd.DataFrame, modality: str) -> pd.DataFrame:
+    """Per method of ``summary`` (from :func:`compare` with its alone runs), as ``mean ± sd``
+    text over seeds: fused test accuracy (%), ``modality``'s accuracy inside the model (%), the
+    share of its headroom recovered (%), ms per optimisation step and that cost over joint's.
+
+    KeyError naming the missing column when ``summary`` has no ceilings for ``modality``
+    (``compare(alone=False)``, or no ``joint`` row).
+    """
+    needed = [f"recovered/{modality}_mean", f"acc/{modality}_mean", "sec_per_step_mean"]
+    missing = [c for c in needed if c not in summary.columns]
+    if missing:
+        raise KeyError(
+            f"the summary has no {missing}: compare needs 'joint' and its alone runs "
+            f"(alone=True) for the recovered share of {modality!r}"
+        )
+    joint = summary.loc[summary["method"] == "joint", "sec_per_step_mean"]
+    joint_step = float(joint.iloc[0]) if len(joint) else math.nan
+    rows = []
+    for _, row in summary.iterrows():
+        step = row["sec_per_step_mean"]
+        rows.append(
+            {
+                "method": row["method"],
+                "seeds": row["seeds"],
+                "test acc (%)": _pm(row["test_acc_mean"], row["test_acc_std"], 100.0, 1),
+                f"{modality} inside (%)": _pm(
+                    row[f"acc/{modality}_mean"], row[f"acc/{modality}_std"], 100.0, 1
+                ),
+                f"recovered {modality} (%)": _pm(
+                    row[f"recovered/{modality}_mean"], row[f"recovered/{modality}_std"], 1.0, 1
+                ),
+                "ms / step": _pm(step, row["sec_per_step_std"], 1000.0, 2),
+                "× joint": f"{step / joint_step:.2f}" if joint_step > 0 else "–",
+            }
+        )
+    return pd.DataFrame(rows).set_index("method")
 
 
 def write_results(

@@ -271,6 +271,26 @@ def test_alone_runs_give_ceiling_headroom_and_recovered(tmp_path):
     text = (out / "results.md").read_text()
     assert "recovered visual (%)" in text and "alone visual" in text and "probe visual" in text
 
+    # the weak modality is joint's lowest on validation; the headline quotes the summary
+    val = {
+        m: np.mean([_summary(run_path(out, "joint", s))["best"]["val"][f"acc/{m}"] for s in (0, 1)])
+        for m in ("audio", "visual")
+    }
+    weak = compare_module.weak_modality(out, [0, 1], ["audio", "visual"])
+    assert weak == min(val, key=val.__getitem__)
+    head = compare_module.headline(table, weak)
+    assert list(head.index) == ["joint", "sam"] and head.loc["joint", "× joint"] == "1.00"
+    sam = table.set_index("method").loc["sam"]
+    recovered = head.loc["sam", f"recovered {weak} (%)"]
+    if math.isfinite(sam[f"recovered/{weak}_mean"]):
+        assert recovered.startswith(f"{sam[f'recovered/{weak}_mean']:.1f} ± ")
+    step = f"{1000 * sam['sec_per_step_mean']:.2f} ± {1000 * sam['sec_per_step_std']:.2f}"
+    assert head.loc["sam", "ms / step"] == step
+    with pytest.raises(KeyError, match="alone=True"):
+        compare_module.headline(table.drop(columns=f"recovered/{weak}_mean"), weak)
+    with pytest.raises(ValueError, match="'joint' among its methods"):
+        compare_module.weak_modality(out, [0, 1], ["nope"])
+
 
 def test_no_alone_and_single_modality_requests(tmp_path):
     table = compare("synthetic", "joint", 1, tmp_path / "a", **TINY)
