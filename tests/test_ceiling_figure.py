@@ -37,6 +37,15 @@ def test_alone_runs_and_specs_are_drawn_apart_with_the_ceilings_as_lines(tmp_pat
     texts = {a.text for a in fig.layout.annotations}
     assert "visual alone" in texts and "Bayes limit" in texts
 
+    # the alone runs are compared within their multimodal runs' dataset: the ceiling is drawn
+    # on the panel of joint's visual bar, and an alone run shows its accuracy only
+    assert set(table["dataset"]) == {"synthetic"}
+    joint_axis = next(t.yaxis for t in fig.data if t.type == "bar" and t.x[0] == "joint")
+    ceiling = next(s for s in fig.layout.shapes if s.y0 == pytest.approx(alone))
+    assert ceiling.yref.split()[0] == joint_axis
+    every = run_metrics(runs, split="test", at="best")
+    assert set(every.loc[every["group"] == "alone/visual", "metric"]) == {"acc", "acc/visual"}
+
 
 def test_accuracy_curves_draw_the_bayes_limits_of_a_synthetic_run(tmp_path):
     from msam_core.train import train

@@ -73,6 +73,15 @@ def _data_options(run: Any) -> dict[str, str]:
     }
 
 
+def ceiling_modality(run: Any) -> str | None:
+    """``m`` for a run ``msam compare`` trained on modality ``m`` alone (its ``alone/<m>``
+    group, one modality), else None: such a run is the ceiling of the multimodal runs beside
+    it, compared within their dataset, not on a dataset of its own."""
+    group = run_group(run, "method")
+    modality = group[len("alone/") :] if group.startswith("alone/") else ""
+    return modality if modality and run_modalities(run) == [modality] else None
+
+
 def dataset_labels(runs: Any) -> list[str]:
     """The dataset each run is compared within, one label per run.
 
@@ -80,17 +89,23 @@ def dataset_labels(runs: Any) -> list[str]:
     that name apart, when they differ: the modalities (``synthetic (audio+visual+text)``) and
     the ``dataset_options`` that differ (``synthetic (strengths=[8,1])``), so runs on
     different data never pass for seeds of one experiment.  A run that does not record its
-    dataset is labelled ``unknown dataset``.
+    dataset is labelled ``unknown dataset``.  A ``msam compare`` run of one modality alone
+    (:func:`ceiling_modality`) takes the label of the multimodal runs of the same data that
+    hold its modality, when there is exactly one such label.
     """
     runs = as_run_list(runs)
     names = [run_dataset(run) or "unknown dataset" for run in runs]
     mods = ["+".join(run_modalities(run)) for run in runs]
     opts = [_data_options(run) for run in runs]
+    alone = [ceiling_modality(run) for run in runs]
     members: dict[str, list[int]] = {}
     for i, name in enumerate(names):
         members.setdefault(name, []).append(i)
     labels = list(names)
-    for name, idx in members.items():
+    for name, every in members.items():
+        # the ceilings follow their multimodal runs; alone among themselves they are labelled
+        # as any runs are
+        idx = [i for i in every if alone[i] is None] or every
         keys = sorted({k for i in idx for k in opts[i]})
         differing = [k for k in keys if len({opts[i].get(k) for i in idx}) > 1]
         show_mods = len({mods[i] for i in idx}) > 1
@@ -99,7 +114,19 @@ def dataset_labels(runs: Any) -> list[str]:
             parts += [f"{k}={opts[i].get(k, 'default')}" for k in differing]
             if parts:
                 labels[i] = f"{name} ({', '.join(parts)})"
+        for i in (i for i in every if i not in idx):
+            hosts = {
+                labels[j] for j in idx if opts[j] == opts[i] and alone[i] in run_modalities(runs[j])
+            }
+            labels[i] = hosts.pop() if len(hosts) == 1 else f"{name} ({mods[i]})"
     return labels
+
+
+def ceiling_metric(run: Any, metric: str) -> bool:
+    """Whether ``metric`` of ``run`` is drawn: a ceiling run (:func:`ceiling_modality`) shows
+    only its accuracy (``acc`` and ``acc/<m>``); its balance and dominance say nothing."""
+    modality = ceiling_modality(run)
+    return modality is None or metric in ("acc", ACC + modality)
 
 
 def runs_by_dataset(runs: Sequence[Any]) -> dict[str, list[Any]]:
@@ -183,6 +210,8 @@ def run_metrics(
         row = _epoch_row(run, split, at)
         group = run_group(run, by)
         for metric in metrics:
+            if not ceiling_metric(run, metric):
+                continue
             value = _metric_value(run, row, metric)
             if value is None or (isinstance(value, float) and math.isnan(value)):
                 continue
@@ -243,7 +272,7 @@ def epoch_table(
             continue
         rows = epochs.loc[epochs["split"] == split] if "split" in epochs else epochs
         chosen = metrics or [m for m in default_metrics([run]) if m not in DERIVED]
-        cols = [m for m in chosen if m in rows.columns]
+        cols = [m for m in chosen if m in rows.columns and ceiling_metric(run, m)]
         if not cols:
             continue
         long = rows.melt(id_vars=["epoch"], value_vars=cols, var_name="metric").dropna()
