@@ -204,19 +204,23 @@ def _chunks(
 # from logits to values: sums over the batch stay on the device, one transfer per call
 
 
-def value_sums(logits: Tensor, targets: Tensor, n_coalitions: int, value: str) -> Tensor:
+def value_sums(
+    logits: Tensor, targets: Tensor, n_coalitions: int, value: str, per_row: bool = False
+) -> Tensor:
     """Per-coalition sums over the batch ``[K]``, on the logits' device, from logits
     ``[K*B, C]`` of a repeated batch: int64 counts of correct samples (accuracy), else float32
-    sums of the true-class probability / log-probability (= −cross-entropy)."""
+    sums of the true-class probability / log-probability (= −cross-entropy).  ``per_row``: the
+    terms of those sums, ``[K, B]`` (bool for accuracy), instead."""
     batch_size = targets.shape[0]
     per = logits.reshape(n_coalitions, batch_size, logits.shape[-1])
     targets = targets.to(logits.device).long()
     if value == "accuracy":
-        return (per.argmax(2) == targets).sum(1)
-    index = targets.view(1, batch_size, 1).expand(n_coalitions, batch_size, 1)
-    if value == "prob":
-        return per.float().softmax(2).gather(2, index).squeeze(2).sum(1)
-    return per.float().log_softmax(2).gather(2, index).squeeze(2).sum(1)
+        rows = per.argmax(2) == targets
+    else:
+        index = targets.view(1, batch_size, 1).expand(n_coalitions, batch_size, 1)
+        scores = per.float().softmax(2) if value == "prob" else per.float().log_softmax(2)
+        rows = scores.gather(2, index).squeeze(2)
+    return rows if per_row else rows.sum(1)
 
 
 def _means(sums: Tensor, batch_size: int) -> Tensor:
@@ -340,18 +344,21 @@ class _Plan:
         parts = [x] * self.n_full + ([x[:1]] if self.n_empty else [])
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    def sums(self, logits: Tensor, targets: Tensor, value: str) -> Tensor:
-        """Sums over the batch of each value in :attr:`positions` order (:func:`value_sums`)."""
+    def sums(self, logits: Tensor, targets: Tensor, value: str, per_row: bool = False) -> Tensor:
+        """Sums over the batch of each value in :attr:`positions` order (:func:`value_sums`;
+        ``per_row``: their terms, ``[k, B]``)."""
         if logits.ndim != 2 or logits.shape[0] != self.n_rows:
             raise ValueError(
                 f"the model returned logits of shape {list(logits.shape)} for a pass of "
                 f"{self.n_rows} rows; expected one row of logits per input row, [rows, C]"
             )
         split = self.n_full * self.batch_size
-        parts = [value_sums(logits[:split], targets, self.n_full, value)] if self.n_full else []
+        full = logits[:split]
+        parts = [value_sums(full, targets, self.n_full, value, per_row)] if self.n_full else []
         if self.n_empty:
             empty = logits[split:].expand(self.batch_size, -1)  # the one row, every sample
-            empty_sums = value_sums(empty, targets, 1, value).expand(self.n_empty)
+            empty_sums = value_sums(empty, targets, 1, value, per_row)
+            empty_sums = empty_sums.expand(self.n_empty, *empty_sums.shape[1:])
             parts.insert(0 if self.empty_first else len(parts), empty_sums)
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
@@ -398,6 +405,7 @@ def _feature_sums(
     value: str,
     coalitions: Coalitions,
     chunk_size: int | None,
+    per_row: bool = False,
 ) -> tuple[list[Tensor], list[int]]:
     """Feature masking: per-pass sums and the coalition index of each (callers hold no_grad
     and eval mode).  Only ``model.fuse`` runs."""
@@ -410,7 +418,7 @@ def _feature_sums(
     sums, positions = [], []
     for start, plan in _passes(coalitions, chunk_size, batch_size, device, shared):
         stacked = {m: plan.stack(real[m], base[m], i) for i, m in enumerate(modalities)}
-        sums.append(plan.sums(model.fuse(stacked, plan.row_mask), targets, value))
+        sums.append(plan.sums(model.fuse(stacked, plan.row_mask), targets, value, per_row))
         positions += [start + k for k in plan.positions]
     return sums, positions
 
@@ -437,6 +445,7 @@ def _input_sums(
     coalitions: Coalitions,
     baselines: Mapping[str, Tensor] | None,
     chunk_size: int | None,
+    per_row: bool = False,
 ) -> tuple[list[Tensor], list[int]]:
     """Input masking: per-pass sums and the coalition index of each (callers hold no_grad and
     eval mode).
@@ -453,7 +462,7 @@ def _input_sums(
             logits = model(stacked, plan.row_mask)
         else:  # the protocol: model(x, mask) == model(apply_input_mask(x, mask))
             logits = model(apply_input_mask(stacked, plan.row_mask, modalities, baselines))
-        sums.append(plan.sums(logits, targets, value))
+        sums.append(plan.sums(logits, targets, value, per_row))
         positions += [start + k for k in plan.positions]
     return sums, positions
 
@@ -467,6 +476,7 @@ def _first_layer_sums(
     coalitions: Coalitions,
     baselines: Mapping[str, Tensor] | None,
     chunk_size: int | None,
+    per_row: bool = False,
 ) -> tuple[list[Tensor], list[int]]:
     """First-layer masking: per-pass sums and the coalition index of each (callers hold
     no_grad and eval mode).
@@ -496,7 +506,7 @@ def _first_layer_sums(
         if plan.n_empty:
             z.append(base.sum(0, keepdim=True))
         z = z[0] if len(z) == 1 else torch.cat(z)
-        sums.append(plan.sums(model.after_first_layer(z), targets, value))
+        sums.append(plan.sums(model.after_first_layer(z), targets, value, per_row))
         positions += [start + k for k in plan.positions]
     return sums, positions
 
@@ -511,6 +521,7 @@ def coalition_sums(
     baselines: Mapping[str, Tensor] | None = None,
     chunk_size: int | None = None,
     features: Mapping[str, Tensor] | None = None,
+    per_row: bool = False,
 ) -> tuple[list[Tensor], list[int]]:
     """The passes behind :func:`masked_values`, for callers that hold ``torch.no_grad()`` and
     :func:`eval_mode` themselves and add values of their own before the one transfer.
@@ -527,10 +538,12 @@ def coalition_sums(
             features = model.encode(inputs)
         base = model.encode(baseline_inputs(model, inputs, baselines))
         return _feature_sums(
-            model, modalities, features, base, targets, value, coalitions, chunk_size
+            model, modalities, features, base, targets, value, coalitions, chunk_size, per_row
         )
     masked = _first_layer_sums if masking == "first_layer" else _input_sums
-    return masked(model, modalities, inputs, targets, value, coalitions, baselines, chunk_size)
+    return masked(
+        model, modalities, inputs, targets, value, coalitions, baselines, chunk_size, per_row
+    )
 
 
 def coalition_values_from_features(
@@ -716,3 +729,66 @@ def batch_values(
     batch_size = int(targets.shape[0])
     values = mean_values(sums, positions, batch_size)  # the one device-to-host copy
     return mean_over_ranks(values, batch_size, targets.device)
+
+
+def batch_row_values(
+    model: nn.Module,
+    inputs: Mapping[str, Tensor],
+    targets: Tensor,
+    rows: Tensor,
+    value: str = "accuracy",
+    masking: str = "auto",
+    baselines: Mapping[str, Tensor] | None = None,
+    chunk_size: int | None = None,
+    *,
+    logits: Tensor | None = None,
+    features: Mapping[str, Tensor] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`batch_values` on the batch's rows ``rows`` only (int64 indices ``[n]``), with
+    each row's own values: ``(v [2**M], per-row v [2**M, n])``, CPU float64, this rank's alone.
+
+    ``v`` is the mean of the per-row values, summed on the device exactly as
+    :func:`batch_values` sums them, so with every row it is the batch's ``v``.  One
+    device-to-host copy.  The caller averages over ranks (``msam_core.shapley.batch_shapley``
+    does, with φ's standard error over rows).
+    """
+    check_value_kind(value)
+    modalities = _modalities(model)
+    resolved = resolve_masking(model, masking)
+    if logits is None and features is None:
+        check_targets(targets, check_inputs(inputs, modalities))
+    rows = rows.to(targets.device)
+    inputs = {m: inputs[m].index_select(0, rows) for m in modalities}
+    targets = targets.index_select(0, rows)
+    training = training_modules(model)
+    reuse_full = logits is not None and same_in_train_and_eval(model, training)
+    coalitions = all_coalitions(len(modalities))
+    coalitions = coalitions[:-1] if reuse_full else coalitions  # the full one is the last
+    if resolved == "feature" and features is not None:
+        features = {m: features[m].index_select(0, rows) for m in modalities}
+    else:
+        features = None
+    with torch.no_grad(), eval_mode(model, training):
+        terms, positions = coalition_sums(
+            model,
+            inputs,
+            targets,
+            coalitions,
+            value,
+            resolved,
+            baselines,
+            chunk_size,
+            features,
+            per_row=True,
+        )
+    if reuse_full:
+        full = logits.detach().index_select(0, rows)
+        terms.append(value_sums(full, targets, 1, value, per_row=True))
+        positions.append(len(coalitions))
+    terms = torch.cat(terms)  # [2**M, n] in positions order
+    sums = terms.sum(1)  # as value_sums sums them: the same numbers with every row
+    both = torch.cat([sums.double().unsqueeze(1), terms.double()], 1).cpu()
+    ordered = torch.empty_like(both)
+    ordered[torch.tensor(positions)] = both
+    n = int(targets.shape[0])
+    return ordered[:, 0] / n, ordered[:, 1:]

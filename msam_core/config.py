@@ -79,6 +79,7 @@ class TrainConfig:
     adaptive: bool = False
     # Shapley: coalition value v(S)
     shapley_value: str = "accuracy"
+    shapley_rows: int | None = None  # coalition values on this many rows of each batch
     # loop
     batch_size: int = 64
     epochs: int = 10
@@ -157,6 +158,7 @@ class TrainConfig:
             raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
         if self.rho is not None and not (math.isfinite(self.rho) and self.rho >= 0):
             raise ValueError(f"rho must be a finite number >= 0, got {self.rho}")
+        _check_shapley_rows(self.shapley_rows, self.batch_size)
 
     # -- conversion ------------------------------------------------------------------------
 
@@ -208,6 +210,8 @@ DESCRIPTIONS: dict[str, str] = {
     "rho": "ascent radius of the SAM family; unset = the method's own (msam 1.0, sam/asam 0.05)",
     "adaptive": "scale the ascent by |θ| (ASAM's form)",
     "shapley_value": "coalition value v(S) behind φ: accuracy, prob or neg_loss",
+    "shapley_rows": "coalition values on this many seeded rows of each batch (phi_se/<m> "
+    "records the precision lost); None = every row",
     "batch_size": "samples per optimisation step (the global batch)",
     "epochs": "passes over the training data",
     "seed": "seed of the data split, initial weights and data order",
@@ -241,6 +245,23 @@ def as_stored(value: Any) -> Any:
     """``value`` after a JSON round trip (tuples as lists, keys and paths as strings), so a
     config asked for in Python compares equal to the same config read from ``config.json``."""
     return json.loads(json.dumps(value, default=str))
+
+
+def _check_shapley_rows(rows: Any, batch_size: int) -> None:
+    """``shapley_rows`` must be None or a whole number of rows in ``[1, batch_size]``
+    (bools and fractions are refused, not rounded)."""
+    if rows is None:
+        return
+    if isinstance(rows, bool) or not isinstance(rows, int):
+        raise ValueError(
+            f"shapley_rows must be a whole number of rows (1 to batch_size = {batch_size}) or "
+            f"None for every row, got {rows!r} ({type(rows).__name__})"
+        )
+    if not 1 <= rows <= batch_size:
+        raise ValueError(
+            f"shapley_rows must be between 1 and batch_size = {batch_size} (or None for every "
+            f"row), got {rows}"
+        )
 
 
 def _choice(key: str, value: Any, choices: Iterable[str]) -> None:

@@ -120,6 +120,7 @@ class MsamLightningModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.automatic_optimization = False  # the method's step does both SAM passes
+        self.steps_done = 0  # optimisation steps taken (the method's step_index)
         cfg = resolve_config(config, **overrides)
         check_model_matches_data(model, data)
         self.model = model
@@ -166,7 +167,9 @@ class MsamLightningModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> None:
         inputs, targets = batch
         lr = self.method.optimizer.param_groups[0]["lr"]
+        self.method.step_index = self.steps_done  # seeds the step's shapley_rows subset
         record = self.method.step(self.model, inputs, targets)
+        self.steps_done += 1
         self.scheduler.step()
         if self.recorder is not None:
             record = self.recorder.log_step(record, epoch=self.current_epoch + 1, lr=lr)

@@ -31,8 +31,10 @@ import torch
 from torch import Tensor, nn
 
 from msam_core.coalitions import (
+    batch_row_values,
     batch_values,
     coalition_values,
+    is_distributed,
     masked_values,
     mean_over_ranks,
     unwrap,
@@ -258,14 +260,18 @@ class ShapleyResult:
         return balance_weights(self.phi)
 
     def to_record(self) -> dict[str, float | str]:
-        """Iteration keys ``dominant``, ``phi/<m>``, ``weight/<m>`` (docs/design.md,
-        "The run directory")."""
+        """Iteration keys ``dominant``, ``phi/<m>``, ``weight/<m>`` and, when φ is an estimate
+        (a row subset, or sampled permutations), ``phi_se/<m>`` (docs/design.md, "The run
+        directory")."""
         record: dict[str, float | str] = {"dominant": self.dominant}
         weights = self.weights
         for m, name in enumerate(self.modalities):
             record[f"phi/{name}"] = float(self.phi[m])
         for m, name in enumerate(self.modalities):
             record[f"weight/{name}"] = float(weights[m])
+        if self.stderr is not None:
+            for m, name in enumerate(self.modalities):
+                record[f"phi_se/{name}"] = float(self.stderr[m])
         return record
 
 
@@ -323,6 +329,8 @@ def batch_shapley(
     baselines: Mapping[str, Tensor] | None = None,
     chunk_size: int | None = None,
     reuse_first_pass: bool = True,
+    *,
+    rows: Tensor | None = None,
 ) -> ShapleyResult:
     """Shapley values of a training batch, the same on every ``torch.distributed`` rank.
 
@@ -332,10 +340,30 @@ def batch_shapley(
     ``reuse_first_pass=False`` (or ``first=None``) runs every coalition afresh.  Exact for
     ``M <= 10`` (coalition values averaged over ranks); above, sampled as
     :func:`modality_shapley` with φ averaged over ranks.
+
+    ``rows``: int64 indices of the batch's rows to compute the coalition values on (the config's
+    ``shapley_rows``, drawn by :func:`msam_core.rows.row_subset`); the result then carries
+    ``stderr``, φ's standard error as an estimate of the whole batch's φ (:func:`row_shapley`).
     """
     core = unwrap(model)
     modalities = list(core.modalities)
     batch_size = int(targets.shape[0])
+    if rows is not None and len(modalities) <= MAX_EXACT_PLAYERS:
+        return row_shapley(
+            core,
+            inputs,
+            targets,
+            rows,
+            first if reuse_first_pass else None,
+            value,
+            masking,
+            baselines,
+            chunk_size,
+        )
+    if rows is not None:  # sampled φ: on the rows, its stderr that of the permutations
+        inputs = {m: x.index_select(0, rows.to(x.device)) for m, x in inputs.items()}
+        targets = targets.index_select(0, rows.to(targets.device))
+        batch_size = int(targets.shape[0])
     if len(modalities) > MAX_EXACT_PLAYERS:  # sampled; φ averaged over ranks instead
         result = modality_shapley(core, inputs, targets, value, masking, baselines, chunk_size)
         phi = mean_over_ranks(result.phi, batch_size, targets.device)
@@ -353,3 +381,63 @@ def batch_shapley(
         features=(first.features or None) if reuse else None,
     )
     return ShapleyResult.from_values(modalities, values)
+
+
+def row_shapley(
+    model: nn.Module,
+    inputs: Mapping[str, Tensor],
+    targets: Tensor,
+    rows: Tensor,
+    first: FirstPassOutputs | None = None,
+    value: str = "accuracy",
+    masking: str = "auto",
+    baselines: Mapping[str, Tensor] | None = None,
+    chunk_size: int | None = None,
+) -> ShapleyResult:
+    """φ of a training batch from the coalition values of its rows ``rows`` (n of the batch's
+    B), with ``stderr``: φ's standard error as an estimate of the whole batch's φ.
+
+    φ is linear in the values, so it is the mean of the rows' own φ_i = W v_i; drawn without
+    replacement, its variance is ``(1 − n/B) s²/n`` with ``s²`` the rows' sample variance of
+    φ_i (0 when every row is taken; undefined, NaN, for one row of several).  Under
+    ``torch.distributed`` the values are averaged over ranks weighted by n (every rank gets the
+    same φ) and the variances combine as ``Σ n_r² var_r / (Σ n_r)²``.
+    """
+    modalities = list(model.modalities)
+    logits = None if first is None else first.logits
+    features = None if first is None else (first.features or None)
+    values, per_row = batch_row_values(
+        model,
+        inputs,
+        targets,
+        rows,
+        value,
+        masking,
+        baselines,
+        chunk_size,
+        logits=logits,
+        features=features,
+    )
+    n, batch_size = per_row.shape[1], int(targets.shape[0])
+    row_phi = _weight_matrix(len(modalities), "cpu") @ per_row  # [M, n]
+    spread = row_phi.var(1, correction=1) if n > 1 else torch.full((len(modalities),), math.nan)
+    variance = (1.0 - n / batch_size) * spread / n
+    if n == batch_size:
+        variance = torch.zeros_like(variance)
+    values, variance = _rows_over_ranks(values, variance, n, targets.device)
+    return ShapleyResult(modalities, exact_shapley(values), values, variance.sqrt())
+
+
+def _rows_over_ranks(
+    values: Tensor, variance: Tensor, n: int, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Values averaged over ranks weighted by their row counts ``n``, and the variance of that
+    average, ``Σ n_r² var_r / (Σ n_r)²`` (as is without ``torch.distributed``)."""
+    if not is_distributed():
+        return values, variance
+    k = values.shape[0]
+    packed = torch.cat([values * n, variance * n * n, values.new_tensor([n])]).to(device)
+    torch.distributed.all_reduce(packed)
+    packed = packed.cpu()
+    total = packed[-1]
+    return packed[:k] / total, packed[k:-1] / total**2

@@ -319,12 +319,14 @@ def run_step(
     reuse_first_pass: bool = True,
     *,
     backward: bool = True,
+    rows: Tensor | None = None,
 ) -> StepResult:
     """The skeleton of every step: forward at ``θ``, ``optimizer.zero_grad()``, backward
     (``backward=False``: the update takes its own gradients), the batch's Shapley values
     (``value=None``: none; ``masking``, ``baselines``, ``chunk_size``, ``reuse_first_pass`` as
-    :func:`~msam_core.shapley.batch_shapley`), then ``update(first, shapley)``, which changes
-    the parameters.  Returns the :class:`StepResult`, timed over the whole step."""
+    :func:`~msam_core.shapley.batch_shapley`; ``rows``: the batch's rows the coalition values
+    are computed on, :func:`msam_core.rows.row_subset`), then ``update(first, shapley)``,
+    which changes the parameters.  Returns the :class:`StepResult`, timed over the whole step."""
     start = time.perf_counter()
     first = forward_pass(model, inputs, targets, loss_fn)
     optimizer.zero_grad()
@@ -333,7 +335,16 @@ def run_step(
     shapley = None
     if value is not None:
         shapley = batch_shapley(
-            model, inputs, targets, first, value, masking, baselines, chunk_size, reuse_first_pass
+            model,
+            inputs,
+            targets,
+            first,
+            value,
+            masking,
+            baselines,
+            chunk_size,
+            reuse_first_pass,
+            rows=rows,
         )
     done = update(first, shapley)
     elapsed = time.perf_counter() - start
@@ -354,6 +365,8 @@ def plain_step(
     chunk_size: int | None = None,
     reuse_first_pass: bool = True,
     sharpness_rho: float | None = None,
+    *,
+    rows: Tensor | None = None,
 ) -> StepResult:
     """One step of the base optimizer, recording the batch's Shapley values (``value=None``:
     none).  ``sharpness_rho`` adds ℓ(θ+ε) − ℓ(θ) for ε = ρ·g/‖g‖ (one more no-grad forward)."""
@@ -366,7 +379,7 @@ def plain_step(
         return Update(perturbed)
 
     shapley_args = (value, masking, baselines, chunk_size, reuse_first_pass)
-    return run_step(model, optimizer, inputs, targets, update, loss_fn, *shapley_args)
+    return run_step(model, optimizer, inputs, targets, update, loss_fn, *shapley_args, rows=rows)
 
 
 def sam_step(
@@ -380,6 +393,8 @@ def sam_step(
     baselines: Mapping[str, Tensor] | None = None,
     chunk_size: int | None = None,
     reuse_first_pass: bool = True,
+    *,
+    rows: Tensor | None = None,
 ) -> StepResult:
     """One SAM step (``w_d = 1``), recording the batch's Shapley values and sharpness."""
 
@@ -392,7 +407,7 @@ def sam_step(
         return Update(perturbed, 1.0)
 
     shapley_args = (value, masking, baselines, chunk_size, reuse_first_pass)
-    return run_step(model, optimizer, inputs, targets, update, loss_fn, *shapley_args)
+    return run_step(model, optimizer, inputs, targets, update, loss_fn, *shapley_args, rows=rows)
 
 
 #: Where M-SAM's ascent may move: the dominant modality's parameters (the default) or every
@@ -445,6 +460,7 @@ def msam_step(
     perturb: str = "dominant",
     parts: ModalityParameters | None = None,
     average: Callable[[Tensor], Tensor] | None = None,
+    rows: Tensor | None = None,
 ) -> StepResult:
     """One M-SAM step (docs/design.md, "M-SAM step").
 
@@ -468,7 +484,7 @@ def msam_step(
         parts = _modality_parts(unwrap(model), optimizer)
     update = msam_update(model, optimizer, inputs, targets, loss_fn, parts, average)
     shapley_args = (value, masking, baselines, chunk_size, reuse_first_pass)
-    return run_step(model, optimizer, inputs, targets, update, loss_fn, *shapley_args)
+    return run_step(model, optimizer, inputs, targets, update, loss_fn, *shapley_args, rows=rows)
 
 
 def msam_update(

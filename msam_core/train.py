@@ -875,6 +875,7 @@ class _Loop:
                 n_global = min(cfg.batch_size, len(order) - seen)
                 self.grad_weight.share = n_local / n_global
                 seen += n_global
+            method.step_index = state.step  # seeds the step's shapley_rows subset
             with self._autocast():
                 try:
                     out = method.step(self.stepper, inputs, targets)

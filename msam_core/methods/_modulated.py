@@ -77,9 +77,9 @@ class EncoderModulation(Method):
             return Update()
 
         value = self.config.shapley_value
-        record = run_step(model, self.optimizer, inputs, targets, update, value=value).to_record(
-            self.modalities
-        )
+        rows = self.shapley_rows(targets)
+        result = run_step(model, self.optimizer, inputs, targets, update, value=value, rows=rows)
+        record = result.to_record(self.modalities)
         coefs, active = found["coefs"], found["active"]
         for m, name in enumerate(self.modalities):
             for field, values in found["fields"].items():

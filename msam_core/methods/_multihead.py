@@ -175,8 +175,9 @@ class MultiLossMethod(Method):
             return Update()
 
         value = self.config.shapley_value
+        rows = self.shapley_rows(targets)
         result = run_step(
-            core, self.optimizer, inputs, targets, update, value=value, backward=False
+            core, self.optimizer, inputs, targets, update, value=value, backward=False, rows=rows
         )
         record = result.to_record(self.modalities)
         record.update(fields)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from msam_core.rows import row_subset
 from msam_core.suggest import did_you_mean
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -114,6 +115,9 @@ class Method:
     #: model with it unless the run asks for early fusion, which such a method refuses (MLA's
     #: shared head is its architecture, not an option).
     fusion: ClassVar[str | None] = None
+    #: optimisation steps taken before the current one; the loop sets it before each step (a
+    #: resumed run continues the count), and it seeds the step's ``shapley_rows`` subset
+    step_index: int = 0
 
     def __init__(self, model: nn.Module, config: Any) -> None:
         self.model = model
@@ -145,6 +149,18 @@ class Method:
         if key in options:
             return options[key]
         return _get(self.config, key, default)
+
+    def shapley_rows(self, targets: Tensor) -> Tensor | None:
+        """The rows of this step's batch to compute coalition values on: None (every row)
+        unless the config sets ``shapley_rows`` (:func:`msam_core.rows.row_subset`, seeded by
+        the config's ``seed`` and :attr:`step_index`)."""
+        rows = _get(self.config, "shapley_rows", None)
+        if rows is None:
+            return None
+        global_batch = int(_get(self.config, "batch_size", targets.shape[0]))
+        seed = int(_get(self.config, "seed", 0))
+        n = int(targets.shape[0])
+        return row_subset(n, int(rows), global_batch, seed, self.step_index, targets.device)
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the loop before the first step of each epoch (1-based), also after a resume.

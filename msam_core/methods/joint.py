@@ -42,6 +42,7 @@ class JointMethod(Method):
             targets,
             value=self.config.shapley_value,
             sharpness_rho=rho,
+            rows=self.shapley_rows(targets),
         )
         return result.to_record(self.modalities)
 

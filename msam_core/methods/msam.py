@@ -145,7 +145,8 @@ class MsamMethod(Method):
             model, self.optimizer, inputs, targets, parts=self.parts, average=average
         )
         value = self.config.shapley_value
-        result = run_step(model, self.optimizer, inputs, targets, update, value=value)
+        rows = self.shapley_rows(targets)
+        result = run_step(model, self.optimizer, inputs, targets, update, value=value, rows=rows)
         return result.to_record(self.modalities)
 
     def _attributed_step(
@@ -190,7 +191,10 @@ class MsamMethod(Method):
             return Update(float(fused), w, phi if self.phi_ema else None)
 
         value = self.config.shapley_value
-        result = run_step(model, optimizer, inputs, targets, update, value=value, backward=False)
+        rows = self.shapley_rows(targets)
+        result = run_step(
+            model, optimizer, inputs, targets, update, value=value, backward=False, rows=rows
+        )
         return result.to_record(self.modalities)
 
     # -- checkpoints -------------------------------------------------------------------------

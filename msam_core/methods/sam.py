@@ -29,5 +29,6 @@ class SamMethod(Method):
         return sharpness_aware_optimizer(SAM, model, config, type(self).DEFAULT_RHO)
 
     def step(self, model: nn.Module, inputs: Mapping[str, Tensor], targets: Tensor) -> dict:
-        result = sam_step(model, self.optimizer, inputs, targets, value=self.config.shapley_value)
+        value, rows = self.config.shapley_value, self.shapley_rows(targets)
+        result = sam_step(model, self.optimizer, inputs, targets, value=value, rows=rows)
         return result.to_record(self.modalities)
