@@ -15,6 +15,13 @@ updates are built from are public:
    second forward/backward at ``θ + ε`` with batch-norm running statistics frozen; parameters
    restored if anything fails.
 
+Under fp16 (a :func:`~msam_core.optim.scaling.loss_scaling` block, which the loop opens beside
+autocast) :func:`run_step` is the one place that runs the step through the loss scaling: every
+backward pass (its own, the perturbed one, a method's ``scaling.grad``) is scaled and unscaled
+at once, so updates see true gradients; a non-finite gradient skips the whole step before any
+parameter changes (θ restored if the ascent had moved it) and the scale backs off, once per
+step (docs/design.md, "Precision").
+
 :func:`plain_step`, :func:`sam_step` and :func:`msam_step` (docs/design.md, "M-SAM step") are
 the three updates every built-in method uses; OGM-GE / AGM and M-SAM's attributed variant pass
 their own update to :func:`run_step`.  Step time: :attr:`StepResult.time_s` is the skeleton's
@@ -24,6 +31,7 @@ whole ``Method.step`` (the same clock for every method, plug-ins included).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import weakref
@@ -40,6 +48,8 @@ from msam_core.coalitions import check_targets, has_feature_path, unwrap
 from msam_core.masking import check_inputs
 from msam_core.optim.ascent import ascent, perturbed
 from msam_core.optim.sam import MSAM, SAM, Restriction
+from msam_core.optim.scaling import StepSkipped, active_scaling
+from msam_core.optim.scaling import backward as scaled_backward
 from msam_core.param_groups import ModalityParameters, modality_parameters
 from msam_core.shapley import ShapleyResult, balance_weights, batch_shapley, dominant_index
 
@@ -198,7 +208,7 @@ def perturbed_backward(
             loss = loss_fn(model(inputs), targets)
             where = "at θ+ε (second, perturbed pass)"
             value = check_finite_loss(loss, where, unwrap(model), inputs)
-            loss.backward()
+            scaled_backward(loss, _params(optimizer))
     except BaseException:
         optimizer.restore()
         raise
@@ -234,7 +244,9 @@ class StepResult:
     or plain steps asked for sharpness); ``shapley`` the batch's :class:`ShapleyResult` (None
     when not computed); ``dominant_weight`` the w_d the descent used (M-SAM; 1.0 for SAM);
     ``time_s`` the wall time of the whole step in seconds; ``phi_ema`` the averaged φ the
-    step took its dominant modality and weights from, when it did not use the batch's.
+    step took its dominant modality and weights from, when it did not use the batch's;
+    ``loss_scale`` the fp16 loss scale the step's passes were scaled by (None without loss
+    scaling) and ``skipped`` True when a non-finite gradient skipped the step.
     """
 
     loss: float
@@ -243,6 +255,8 @@ class StepResult:
     dominant_weight: float | None = None
     time_s: float = 0.0
     phi_ema: Tensor | None = None
+    loss_scale: float | None = None
+    skipped: bool = False
 
     @property
     def sharpness(self) -> float | None:
@@ -286,6 +300,10 @@ class StepResult:
                     record[f"phi_ema/{name}"] = float(self.phi_ema[m])
         if self.sharpness is not None and math.isfinite(self.sharpness):
             record["sharpness"] = self.sharpness
+        if self.loss_scale is not None:
+            record["loss_scale"] = self.loss_scale
+        if self.skipped:
+            record["skipped"] = True
         record["time/step_s"] = self.time_s
         return record
 
@@ -326,31 +344,49 @@ def run_step(
     (``value=None``: none; ``masking``, ``baselines``, ``chunk_size``, ``reuse_first_pass`` as
     :func:`~msam_core.shapley.batch_shapley`; ``rows``: the batch's rows the coalition values
     are computed on, :func:`msam_core.rows.row_subset`), then ``update(first, shapley)``,
-    which changes the parameters.  Returns the :class:`StepResult`, timed over the whole step."""
+    which changes the parameters.  Returns the :class:`StepResult`, timed over the whole step.
+
+    Under loss scaling (fp16) the step runs in the scaling's step block: the backward passes
+    come out unscaled, and a non-finite gradient ends the update before any parameter changes
+    (:class:`~msam_core.optim.scaling.StepSkipped`, caught here: gradients cleared, the
+    result ``skipped``, the scale backed off)."""
     start = time.perf_counter()
+    scaling = active_scaling()
     first = forward_pass(model, inputs, targets, loss_fn)
     optimizer.zero_grad()
-    if backward:
-        first.loss.backward()
-    shapley = None
-    if value is not None:
-        shapley = batch_shapley(
-            model,
-            inputs,
-            targets,
-            first,
-            value,
-            masking,
-            baselines,
-            chunk_size,
-            reuse_first_pass,
-            rows=rows,
-        )
-    done = update(first, shapley)
+    scale = None if scaling is None else scaling.scaler.get_scale()
+    done, skipped, shapley = Update(), False, None
+    shapley_args = (value, masking, baselines, chunk_size, reuse_first_pass)
+    try:
+        with contextlib.nullcontext() if scaling is None else scaling.step(optimizer):
+            if backward:
+                _backward(first.loss, optimizer)
+            if value is not None:
+                shapley = batch_shapley(model, inputs, targets, first, *shapley_args, rows=rows)
+            done = update(first, shapley)
+    except StepSkipped:
+        optimizer.zero_grad()
+        skipped = True
     elapsed = time.perf_counter() - start
     return StepResult(
-        first.value, shapley, done.loss_perturbed, done.dominant_weight, elapsed, done.phi_ema
+        first.value,
+        shapley,
+        done.loss_perturbed,
+        done.dominant_weight,
+        elapsed,
+        done.phi_ema,
+        scale,
+        skipped,
     )
+
+
+def _params(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def _backward(loss: Tensor, optimizer: torch.optim.Optimizer) -> None:
+    """``loss.backward()``, through the loss scaling when one is in force."""
+    scaled_backward(loss, _params(optimizer))
 
 
 def plain_step(

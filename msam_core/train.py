@@ -67,6 +67,7 @@ from msam_core.evaluate import balance_entropy, evaluate_split
 from msam_core.landscape import compute_landscape
 from msam_core.layout import BEST_CHECKPOINT, SPLITS
 from msam_core.methods import Method, build_method
+from msam_core.optim.scaling import LossScaling, loss_scaling
 from msam_core.record import CONFIG_FILE, RunWriter
 
 # checkpoint I/O and model rebuilding live in msam_core.rundir; importable from here as before
@@ -452,6 +453,7 @@ def _train(
     scheduler = build_scheduler(scheduled, cfg, steps_per_epoch)
     data_generator = torch.Generator().manual_seed(cfg.seed)
     probe = _probe_batch(dataset.train, cfg.probe_size, device)
+    scaling = build_scaling(cfg.precision, device)
 
     # 4. the run directory: fresh, or restored from the last checkpoint
     if out is None:
@@ -482,6 +484,8 @@ def _train(
             method.optimizer.load_state_dict(ckpt["optimizer"])
             method.load_state_dict(ckpt["method_state"])
             scheduler.load_state_dict(ckpt["scheduler"])
+            if scaling is not None:  # the loss scale and its growth count continue exactly
+                scaling.load_state_dict(ckpt["scaler"])
         except (RuntimeError, KeyError, ValueError) as err:
             raise CheckpointError(
                 f"checkpoint {str(point.path)!r} does not fit the run its config builds "
@@ -532,6 +536,7 @@ def _train(
         model=model,
         method=method,
         scheduler=scheduler,
+        scaling=scaling,
         data_generator=data_generator,
         probe=probe,
         writer=writer,
@@ -555,18 +560,22 @@ def _train(
 
 
 def check_precision(precision: str, device: torch.device) -> None:
-    """fp16 autocast needs CUDA (and a gradient scaler through both SAM passes); bf16 and fp32
-    run anywhere.  ValueError saying what to use instead."""
+    """fp16 (autocast with a loss scaler) runs on CUDA only; bf16 and fp32 run anywhere.
+    ValueError saying what to use instead."""
     if precision == "fp16" and device.type != "cuda":
         raise ValueError(
             f"precision fp16 needs a CUDA device (the device is {device.type}); on the CPU use "
             "--precision bf16 (autocast) or fp32"
         )
-    if precision == "fp16":
-        raise ValueError(
-            "precision fp16 needs a gradient scaler that both SAM passes respect, which the "
-            "step does not have yet; use --precision bf16 (no scaler needed) or fp32"
-        )
+
+
+def build_scaling(precision: str, device: torch.device) -> LossScaling | None:
+    """fp16's loss scaling (a ``torch.amp.GradScaler`` with torch's defaults, through every
+    backward pass of a step: :mod:`msam_core.optim.scaling`); None for fp32 and bf16, whose
+    range needs none."""
+    if precision != "fp16":
+        return None
+    return LossScaling(torch.amp.GradScaler(device.type))
 
 
 def check_world(
@@ -753,6 +762,7 @@ class _Loop:
     model: nn.Module
     method: Method
     scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaling: LossScaling | None  # fp16's loss scaling, through every pass of a step
     data_generator: torch.Generator
     probe: tuple[dict[str, Tensor], Tensor]  # the fixed batch of the periodic measures
     writer: RunWriter | None  # None on ranks other than 0
@@ -840,9 +850,28 @@ class _Loop:
         )
 
     def _autocast(self):
-        if self.cfg.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.cfg.precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
+            # no cast cache: a step changes weights in place (SAM's θ+ε, MLA's sub-steps), and
+            # a cached half copy of θ would make the second pass run at θ again
+            return torch.autocast(self.device.type, dtype=dtype, cache_enabled=False)
         return contextlib.nullcontext()
+
+    def _scaled_step(self, inputs: Mapping[str, Tensor], targets: Tensor) -> dict[str, Any]:
+        """``method.step`` under the run's autocast and loss scaling (fp16).  A method whose
+        step takes its gradients outside the step skeleton (``msam_core.step.run_step``) would
+        train fp16 unscaled: refused at its first step."""
+        scaling = self.scaling
+        before = None if scaling is None else scaling.steps
+        with self._autocast(), loss_scaling(scaling):
+            out = self.method.step(self.stepper, inputs, targets)
+        if scaling is not None and scaling.steps == before:
+            raise RuntimeError(
+                f"method {self.cfg.method!r} took its gradients outside msam_core.step.run_step, "
+                "so fp16's loss scaling never saw them; build its step on run_step (and "
+                "msam_core.optim.scaling.grad for gradients of its own), or use --precision bf16"
+            )
+        return out
 
     def _steps_per_epoch(self) -> int:
         return math.ceil(len(self.dataset.train) / self.cfg.batch_size)
@@ -876,13 +905,12 @@ class _Loop:
                 self.grad_weight.share = n_local / n_global
                 seen += n_global
             method.step_index = state.step  # seeds the step's shapley_rows subset
-            with self._autocast():
-                try:
-                    out = method.step(self.stepper, inputs, targets)
-                except Exception as err:
-                    if not _is_non_finite_error(err):
-                        raise
-                    out = {"loss": float("nan")}
+            try:
+                out = self._scaled_step(inputs, targets)
+            except Exception as err:
+                if not _is_non_finite_error(err):
+                    raise
+                out = {"loss": float("nan")}
             step_s = time.perf_counter() - t0
             if self.world.active:
                 out = _global_batch_record(out, n_local, self.world)
@@ -1145,6 +1173,7 @@ class _Loop:
             "method_state": self.method.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": _rng_state(),
+            **({} if self.scaling is None else {"scaler": self.scaling.state_dict()}),
             "data_order": order,
             "epoch": epoch,
             "step": self.state.step,

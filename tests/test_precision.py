@@ -1,5 +1,6 @@
-"""``precision`` (fp32 | bf16 | fp16) and ``compile``: bf16 autocast on the CPU tracks fp32,
-fp16 on the CPU is refused with what to use instead, and records stay device-independent."""
+"""``precision`` (fp32 | bf16 | fp16) and ``compile``: bf16 autocast on the CPU tracks fp32 (SAM's
+second pass included), fp16 on the CPU is refused with what to use instead, and records stay
+device-independent.  fp16's loss scaling is tested at the step level in test_loss_scaling.py."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from msam_core.config import TrainConfig
+from msam_core.optim import SAM
 from msam_core.rundir import load_checkpoint
 from msam_core.train import train
 
@@ -39,6 +43,30 @@ def test_bf16_autocast_on_cpu_tracks_fp32(tmp_path):
     weights = load_checkpoint(tmp_path / "bf16" / "checkpoints" / "last.pt")["model"]
     assert all(v.dtype == torch.float32 for v in weights.values() if v.is_floating_point())
     assert all(v.device.type == "cpu" for v in weights.values())
+
+
+def test_the_perturbed_pass_under_autocast_runs_at_theta_plus_eps(tmp_path):
+    """autocast caches half copies of the weights; SAM moves θ in place inside the step, so a
+    cached copy made the second pass run at θ again (sharpness exactly 0 under bf16)."""
+    full = _iterations(train({**TINY, "method": "sam"}, out=tmp_path / "fp32", quiet=True))
+    half = _iterations(
+        train({**TINY, "method": "sam", "precision": "bf16"}, out=tmp_path / "bf16", quiet=True)
+    )
+    for a, b in zip(full, half, strict=True):
+        assert b["sharpness"] == pytest.approx(a["sharpness"], rel=0.05)
+    # a user's own autocast (cache on): the SAM optimizer drops the cache when θ moves
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    optimizer = SAM(model.parameters(), torch.optim.SGD, rho=0.5, lr=0.1)
+    x, y = torch.randn(16, 4), torch.randint(3, (16,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        F.cross_entropy(model(x), y).backward()
+        before = F.cross_entropy(model(x), y)
+        optimizer.first_step(zero_grad=True)
+        after = F.cross_entropy(model(x), y)
+        after.backward()
+        optimizer.second_step()
+    assert float(after) > float(before)
 
 
 def test_fp16_on_cpu_is_refused_before_anything_is_written(tmp_path):

@@ -70,10 +70,11 @@ class EncoderModulation(Method):
         def update(first: FirstPass, shapley: ShapleyResult | None) -> Update:
             coefs, fields = self.readout(model, inputs, targets, first.features)
             active = self.window.active(self.epoch)
+            # recorded before the step: an fp16 step skipped at the optimizer step keeps them
+            found.update(coefs=coefs, fields=fields, active=active)
             if active:
                 self.modulate(coefs)
             self.optimizer.step()
-            found.update(coefs=coefs, fields=fields, active=active)
             return Update()
 
         value = self.config.shapley_value

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from msam_core.batches import fetch_batch
 from msam_core.coalitions import eval_mode, has_feature_path, is_distributed, unwrap
 from msam_core.methods.base import Method, build_base_optimizer
+from msam_core.optim.scaling import grad as scaled_grad
 from msam_core.param_groups import has_modality_groups
 from msam_core.shapley import ShapleyResult
 from msam_core.step import FirstPass, Update, check_finite_loss, run_step
@@ -48,8 +49,9 @@ def trainable(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
 
 
 def gradients(loss: Tensor, params: Sequence[nn.Parameter], retain_graph: bool) -> list[Tensor]:
-    """``∂loss/∂p`` for each of ``params`` (zeros where ``loss`` does not depend on ``p``)."""
-    grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
+    """``∂loss/∂p`` for each of ``params`` (zeros where ``loss`` does not depend on ``p``);
+    under fp16 taken through the step's loss scaling and returned unscaled."""
+    grads = scaled_grad(loss, params, retain_graph=retain_graph)
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
 
 

@@ -50,6 +50,8 @@ from msam_core.methods.base import Method, sharpness_aware_optimizer
 from msam_core.methods.registry import register_method
 from msam_core.modulation import mono_modal_responses
 from msam_core.optim.sam import MSAM, Restriction
+from msam_core.optim.scaling import backward as scaled_backward
+from msam_core.optim.scaling import grad as scaled_grad
 from msam_core.param_groups import modality_parameters
 from msam_core.shapley import ShapleyResult, balance_weights, dominant_index
 from msam_core.step import (
@@ -183,7 +185,7 @@ class MsamMethod(Method):
                     loss_d, _, fused = attributed_losses(logits, targets, d)
                     where = "at θ+ε (second, perturbed pass)"
                     check_finite_loss(fused, where, unwrap(model), inputs)
-                    loss_d.backward()
+                    scaled_backward(loss_d, params)
             except BaseException:
                 optimizer.restore()
                 raise
@@ -214,7 +216,8 @@ class MsamMethod(Method):
 
 
 def _grads(loss: Tensor, params: list[nn.Parameter], retain_graph: bool = False) -> list:
-    """``∂loss/∂p`` for each of ``params``; None for frozen or unused ones."""
+    """``∂loss/∂p`` for each of ``params``; None for frozen or unused ones (unscaled under
+    fp16's loss scaling)."""
     need = [p for p in params if p.requires_grad]
-    found = iter(torch.autograd.grad(loss, need, retain_graph=retain_graph, allow_unused=True))
+    found = iter(scaled_grad(loss, need, retain_graph=retain_graph))
     return [next(found) if p.requires_grad else None for p in params]

@@ -89,6 +89,7 @@ def move(params: Sequence[Tensor], eps: Sequence[Tensor]) -> list[Tensor]:
     saved = [p.detach().clone() for p in params]
     for p, e in zip(params, eps, strict=True):
         p.add_(e)
+    torch.clear_autocast_cache()  # under autocast, half copies of θ cached would be reused
     return saved
 
 
@@ -97,6 +98,7 @@ def restore(params: Sequence[Tensor], saved: Sequence[Tensor]) -> None:
     """Copy the values :func:`move` saved back into ``params`` (exact)."""
     for p, theta in zip(params, saved, strict=True):
         p.copy_(theta)
+    torch.clear_autocast_cache()
 
 
 @contextmanager

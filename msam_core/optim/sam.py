@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from msam_core.optim.ascent import ascent, combine
+from msam_core.optim.scaling import check_gradients
 
 Closure = Callable[[], Tensor]
 #: The parameters an ascent may move, each with a bool mask of its shape or None (all of it).
@@ -90,6 +91,7 @@ class _SharpnessAware(torch.optim.Optimizer):
             raise RuntimeError(
                 "first_step found no gradients: call loss.backward() on the loss at θ first"
             )
+        check_gradients()  # fp16: an overflowed g skips the step before θ moves
         group_of = {p: group for group in self.param_groups for p in group["params"]}
         if only is None:  # the whole model: the parameters that have a gradient
             chosen = [(p, None) for p in with_grad]
@@ -113,6 +115,7 @@ class _SharpnessAware(torch.optim.Optimizer):
             # θ kept by copy (buffers reused step to step): the restore is exact, unlike θ+ε−ε
             torch._foreach_copy_([self._theta_buffer(p) for p in moved], moved)
             torch._foreach_add_(moved, eps)
+            torch.clear_autocast_cache()  # under autocast, half copies of θ cached would be reused
         self._moved = moved
         self._ascended = True
         if self._keeps_first_grad:  # moved, not copied: the next backward starts at 0
@@ -136,6 +139,7 @@ class _SharpnessAware(torch.optim.Optimizer):
         """Copy ``θ`` back into the parameters the ascent moved; forget the step's state."""
         if self._moved:
             torch._foreach_copy_(self._moved, [self._theta[p] for p in self._moved])
+            torch.clear_autocast_cache()
         self._moved, self._params, self._firsts = [], [], []
         self._ascended = False
 
