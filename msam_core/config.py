@@ -85,7 +85,7 @@ class TrainConfig:
     epochs: int = 10
     seed: int = 0
     device: str = "auto"
-    precision: str = "fp32"  # fp32, bf16 (autocast) or fp16 (autocast, CUDA only)
+    precision: str = "fp32"  # fp32, bf16 (autocast) or fp16 (autocast + GradScaler, CUDA only)
     compile: bool = False  # run the model through torch.compile
     num_workers: int = 0  # DataLoader processes reading file-backed items; 0 = main process
     # evaluation, checkpoints, measurement
@@ -216,7 +216,7 @@ DESCRIPTIONS: dict[str, str] = {
     "epochs": "passes over the training data",
     "seed": "seed of the data split, initial weights and data order",
     "device": "auto, cpu, cuda, cuda:N or mps",
-    "precision": "fp32, bf16 (autocast, CPU or CUDA) or fp16 (autocast, CUDA only)",
+    "precision": "fp32, bf16 (autocast, CPU or CUDA) or fp16 (autocast + GradScaler, CUDA only)",
     "compile": "run the model through torch.compile (where this torch build supports it)",
     "num_workers": "DataLoader processes reading file-backed data; 0 = the main process",
     "eval_every": "evaluate train / val / test every k epochs (and at the last)",

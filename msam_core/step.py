@@ -360,7 +360,7 @@ def run_step(
     try:
         with contextlib.nullcontext() if scaling is None else scaling.step(optimizer):
             if backward:
-                _backward(first.loss, optimizer)
+                scaled_backward(first.loss, _params(optimizer))
             if value is not None:
                 shapley = batch_shapley(model, inputs, targets, first, *shapley_args, rows=rows)
             done = update(first, shapley)
@@ -368,25 +368,12 @@ def run_step(
         optimizer.zero_grad()
         skipped = True
     elapsed = time.perf_counter() - start
-    return StepResult(
-        first.value,
-        shapley,
-        done.loss_perturbed,
-        done.dominant_weight,
-        elapsed,
-        done.phi_ema,
-        scale,
-        skipped,
-    )
+    measured = (done.loss_perturbed, done.dominant_weight, elapsed, done.phi_ema)
+    return StepResult(first.value, shapley, *measured, loss_scale=scale, skipped=skipped)
 
 
 def _params(optimizer: torch.optim.Optimizer) -> list[Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"]]
-
-
-def _backward(loss: Tensor, optimizer: torch.optim.Optimizer) -> None:
-    """``loss.backward()``, through the loss scaling when one is in force."""
-    scaled_backward(loss, _params(optimizer))
 
 
 def plain_step(

@@ -1,4 +1,5 @@
-"""On a CUDA device: a run equals the CPU run, bf16 autocast steps, and DDP over NCCL on one GPU.
+"""On a CUDA device: a run equals the CPU run, bf16 autocast steps, fp16 steps with their loss
+scaling (every method), and DDP over NCCL on one GPU.
 
 Marked ``gpu`` and skipped where CUDA is absent; ``benchmarks/gpu_check.sh`` runs them on a GPU
 machine together with the CUDA benchmarks.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ import torch.distributed as dist
 
 from msam_core.data.base import ModalitySpec
 from msam_core.distributed import GradWeight, weighted_grad_hook
+from msam_core.methods import method_names
 from msam_core.models import build_model
 from msam_core.rundir import load_checkpoint
 from msam_core.train import train
@@ -60,6 +63,28 @@ def test_bf16_autocast_on_cuda_tracks_fp32(tmp_path):
         assert b["loss"] == pytest.approx(a["loss"], rel=0.02)
         for m in ("audio", "visual"):
             assert b[f"phi/{m}"] == pytest.approx(a[f"phi/{m}"], abs=0.1)
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_fp16_with_loss_scaling_on_cuda_tracks_fp32(tmp_path, method):
+    cuda = {**TINY, "device": "cuda", "method": method}
+    full = _iterations(train(cuda, out=tmp_path / "fp32", quiet=True))
+    run = train({**cuda, "precision": "fp16"}, out=tmp_path / "fp16", quiet=True)
+    half = _iterations(run)
+    assert all(r["loss_scale"] >= 1 for r in half)
+    assert sum(bool(r.get("skipped")) for r in half) <= 3  # a few overflows at first, then none
+    for a, b in zip(full, half, strict=True):  # the same θ up to the first skipped step
+        assert b["loss"] == pytest.approx(a["loss"], rel=0.02)
+        if "sharpness" in a:
+            assert b["sharpness"] == pytest.approx(a["sharpness"], rel=0.1, abs=5e-3)
+        if b.get("skipped"):
+            break
+    assert all(math.isfinite(r["loss"]) for r in half)
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")  # weights-only, onto the CPU
+    backoff = 0.5 if half[-1].get("skipped") else 1.0
+    assert ckpt["scaler"]["scale"] == half[-1]["loss_scale"] * backoff
+    resumed = train(None, out=run, resume=True, quiet=True, epochs=3)
+    assert len(_iterations(resumed)) == len(half) * 3 // 2
 
 
 def test_ddp_over_nccl_on_one_gpu_takes_the_plain_gradient(tmp_path):

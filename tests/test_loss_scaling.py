@@ -16,7 +16,8 @@ from torch import nn
 
 from msam_core.config import TrainConfig
 from msam_core.data.base import ModalitySpec, TensorSplit
-from msam_core.methods import build_method, method_names
+from msam_core.methods import Method, build_method, method_names
+from msam_core.methods import registry as method_registry
 from msam_core.models import build_model
 from msam_core.optim import SAM
 from msam_core.optim.scaling import LossScaling, loss_scaling
@@ -210,3 +211,24 @@ def test_an_fp16_run_resumes_bit_for_bit_with_its_scaler(tmp_path, monkeypatch):
     full = _iterations(train_module.train(TINY, out=tmp_path / "fp32", quiet=True))
     for x, y in zip(full, a, strict=True):
         assert y["loss"] == pytest.approx(x["loss"], rel=0.01)
+
+
+class _OwnBackward(Method):
+    """A plug-in whose step takes its gradient outside the step skeleton."""
+
+    name = "own_backward"
+
+    def step(self, model, inputs, targets):
+        self.optimizer.zero_grad()
+        loss = F.cross_entropy(model(inputs), targets)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": float(loss)}
+
+
+def test_a_method_outside_the_step_skeleton_is_refused_under_fp16(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "check_precision", lambda precision, device: None)
+    monkeypatch.setitem(method_registry._METHODS, "own_backward", _OwnBackward)
+    fp16 = {**TINY, "precision": "fp16", "method": "own_backward", "epochs": 1}
+    with pytest.raises(RuntimeError, match=r"outside msam_core\.step\.run_step.*precision bf16"):
+        train_module.train(fp16, out=tmp_path / "run", quiet=True)
