@@ -154,6 +154,13 @@ class MsamLightningModule(L.LightningModule):
     # -- the run ---------------------------------------------------------------------------
 
     def on_fit_start(self) -> None:
+        if str(self.trainer.precision).startswith("16"):
+            raise ValueError(
+                f"Trainer(precision={self.trainer.precision!r}): the method's step takes its own "
+                "backward passes (both SAM passes), which Lightning's gradient scaler never sees, "
+                "so fp16 would train unscaled; use precision='bf16-mixed', or msam train "
+                "--precision fp16 (its loss scaling runs through every pass)"
+            )
         if self.trainer.is_global_zero:
             self.recorder = Recorder(
                 self.out, self.model, data=self.data, config=self.config, overwrite=self.overwrite
@@ -168,7 +175,16 @@ class MsamLightningModule(L.LightningModule):
         inputs, targets = batch
         lr = self.method.optimizer.param_groups[0]["lr"]
         self.method.step_index = self.steps_done  # seeds the step's shapley_rows subset
-        record = self.method.step(self.model, inputs, targets)
+        device = self.device.type
+        # Lightning's autocast (bf16-mixed) as it is, without its cast cache: a step moves
+        # weights in place (SAM's θ+ε, MLA's sub-steps), as msam train runs autocast
+        with torch.autocast(
+            device,
+            dtype=torch.get_autocast_dtype(device),
+            enabled=torch.is_autocast_enabled(device),
+            cache_enabled=False,
+        ):
+            record = self.method.step(self.model, inputs, targets)
         self.steps_done += 1
         self.scheduler.step()
         if self.recorder is not None:

@@ -30,8 +30,9 @@ CONFIG = {
 }
 
 
-def _lightning_run(out):
-    cfg = mc.TrainConfig.from_dict(CONFIG)
+def _lightning_run(out, **changes):
+    precision = changes.pop("precision", "32-true")
+    cfg = mc.TrainConfig.from_dict({**CONFIG, **changes})
     data = build_dataset(cfg)
     model = build_run_model(cfg, data)  # torch.manual_seed(seed) first, as train() does
     module = MsamLightningModule(model, data, out, cfg)
@@ -44,6 +45,7 @@ def _lightning_run(out):
         accelerator="cpu",
         devices=1,
         default_root_dir=out.parent,
+        precision=precision,
     )
     trainer.fit(module)
     return model
@@ -67,6 +69,22 @@ def test_a_lightning_fit_records_the_native_loops_steps(tmp_path):
     assert gap <= 1e-6
     assert light.summary["finished"] and light.summary["best_epoch"] == native.summary["best_epoch"]
     assert light.modalities == native.modalities and light.method == "msam"
+
+
+@pytest.mark.parametrize("method", ["sam", "mla"])
+def test_a_bf16_mixed_fit_takes_the_native_loops_bf16_steps(tmp_path, method):
+    """Lightning's autocast runs the step without its cast cache, as msam train's does: SAM's
+    second pass and MLA's later sub-steps see the weights as moved within the step."""
+    native_dir = mc.train(
+        {**CONFIG, "method": method, "precision": "bf16"}, out=tmp_path / "native", quiet=True
+    )
+    _lightning_run(tmp_path / "lightning", method=method, precision="bf16-mixed")
+    a, b = mc.load_run(native_dir).iterations, mc.load_run(tmp_path / "lightning").iterations
+    keys = ["loss", "sharpness"] if method == "sam" else ["loss", "loss/audio", "loss/visual"]
+    for key in keys:
+        assert (a[key] - b[key]).abs().max() <= 1e-6
+    if method == "sam":
+        assert (b["sharpness"] > 0).all()
 
 
 def test_installing_lightning_leaves_the_pinned_torch_alone():
