@@ -23,6 +23,9 @@ timeout 210 "$PYTHON" -m pytest -m gpu -q -rA -p no:cacheprovider tests/test_gpu
 echo "== M-SAM vs SAM step cost on CUDA"
 timeout 75 "$PYTHON" benchmarks/step_cost.py --device cuda --rounds 10
 
+echo "== fp16's loss scaling in each method's step on CUDA (its host reads included)"
+timeout 60 "$PYTHON" benchmarks/method_cost.py --device cuda --loss-scaling
+
 echo "== landscape grid and Hessian on CUDA"
 timeout 75 "$PYTHON" benchmarks/landscape_speed.py --device cuda
 

@@ -12,7 +12,13 @@ of the per-round ratios).
 PMR and G-Blending also work once per epoch (prototypes; the held-out losses): that is timed
 separately, as ms per epoch on a 2,048-sample training split, and is not in the step ratio.
 
+``--loss-scaling`` times instead what fp16's loss scaling (``msam_core.optim.scaling``) adds to
+each method's step, M = 2: the step through a ``LossScaling`` of constant scale (fp32 math, so
+only the scaling's own work differs: scaled backward, unscale and inf check of every pass, the
+checks' host reads, the scale update) vs the same step without, interleaved; ratio as above.
+
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/method_cost.py [--device cuda] [--quick]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/method_cost.py --loss-scaling
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from msam_core.config import TrainConfig
 from msam_core.data.base import ModalitySpec, TensorSplit
 from msam_core.methods import build_method
 from msam_core.models import build_model
+from msam_core.optim.scaling import LossScaling, loss_scaling
 
 CLASSES = 10
 METHODS = ["joint", "sam", "ogm_ge", "agm", "mmpareto", "mla", "pmr", "gblending", "msam"]
@@ -77,14 +84,54 @@ def build(method: str, n_modalities: int, args, device, split: TensorSplit):
     return model, built
 
 
+def loss_scaling_cost(args, device) -> None:
+    """Each method's step through a constant-scale LossScaling vs without (module docstring)."""
+    inputs, targets = data(2, args.batch, args.dim, seed=1)
+    inputs = {m: x.to(device) for m, x in inputs.items()}
+    targets = targets.to(device)
+    split = TensorSplit(*data(2, 512 if args.quick else 2048, args.dim, seed=2))
+    steps = {}
+    for name in METHODS:
+        for scaled in (False, True):
+            model, method = build(name, 2, args, device, split)
+            scaler = torch.amp.GradScaler(device.type, init_scale=2.0**10, growth_interval=10**9)
+            scaling = LossScaling(scaler) if scaled else None
+
+            def step(mo=model, me=method, sc=scaling):
+                with loss_scaling(sc):
+                    me.step(mo, inputs, targets)
+
+            steps[(name, scaled)] = step
+    wall, cpu = time_interleaved(steps, args.rounds, device)
+    print(
+        f"loss scaling's cost per step, M = 2 (batch {args.batch}, {args.rounds} interleaved "
+        "rounds; ms as best / median; scaled ÷ unscaled as best and median of the rounds)"
+    )
+    print(f"  {'':<10}{'cpu ms':>13}  {'scaled':>13}  {'÷':>5}{'median':>7}   {'wall ÷':>6}")
+    for name in METHODS:
+        plain, scaled = cpu[(name, False)], cpu[(name, True)]
+        c_best, c_rounds = ratios(scaled, plain)
+        w_best, _ = ratios(wall[(name, True)], wall[(name, False)])
+        print(
+            f"  {name:<10}{shown(plain)}  {shown(scaled)}{c_best:>6.3f}{c_rounds:>7.3f}"
+            f"   {w_best:>6.3f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="few rounds, small batch (a smoke)")
+    parser.add_argument(
+        "--loss-scaling", action="store_true", help="time fp16's loss scaling in each step"
+    )
     args = parser.parse_args()
     args.dim, args.width = 256, 128
     args.batch, args.rounds = (64, 3) if args.quick else (256, 20)
     device = torch.device(args.device)
+    if args.loss_scaling:
+        loss_scaling_cost(args, device)
+        return
     print(
         f"per-step cost relative to joint (batch {args.batch}, {args.dim}-d modalities, width "
         f"{args.width}, {args.rounds} interleaved rounds; ms as best / median)"
