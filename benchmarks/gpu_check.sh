@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU check in one go, about 5 minutes on one CUDA GPU (each part has its own timeout):
 # the tests marked `gpu` (a CUDA run equals the CPU run, bf16 autocast, fp16 with its loss
-# scaling for every method, DDP over NCCL on one GPU), the step-cost and landscape benchmarks
-# on CUDA, and one M-SAM run in fp32, bf16 and fp16.  Prints every figure; the README's Speed
+# scaling for every method, DDP over NCCL on one GPU), the step-cost, loss-scaling and
+# landscape benchmarks on CUDA, and one M-SAM run in fp32, bf16 and fp16.  Prints every figure; the README's Speed
 # section takes them.
 #   bash benchmarks/gpu_check.sh            (PYTHON=... to use another interpreter)
 set -euo pipefail

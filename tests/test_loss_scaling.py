@@ -232,3 +232,69 @@ def test_a_method_outside_the_step_skeleton_is_refused_under_fp16(tmp_path, monk
     fp16 = {**TINY, "precision": "fp16", "method": "own_backward", "epochs": 1}
     with pytest.raises(RuntimeError, match=r"outside msam_core\.step\.run_step.*precision bf16"):
         train_module.train(fp16, out=tmp_path / "run", quiet=True)
+
+
+# -- two gloo ranks: every rank skips, or none ------------------------------------------------
+
+WORLD = 2
+
+
+def _ranked(name: str, rank: int | None) -> dict:
+    """Three steps of ``name`` on rank ``rank``'s half of each batch (None: one process, the
+    whole batch, unscaled), the first overflowing on rank 0 only (the ranks)."""
+    model, method = built(name)
+    wrapped, scaler = model, None
+    if rank is not None:
+        if name == "msam":  # its passes all-reduce through DDP; MMPareto averages itself
+            wrapped = torch.nn.parallel.DistributedDataParallel(model)
+        scaler = scaling(growth_interval=2000)
+    theta, skipped = state(model), []
+    for i in range(3):
+        inputs, targets = batch(size=16, seed=i)
+        if rank is not None:
+            rows = slice(rank * 8, (rank + 1) * 8)
+            inputs, targets = {m: x[rows] for m, x in inputs.items()}, targets[rows]
+        elif i == 0:
+            continue  # the ranks skip their first step
+        hook = None
+        if rank == 0 and i == 0:
+            weight = next(p for n, p in model.named_parameters() if n.startswith("encoders.m0"))
+            hook = weight.register_hook(_overflow_on(1))
+        with loss_scaling(scaler):
+            record = method.step(wrapped, inputs, targets)
+        if hook is not None:
+            hook.remove()
+        skipped.append(bool(record.get("skipped")))
+        if i == 0:
+            assert all(torch.equal(p, t) for p, t in zip(model.parameters(), theta, strict=True))
+    scale = None if scaler is None else scaler.scaler.get_scale()
+    return {"skipped": skipped, "scale": scale, "params": state(model)}
+
+
+def _rank_work(rank: int, out_dir: str) -> None:
+    results = {name: _ranked(name, rank) for name in ("msam", "mmpareto")}
+    torch.save(results, f"{out_dir}/rank{rank}.pt")
+
+
+def _rank_main(rank: int, init_file: str, out_dir: str) -> None:
+    from test_distributed import _in_group
+
+    _in_group(rank, init_file, lambda r: _rank_work(r, out_dir))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+    reason="this torch build has no torch.distributed gloo backend",
+)
+def test_an_overflow_on_one_rank_skips_the_step_on_every_rank(tmp_path):
+    init, out = str(tmp_path / "init"), str(tmp_path)
+    torch.multiprocessing.spawn(_rank_main, args=(init, out), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    for name in ("msam", "mmpareto"):
+        single = _ranked(name, None)
+        for result in ranks:
+            assert result[name]["skipped"] == [True, False, False], name
+            assert result[name]["scale"] == 2.0**9, name
+            for a, b in zip(result[name]["params"], single["params"], strict=True):
+                torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
