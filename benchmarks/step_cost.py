@@ -13,7 +13,8 @@
    Settings: the issue's 101,642-parameter late-fusion MLP (modalities of 300 and 353 values,
    encoders d -> 128 -> 64, concat head, 10 classes, batch 256); the project's default model
    (the default synthetic dataset's two 32-d modalities, batch 64); M = 4 of the issue's
-   encoders; early fusion at M = 2 and 4.  Goals (issue 14): msam/sam <= 1.05 late M = 2,
+   encoders; early fusion at M = 2 and 4 (coalition values by first-layer masking, and also
+   on a seeded subset of 64 of the 256 rows, ``shapley_rows``).  Goals (issue 14): msam/sam <= 1.05 late M = 2,
    <= 1.15 late M = 4, <= 1.25 early M = 2, <= 1.6 early M = 4.  Ratios: of the best times,
    then the median of the per-round ratios (msam and sam ran back to back in each round).
 2. Coalition values for M = 6 (64 coalitions) on a late-fusion model: 64 separate forward
@@ -40,6 +41,7 @@ from msam_core.data.base import ModalitySpec
 from msam_core.masking import coalition_masks
 from msam_core.models import build_model
 from msam_core.optim import MSAM, SAM
+from msam_core.rows import row_subset
 from msam_core.step import msam_step, plain_step, sam_step
 
 CLASSES = 10
@@ -183,6 +185,16 @@ def time_steps(fusion: str, dims, batch: int, args, device, clock) -> dict[str, 
         "ref": lambda: reference_sam_step(ref_model, ref_opt, inputs, targets),
         "msam": lambda: msam_step(msam_model, msam_opt, inputs, targets),
     }
+    if fusion == "early" and args.shapley_rows:  # M-SAM with coalition values on a subset
+        rows_model = copy.deepcopy(model)
+        rows_opt = MSAM(rows_model.parameters(), torch.optim.SGD, rho=0.05, **kw)
+        count = iter(range(10**9))  # the step index seeds each step's rows, as in a run
+
+        def msam_rows() -> object:
+            rows = row_subset(batch, args.shapley_rows, batch, 0, next(count), device)
+            return msam_step(rows_model, rows_opt, inputs, targets, rows=rows)
+
+        steps["rows"] = msam_rows
     return time_interleaved(steps, args.rounds, device, clock)
 
 
@@ -208,6 +220,12 @@ def step_costs(args, device) -> None:
                 f"msam/ref {ref_best:.3f} / {ref_rounds:.3f}   sam/ref "
                 f"{ratios(t['sam'], t['ref'])[0]:.3f}"
             )
+            if "rows" in t:
+                rows_best, rows_rounds = ratios(t["rows"], t["sam"])
+                print(
+                    f"{'':>22}shapley_rows {args.shapley_rows}: msam {shown(t['rows'])}  "
+                    f"msam/sam {rows_best:.3f} / {rows_rounds:.3f} (goal <= {goal})"
+                )
 
 
 def coalition_cost(args, device) -> None:
@@ -301,6 +319,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds (smoke run)")
     parser.add_argument("--only", default="", help="settings whose label starts with this")
     parser.add_argument("--skip-coalitions", action="store_true", help="step costs only")
+    parser.add_argument(
+        "--shapley-rows",
+        type=int,
+        default=64,
+        help="early fusion: also time M-SAM with coalition values on this many rows (0: off)",
+    )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (0: torch's default count)"
     )

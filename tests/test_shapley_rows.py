@@ -154,3 +154,47 @@ def test_resume_with_shapley_rows_is_bit_for_bit(tmp_path):
     full = _frame(train(_config(shapley_rows=None), out=tmp_path / "full", quiet=True))
     assert not any(c.startswith("phi_se/") for c in full.columns)
     assert not full.filter(like="phi/").equals(frame.filter(like="phi/"))
+
+
+# --------------------------------------------------------------------------------------------
+# two gloo ranks: the same φ and standard error on both, combined as the formula says
+
+
+def _rank_rows(rank: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        torch.set_num_threads(1)
+        model, inputs, targets = _setting("early", batch_size=16, seed=5)
+        half = slice(rank * 8, (rank + 1) * 8)
+        rows = row_subset(8, 8, 16, seed=0, step=rank)  # 4 of this rank's 8 rows
+        local = {m: x[half] for m, x in inputs.items()}
+        result = batch_shapley(model, local, targets[half], None, "prob", rows=rows)
+        torch.save((result.phi, result.stderr), f"{out_dir}/rank{rank}.pt")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_share_phi_and_combine_standard_errors(tmp_path):
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("this torch build has no gloo backend")
+    mp.spawn(_rank_rows, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    (phi0, se0), (phi1, se1) = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    assert torch.equal(phi0, phi1) and torch.equal(se0, se1)
+    model, inputs, targets = _setting("early", batch_size=16, seed=5)
+    locals_ = []
+    for rank in range(2):
+        half = slice(rank * 8, (rank + 1) * 8)
+        rows = row_subset(8, 8, 16, seed=0, step=rank)
+        local = {m: x[half] for m, x in inputs.items()}
+        locals_.append(batch_shapley(model, local, targets[half], None, "prob", rows=rows))
+    # equal row counts: φ is the mean of the ranks' φ, var = (4² var_0 + 4² var_1) / 8²
+    torch.testing.assert_close(phi0, (locals_[0].phi + locals_[1].phi) / 2, atol=1e-12, rtol=0)
+    expected = (locals_[0].stderr ** 2 + locals_[1].stderr ** 2).sqrt() / 2
+    torch.testing.assert_close(se0, expected, atol=1e-12, rtol=0)
