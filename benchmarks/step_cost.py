@@ -15,8 +15,9 @@
    (the default synthetic dataset's two 32-d modalities, batch 64); M = 4 of the issue's
    encoders; early fusion at M = 2 and 4 (coalition values by first-layer masking, and also
    on a seeded subset of 64 of the 256 rows, ``shapley_rows``).  Goals (issue 14): msam/sam
-   <= 1.05 late M = 2, <= 1.15 late M = 4, <= 1.25 early M = 2, <= 1.6 early M = 4.  Ratios: of the best times,
-   then the median of the per-round ratios (msam and sam ran back to back in each round).
+   <= 1.05 late M = 2, <= 1.15 late M = 4, <= 1.25 early M = 2, <= 1.6 early M = 4.  Ratios:
+   of the best times, then the median of the per-round ratios (msam and sam ran back to back
+   in each round).
 2. Coalition values for M = 6 (64 coalitions) on a late-fusion model: 64 separate forward
    passes (one per coalition) vs one batched pass (input masking, and the head-only feature
    masking).  Goal: batched >= 3x faster.
