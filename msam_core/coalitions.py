@@ -787,8 +787,8 @@ def batch_row_values(
         positions.append(len(coalitions))
     terms = torch.cat(terms)  # [2**M, n] in positions order
     sums = terms.sum(1)  # as value_sums sums them: the same numbers with every row
-    both = torch.cat([sums.double().unsqueeze(1), terms.double()], 1).cpu()
-    ordered = torch.empty_like(both)
-    ordered[torch.tensor(positions)] = both
+    ordered = torch.cat([sums.double().unsqueeze(1), terms.double()], 1).cpu()
+    if positions != list(range(len(positions))):  # bitmask order (the passes' usual one)
+        ordered = ordered[torch.tensor(positions).argsort()]
     n = int(targets.shape[0])
     return ordered[:, 0] / n, ordered[:, 1:]
