@@ -9,7 +9,7 @@ Before each step, on the same batch and weights, φ is also computed on seeded s
             is the full batch's
   close     agreement on the steps where the full batch's top two φ are within 0.05
   |err|     mean absolute error of φ against the full batch's, over steps and modalities
-  se        mean recorded phi_se (what a run with the option reports)
+  se        mean recorded phi_stderr (what a run with the option reports)
   cover     fraction of errors within 2 se (about 0.95 if se is right)
 
     OMP_NUM_THREADS=1 python benchmarks/shapley_rows.py                       # early fusion

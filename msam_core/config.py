@@ -210,7 +210,7 @@ DESCRIPTIONS: dict[str, str] = {
     "rho": "ascent radius of the SAM family; unset = the method's own (msam 1.0, sam/asam 0.05)",
     "adaptive": "scale the ascent by |θ| (ASAM's form)",
     "shapley_value": "coalition value v(S) behind φ: accuracy, prob or neg_loss",
-    "shapley_rows": "coalition values on this many seeded rows of each batch (phi_se/<m> "
+    "shapley_rows": "coalition values on this many seeded rows of each batch (phi_stderr/<m> "
     "records the precision lost); None = every row",
     "batch_size": "samples per optimisation step (the global batch)",
     "epochs": "passes over the training data",

@@ -3,7 +3,7 @@
 Coalition values cost ``2**M`` passes over the batch's rows (early fusion: the network after
 its first layer per coalition), so a run may compute them on ``shapley_rows`` of the batch's
 rows; φ is then an estimate of the batch's φ and carries its standard error over rows
-(``msam_core.shapley.row_shapley``, recorded as ``phi_se/<m>``).  The subset depends only on
+(``msam_core.shapley.row_shapley``, recorded as ``phi_stderr/<m>``).  The subset depends only on
 the run's seed and the step's index, so a resumed run draws the same rows bit for bit.
 """
 

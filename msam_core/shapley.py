@@ -261,7 +261,7 @@ class ShapleyResult:
 
     def to_record(self) -> dict[str, float | str]:
         """Iteration keys ``dominant``, ``phi/<m>``, ``weight/<m>`` and, when φ is an estimate
-        (a row subset, or sampled permutations), ``phi_se/<m>`` (docs/design.md, "The run
+        (a row subset, or sampled permutations), ``phi_stderr/<m>`` (docs/design.md, "The run
         directory")."""
         record: dict[str, float | str] = {"dominant": self.dominant}
         weights = self.weights
@@ -271,7 +271,7 @@ class ShapleyResult:
             record[f"weight/{name}"] = float(weights[m])
         if self.stderr is not None:
             for m, name in enumerate(self.modalities):
-                record[f"phi_se/{name}"] = float(self.stderr[m])
+                record[f"phi_stderr/{name}"] = float(self.stderr[m])
         return record
 
 

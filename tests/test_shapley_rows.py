@@ -90,7 +90,7 @@ def test_subset_phi_and_its_standard_error_match_numpy_on_the_rows(fusion, value
     np.testing.assert_allclose(result.phi.numpy(), row_phi.mean(0), atol=1e-6)
     np.testing.assert_allclose(result.stderr.numpy(), se, atol=1e-6)
     record = result.to_record()
-    assert record["phi_se/a"] == pytest.approx(se[0], abs=1e-6)
+    assert record["phi_stderr/a"] == pytest.approx(se[0], abs=1e-6)
 
 
 def test_one_row_has_no_standard_error():
@@ -139,7 +139,7 @@ def test_resume_with_shapley_rows_is_bit_for_bit(tmp_path):
     stored = json.loads((reference / "config.json").read_text())
     assert stored["shapley_rows"] == 8
     frame = _frame(reference)
-    se_columns = [c for c in frame.columns if c.startswith("phi_se/")]
+    se_columns = [c for c in frame.columns if c.startswith("phi_stderr/")]
     assert len(se_columns) == len(load_run(reference).modalities)
     se = frame[se_columns].to_numpy()
     assert np.isfinite(se).all() and (se >= 0).all() and (se > 0).any()
@@ -150,9 +150,9 @@ def test_resume_with_shapley_rows_is_bit_for_bit(tmp_path):
     b = load_checkpoint(path / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert_frame_equal(_frame(reference), _frame(path), rtol=0, atol=0)
-    # and the subset is really used: every row gives other φ and no phi_se
+    # and the subset is really used: every row gives other φ and no phi_stderr
     full = _frame(train(_config(shapley_rows=None), out=tmp_path / "full", quiet=True))
-    assert not any(c.startswith("phi_se/") for c in full.columns)
+    assert not any(c.startswith("phi_stderr/") for c in full.columns)
     assert not full.filter(like="phi/").equals(frame.filter(like="phi/"))
 
 
