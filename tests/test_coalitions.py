@@ -345,3 +345,16 @@ def test_first_layer_masking_needs_the_pair():
     inputs, targets = tiny_batch(DIMS)
     with pytest.raises(ValueError, match="first_layer_parts"):
         coalition_values(model, inputs, targets, masking="first_layer")
+
+
+def test_first_layer_masking_on_chosen_coalitions_in_any_order():
+    dims = {"a": 7, "b": 5, "c": 9}
+    model = _early_model(dims, seed=2)
+    inputs, targets = tiny_batch(dims, batch_size=12, seed=5)
+    masks = torch.tensor(
+        [[1, 0, 1], [0, 0, 0], [1, 1, 1], [0, 1, 0], [0, 0, 0]], dtype=torch.bool
+    )  # the empty coalition twice, mid-chunk and last
+    for chunk_size in (None, 2):
+        fast = masked_values(model, inputs, targets, masks, "prob", "first_layer", None, chunk_size)
+        slow = masked_values(model, inputs, targets, masks, "prob", "input", None, chunk_size)
+        torch.testing.assert_close(fast, slow, atol=1e-6, rtol=0)
