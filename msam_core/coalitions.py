@@ -34,6 +34,7 @@ read on the host anyway).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import lru_cache
@@ -130,9 +131,22 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, wrappers) else model
 
 
+def submodules(model: nn.Module) -> list[nn.Module]:
+    """Every module of ``model`` (itself included), each once, as ``model.modules()`` but in
+    about half its time: the walk follows the child dicts directly, without the generators
+    and name prefixes that are a visible part of a small model's step."""
+    found, seen = [model], {id(model)}
+    for module in found:  # grows as it goes: a breadth-first walk
+        for child in module._modules.values():
+            if child is not None and id(child) not in seen:
+                seen.add(id(child))
+                found.append(child)
+    return found
+
+
 def training_modules(model: nn.Module) -> list[nn.Module]:
     """The modules of ``model`` (itself included) whose ``training`` flag is set: one walk."""
-    return [module for module in model.modules() if module.training]
+    return [module for module in submodules(model) if module.training]
 
 
 @contextmanager
@@ -264,6 +278,33 @@ def baseline_inputs(
         base = chosen.get(m)
         out[m] = torch.zeros_like(like) if base is None else torch.zeros_like(like) + base.to(like)
     return out
+
+
+#: Per model: the own baselines' identity and version, the inputs' dtype/device/shape, and the
+#: baseline rows built from them (:func:`_own_baseline_inputs`).
+_BASELINE_ROWS: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
+
+
+def _own_baseline_inputs(model: nn.Module, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """:func:`baseline_inputs` with the model's own baselines, built once and reused while
+    every baseline buffer is the same tensor at the same version (``set_baselines``,
+    ``load_state_dict`` and any in-place write bump it) and the inputs keep their dtype,
+    device and per-sample shape.  The rows are shared between calls: read them only."""
+    own = getattr(model, "baselines", None)
+    if not isinstance(own, Mapping):
+        return baseline_inputs(model, inputs)
+    key = tuple(
+        (m, inputs[m].dtype, inputs[m].device, inputs[m].shape[1:])
+        + ((None,) if own.get(m) is None else (id(own[m]), own[m]._version))
+        for m in _modalities(model)
+    )
+    cached = _BASELINE_ROWS.get(model)
+    if cached is not None and cached[0] == key:
+        return dict(cached[1])
+    rows = baseline_inputs(model, inputs)
+    # the entry holds the buffers themselves, so the ids in its key are never reused
+    _BASELINE_ROWS[model] = (key, rows, dict(own))
+    return dict(rows)
 
 
 def encode_baselines(
@@ -536,7 +577,10 @@ def coalition_sums(
     if masking == "feature":
         if features is None:
             features = model.encode(inputs)
-        base = model.encode(baseline_inputs(model, inputs, baselines))
+        if baselines is None:  # the model's own baselines: their rows are built once
+            base = model.encode(_own_baseline_inputs(model, inputs))
+        else:
+            base = model.encode(baseline_inputs(model, inputs, baselines))
         return _feature_sums(
             model, modalities, features, base, targets, value, coalitions, chunk_size, per_row
         )

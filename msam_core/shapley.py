@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Protocol
 
 import torch
@@ -247,28 +247,54 @@ class ShapleyResult:
             )
         return cls(list(modalities), exact_shapley(values), values)
 
-    @property
+    # φ is read to the host once per result and what derives from it is kept: a step asks for
+    # the dominant modality, its weight and the record, each of which would read φ again
+
+    @cached_property
+    def phi_floats(self) -> list[float]:
+        """φ as Python floats (read from φ's device once)."""
+        return self.phi.tolist()
+
+    @cached_property
     def dominant_index(self) -> int:
-        return dominant_index(self.phi)
+        """:func:`dominant_index` of φ: argmax, ties to the lowest index, NaN never wins."""
+        keys = [-math.inf if math.isnan(v) else v for v in self.phi_floats]
+        return keys.index(max(keys))
 
     @property
     def dominant(self) -> str:
         return self.modalities[self.dominant_index]
 
+    @cached_property
+    def weight_floats(self) -> list[float]:
+        """:attr:`weights` as Python floats."""
+        phi = self.phi_floats
+        if not any(math.isfinite(v) for v in phi):  # as balance_weights: uniform
+            found = [1.0 / len(phi)] * len(phi)
+        else:
+            found = shares(phi)
+        if self._weight_dtype != torch.float64:  # the weights tensor's floats, rounded as it is
+            found = torch.tensor(found, dtype=self._weight_dtype).tolist()
+        return found
+
+    @property
+    def _weight_dtype(self) -> torch.dtype:
+        return self.phi.dtype if self.phi.is_floating_point() else torch.float64
+
     @property
     def weights(self) -> Tensor:
-        return balance_weights(self.phi)
+        """:func:`balance_weights` of φ: ``[M]`` on φ's device, in φ's floating dtype."""
+        return torch.tensor(self.weight_floats, dtype=self._weight_dtype, device=self.phi.device)
 
     def to_record(self) -> dict[str, float | str]:
         """Iteration keys ``dominant``, ``phi/<m>``, ``weight/<m>`` and, when φ is an estimate
         (a row subset, or sampled permutations), ``phi_stderr/<m>`` (docs/design.md, "The run
         directory")."""
         record: dict[str, float | str] = {"dominant": self.dominant}
-        weights = self.weights
-        for m, name in enumerate(self.modalities):
-            record[f"phi/{name}"] = float(self.phi[m])
-        for m, name in enumerate(self.modalities):
-            record[f"weight/{name}"] = float(weights[m])
+        for name, phi in zip(self.modalities, self.phi_floats, strict=True):
+            record[f"phi/{name}"] = phi
+        for name, weight in zip(self.modalities, self.weight_floats, strict=True):
+            record[f"weight/{name}"] = weight
         if self.stderr is not None:
             for m, name in enumerate(self.modalities):
                 record[f"phi_stderr/{name}"] = float(self.stderr[m])

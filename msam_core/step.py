@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -43,8 +44,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.dropout import _DropoutNd
 
-from msam_core.coalitions import check_targets, has_feature_path, unwrap
+from msam_core.coalitions import check_targets, has_feature_path, submodules, unwrap
 from msam_core.masking import check_inputs
 from msam_core.optim.ascent import ascent, perturbed
 from msam_core.optim.sam import MSAM, SAM, Restriction
@@ -195,17 +197,21 @@ def perturbed_backward(
     targets: Tensor,
     loss_fn: LossFn = F.cross_entropy,
     only: Restriction | None = None,
+    kept: Mapping[str, Tensor] | None = None,
 ) -> float:
     """``optimizer.first_step`` (restricted to ``only`` when given), then loss and gradients at
     ``θ + ε`` (running stats frozen).
 
-    Returns ``ℓ(θ+ε)``.  The caller finishes with ``optimizer.second_step``; if the second pass
-    fails (e.g. NonFiniteLossError) the parameters are restored to ``θ`` before re-raising.
+    ``kept``: features of the first pass (with their graph) for modalities whose encoders the
+    ascent does not move, used as they are at ``θ + ε`` (:func:`kept_features`); the model is
+    then run as ``fuse`` over them and the other encoders.  Returns ``ℓ(θ+ε)``.  The caller
+    finishes with ``optimizer.second_step``; if the second pass fails (e.g.
+    NonFiniteLossError) the parameters are restored to ``θ`` before re-raising.
     """
     optimizer.first_step(zero_grad=True, only=only)
     try:
         with frozen_batchnorm_stats(model):
-            loss = loss_fn(model(inputs), targets)
+            loss = loss_fn(_logits(model, inputs, kept), targets)
             where = "at θ+ε (second, perturbed pass)"
             value = check_finite_loss(loss, where, unwrap(model), inputs)
             scaled_backward(loss, _params(optimizer))
@@ -213,6 +219,48 @@ def perturbed_backward(
         optimizer.restore()
         raise
     return float(loss.detach()) if value is None else value
+
+
+def _logits(model: nn.Module, inputs: Mapping[str, Tensor], kept: Mapping[str, Tensor] | None):
+    """``model(inputs)``, with the features in ``kept`` instead of running their encoders."""
+    if not kept:
+        return model(inputs)
+    features = {m: kept[m] if m in kept else model.encoders[m](inputs[m]) for m in model.modalities}
+    return model.fuse(features, None)
+
+
+def reusable_encoders(model: nn.Module, parts: ModalityParameters | None) -> dict | None:
+    """Per modality, the ids of its encoder's parameters, when a targeted second pass may keep
+    the first pass's features of the encoders its ascent does not move; else None.
+
+    That needs a targeted ascent (``parts``), a model run unwrapped as the stock
+    ``LateFusionModel`` (whose ``encode`` runs ``encoders[m]`` on modality m alone, so those
+    features depend on nothing the ascent moves), and no encoder drawing dropout in training
+    mode (a second pass would draw new masks: keeping them would change the run).
+    """
+    base = sys.modules.get("msam_core.models.base")  # loaded whenever such a model exists
+    if parts is None or base is None or not isinstance(model, base.LateFusionModel):
+        return None
+    if type(model).encode is not base.LateFusionModel.encode:
+        return None
+    found = {}
+    for m in model.modalities:
+        modules = submodules(model.encoders[m])
+        if any(isinstance(x, _DropoutNd) and x.training and x.p > 0 for x in modules):
+            return None
+        found[m] = {id(p) for x in modules for p in x._parameters.values() if p is not None}
+    return found
+
+
+def kept_features(
+    first: FirstPass, encoders: Mapping[str, set[int]] | None, only: Restriction | None
+) -> dict[str, Tensor] | None:
+    """The first pass's features (graph retained) of the modalities whose encoders (from
+    :func:`reusable_encoders`) hold none of the parameters the ascent ``only`` moves."""
+    if encoders is None or only is None or first.features is None:
+        return None
+    moved = {id(p) for p, _ in only}
+    return {m: first.features[m] for m, ids in encoders.items() if moved.isdisjoint(ids)}
 
 
 @torch.no_grad()
@@ -338,13 +386,16 @@ def run_step(
     *,
     backward: bool = True,
     rows: Tensor | None = None,
+    retain_graph: bool = False,
 ) -> StepResult:
     """The skeleton of every step: forward at ``θ``, ``optimizer.zero_grad()``, backward
     (``backward=False``: the update takes its own gradients), the batch's Shapley values
     (``value=None``: none; ``masking``, ``baselines``, ``chunk_size``, ``reuse_first_pass`` as
     :func:`~msam_core.shapley.batch_shapley`; ``rows``: the batch's rows the coalition values
     are computed on, :func:`msam_core.rows.row_subset`), then ``update(first, shapley)``,
-    which changes the parameters.  Returns the :class:`StepResult`, timed over the whole step.
+    which changes the parameters.  ``retain_graph``: keep the first pass's graph for the
+    update (M-SAM's second pass through the encoders its ascent did not move,
+    :func:`kept_features`).  Returns the :class:`StepResult`, timed over the whole step.
 
     Under loss scaling (fp16) the step runs in the scaling's step block: the backward passes
     come out unscaled, and a non-finite gradient ends the update before any parameter changes
@@ -360,7 +411,7 @@ def run_step(
     try:
         with contextlib.nullcontext() if scaling is None else scaling.step(optimizer):
             if backward:
-                scaled_backward(first.loss, _params(optimizer))
+                scaled_backward(first.loss, _params(optimizer), retain_graph=retain_graph)
             if value is not None:
                 shapley = batch_shapley(model, inputs, targets, first, *shapley_args, rows=rows)
             done = update(first, shapley)
@@ -505,9 +556,21 @@ def msam_step(
         raise ValueError("msam_step needs Shapley values: value must be accuracy, prob or neg_loss")
     if check_perturb(perturb) == "dominant" and parts is None:
         parts = _modality_parts(unwrap(model), optimizer)
-    update = msam_update(model, optimizer, inputs, targets, loss_fn, parts, average)
+    encoders = reusable_encoders(model, parts)
+    update = msam_update(model, optimizer, inputs, targets, loss_fn, parts, average, encoders)
     shapley_args = (value, masking, baselines, chunk_size, reuse_first_pass)
-    return run_step(model, optimizer, inputs, targets, update, loss_fn, *shapley_args, rows=rows)
+    retain = encoders is not None
+    return run_step(
+        model,
+        optimizer,
+        inputs,
+        targets,
+        update,
+        loss_fn,
+        *shapley_args,
+        rows=rows,
+        retain_graph=retain,
+    )
 
 
 def msam_update(
@@ -518,20 +581,27 @@ def msam_update(
     loss_fn: LossFn = F.cross_entropy,
     parts: ModalityParameters | None = None,
     average: Callable[[Tensor], Tensor] | None = None,
+    encoders: Mapping[str, set[int]] | None = None,
 ) -> UpdateFn:
     """M-SAM's update for :func:`run_step` on this batch (:func:`msam_step`): the ascent on
     the dominant modality's entries of ``parts`` (every parameter when ``parts`` is None, the
-    literal form), the second pass, the weighted descent."""
+    literal form), the second pass, the weighted descent.  ``encoders``
+    (:func:`reusable_encoders`, with ``run_step(..., retain_graph=True)``): the second pass
+    keeps the first pass's features of the encoders the ascent does not move."""
 
     def update(first: FirstPass, shapley: ShapleyResult | None) -> Update:
         if shapley is None:
             raise ValueError("the M-SAM update needs the batch's Shapley values (value=None)")
         used = None if average is None else average(shapley.phi)
-        d = shapley.dominant_index if used is None else dominant_index(used)
-        weights = shapley.weights if used is None else balance_weights(used)
-        weight = float(weights[d])
+        if used is None:
+            d = shapley.dominant_index
+            weight = shapley.weight_floats[d]
+        else:
+            d = dominant_index(used)
+            weight = float(balance_weights(used)[d])
         only = None if parts is None else parts[shapley.modalities[d]]
-        perturbed = perturbed_backward(model, optimizer, inputs, targets, loss_fn, only)
+        kept = kept_features(first, encoders, only)
+        perturbed = perturbed_backward(model, optimizer, inputs, targets, loss_fn, only, kept)
         optimizer.second_step(weight)
         return Update(perturbed, weight, used)
 

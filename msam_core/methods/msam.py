@@ -61,6 +61,7 @@ from msam_core.step import (
     check_perturb,
     frozen_batchnorm_stats,
     msam_update,
+    reusable_encoders,
     run_step,
 )
 
@@ -143,12 +144,29 @@ class MsamMethod(Method):
         if self.decomposition == "attributed":
             return self._attributed_step(model, inputs, targets)
         average = self.averaged_phi if self.phi_ema else None
+        encoders = reusable_encoders(model, self.parts)
         update = msam_update(
-            model, self.optimizer, inputs, targets, parts=self.parts, average=average
+            model,
+            self.optimizer,
+            inputs,
+            targets,
+            parts=self.parts,
+            average=average,
+            encoders=encoders,
         )
         value = self.config.shapley_value
         rows = self.shapley_rows(targets)
-        result = run_step(model, self.optimizer, inputs, targets, update, value=value, rows=rows)
+        retain = encoders is not None
+        result = run_step(
+            model,
+            self.optimizer,
+            inputs,
+            targets,
+            update,
+            value=value,
+            rows=rows,
+            retain_graph=retain,
+        )
         return result.to_record(self.modalities)
 
     def _attributed_step(

@@ -188,14 +188,14 @@ def loss_scaling(scaling: LossScaling | None) -> Iterator[LossScaling | None]:
         _ACTIVE.reset(token)
 
 
-def backward(loss: Tensor, params: Sequence[Tensor]) -> None:
-    """``loss.backward()``; under loss scaling the new gradients of ``params`` (those whose
-    ``.grad`` this pass wrote: call it with cleared gradients) come out unscaled."""
+def backward(loss: Tensor, params: Sequence[Tensor], retain_graph: bool = False) -> None:
+    """``loss.backward(retain_graph=...)``; under loss scaling the new gradients of ``params``
+    (those whose ``.grad`` this pass wrote: call it with cleared gradients) come out unscaled."""
     scaling = active_scaling()
     if scaling is None:
-        loss.backward()
+        loss.backward(retain_graph=retain_graph)
         return
-    scaling.scale(loss).backward()
+    scaling.scale(loss).backward(retain_graph=retain_graph)
     scaling.unscale([p.grad for p in params if p.grad is not None])
 
 
