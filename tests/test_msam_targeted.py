@@ -265,3 +265,58 @@ def test_early_fusion_method_built_before_the_model_moves_to_the_gpu():
     inputs, targets = {m: x.cuda() for m, x in inputs.items()}, targets.cuda()
     record = method.step(model, inputs, targets)
     assert math.isfinite(record["sharpness"]) and record["dominant"] in DIMS
+
+
+def stock_late(seed=0, **kwargs):
+    torch.manual_seed(seed)
+    specs = [ModalitySpec(m, "vector", (d,)) for m, d in DIMS.items()]
+    return build_model(specs, 3, fusion="concat", feature_dim=4, **kwargs)
+
+
+@pytest.mark.parametrize("value", ["accuracy", "prob"])
+def test_the_second_pass_keeps_the_unmoved_encoders_features_and_changes_nothing(
+    value, monkeypatch
+):
+    """The targeted second pass runs only the dominant encoder (the others' first-pass
+    features and graph are kept): the steps are bit-identical to running the whole model."""
+    import msam_core.step as step_module
+
+    model = stock_late()
+    twin = copy.deepcopy(model)
+    opt = MSAM(model.parameters(), torch.optim.SGD, rho=0.5, **KW)
+    twin_opt = MSAM(twin.parameters(), torch.optim.SGD, rho=0.5, **KW)
+    calls = dict.fromkeys(DIMS, 0)
+    for m in DIMS:
+        model.encoders[m].register_forward_hook(lambda *_, m=m: calls.__setitem__(m, calls[m] + 1))
+    assert step_module.reusable_encoders(model, modality_parameters(model)) is not None
+    records = []
+    for step in range(3):
+        inputs, targets = tiny_batch(DIMS, 24, seed=step)
+        before = dict(calls)
+        records.append(msam_step(model, opt, inputs, targets, value=value).to_record())
+        dominant = records[-1]["dominant"]
+        # first pass, baseline encoding, and the second pass for the dominant encoder only
+        assert {m: calls[m] - before[m] for m in DIMS} == {
+            m: 3 if m == dominant else 2 for m in DIMS
+        }
+    monkeypatch.setattr(step_module, "reusable_encoders", lambda *_: None)
+    for step, record in enumerate(records):
+        inputs, targets = tiny_batch(DIMS, 24, seed=step)
+        twin_record = msam_step(twin, twin_opt, inputs, targets, value=value).to_record()
+        twin_record["time/step_s"] = record["time/step_s"]
+        assert twin_record == record
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_encoder_dropout_or_perturb_all_runs_the_whole_second_pass():
+    """A second pass would draw new dropout masks, and perturb=all moves every encoder: the
+    first pass's features are not kept then."""
+    from msam_core.step import reusable_encoders
+
+    model = stock_late()
+    assert reusable_encoders(model, None) is None
+    model.encoders["audio"].net.insert(2, torch.nn.Dropout(0.3))
+    assert reusable_encoders(model, modality_parameters(model)) is None
+    model.eval()  # dropout off: the features would be the same
+    assert reusable_encoders(model, modality_parameters(model)) is not None
