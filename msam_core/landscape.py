@@ -47,6 +47,7 @@ from msam_core.rundir import Landscape as Landscape
 from msam_core.rundir import load_checkpoint, load_trained, save_landscape
 from msam_core.rundir import load_landscape as load_landscape
 from msam_core.rundir import load_landscapes as load_landscapes
+from msam_core.stacks import stack_forward
 from msam_core.suggest import did_you_mean
 
 if TYPE_CHECKING:  # the data package loads every dataset's loader
@@ -252,25 +253,37 @@ def grid_axis(steps: int, span: float) -> np.ndarray:
     return axis
 
 
-def _class_major_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """``F.cross_entropy(logits, targets)`` (mean over samples) with the classes on dim 1 of a
-    ``[1, C, B]`` view: log-softmax then runs vectorised across samples, where over the last
-    dim of ``[B, C]`` with C ≈ 10 it is a scalar loop (about 20× slower on a CPU, measured;
-    it was half of a grid point's time)."""
-    if logits.ndim != 2 or targets.ndim != 1:
-        return F.cross_entropy(logits, targets)
-    return F.cross_entropy(logits.T.unsqueeze(0), targets.unsqueeze(0))
+def _points_metrics(logits: Tensor, targets: Tensor, loss_fn: LossFn) -> tuple[Tensor, Tensor]:
+    """Loss and accuracy of many points' logits at once: ``logits`` ``[Q, B, C]`` (one
+    ``[B, C]`` per point) -> two ``[Q]`` tensors.
+
+    ``F.cross_entropy`` runs as one call over all points, with the classes on dim 1 of a
+    ``[Q, C, B]`` view: log-softmax then runs vectorised across samples, where over the last
+    dim with C ≈ 10 it is a scalar loop (about 20× slower on a CPU, measured), and one call
+    replaces Q calls' overhead.  A point's values do not depend on Q, so the centre computed
+    alone equals the grid's centre exactly.  Any other loss runs per point.  Accuracy (first
+    maximum = target) needs class-index targets, else it is NaN.
+    """
+    if loss_fn is F.cross_entropy and logits.ndim == 3 and targets.ndim in (1, 2):
+        q = logits.shape[0]
+        # hard targets [B] -> [Q, B]; soft ones [B, C] -> [Q, C, B], laid out like the logits
+        target = targets.expand(q, -1) if targets.ndim == 1 else targets.T.expand(q, -1, -1)
+        loss = F.cross_entropy(logits.transpose(1, 2), target, reduction="none").mean(1)
+    else:
+        loss = torch.stack([loss_fn(point, targets) for point in logits])
+    if _classifies(logits[0], targets):
+        return loss, _accuracy(logits, targets)
+    return loss, torch.full_like(loss, float("nan"))
 
 
-def _grid_loss(loss_fn: LossFn) -> LossFn:
-    """The loss as the grid evaluates it: the same function, in its fastest equal form."""
-    return _class_major_cross_entropy if loss_fn is F.cross_entropy else loss_fn
+def _classifies(logits: Tensor, targets: Tensor) -> bool:
+    """Whether one point's ``logits`` / ``targets`` are ``[B, C]`` / class indices ``[B]``."""
+    return logits.ndim == 2 and targets.ndim == 1 and not targets.is_floating_point()
 
 
 def _accuracy(logits: Tensor, targets: Tensor) -> Tensor:
-    if logits.ndim == 2 and not targets.is_floating_point():
-        return (logits.argmax(-1) == targets).to(logits.dtype).mean()
-    return torch.full((), float("nan"), dtype=logits.dtype, device=logits.device)
+    """Fraction of samples whose first maximum is the target: ``[..., B, C]`` -> ``[...]``."""
+    return (logits.argmax(-1) == targets).to(logits.dtype).mean(-1)
 
 
 def _check_directions(directions: Sequence[Mapping[str, Tensor]], model: nn.Module) -> list[str]:
@@ -437,6 +450,7 @@ def _capture(
 
 @contextmanager
 def _replayed(
+    model: nn.Module,
     structure: _Structure,
     constants: Mapping[str, Tensor],
     affine: Mapping[str, tuple[Tensor, Tensor]],
@@ -445,7 +459,8 @@ def _replayed(
     """Within the block, constant modules return their captured output and affine layers
     ``y₀ + Σ_k c_k·shift_k`` for ``c = point["c"]`` (a list of floats: one pass per point
     into one buffer per layer, the sum up to ``K − 1`` kept per grid row; a tensor under
-    vmap: batched)."""
+    vmap: batched).  Every plain ``nn.Sequential`` then runs as one function
+    (:func:`~msam_core.stacks.stack_forward`: no module calls, activations in place)."""
     patched: list[tuple[nn.Module, object]] = []
 
     def constant_forward(output: Tensor):
@@ -472,6 +487,13 @@ def _replayed(
     forwards = {n: constant_forward(constants[n]) for n in structure.constant}
     forwards.update({n: affine_forward(*affine[n]) for n in structure.affine})
     modules = {**structure.constant, **structure.affine}
+    replaced = {modules[n]: (fn, n in structure.affine) for n, fn in forwards.items()}
+    stacks = {}
+    for name, mod in model.named_modules():
+        fn = None if mod in replaced else stack_forward(mod, replaced)
+        if fn is not None:
+            stacks[name], modules[name] = fn, mod
+    forwards.update(stacks)
     try:
         for name, fn in forwards.items():
             patched.append((modules[name], modules[name].__dict__.get("forward")))
@@ -537,7 +559,6 @@ def evaluate_grid(
     """
     names = _check_directions(directions, model)
     _check_choice("method", method, GRID_METHODS)
-    loss_fn = _grid_loss(loss_fn)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     params = trainable_named_parameters(model)
@@ -560,10 +581,20 @@ def evaluate_grid(
     with eval_mode(model), torch.no_grad(), bar:
         for x, y in _sample_batches(inputs, targets, batch_size):
             constants, affine = _capture(model, structure, directions, x)
-            with _replayed(structure, constants, affine, point):
+            with _replayed(model, structure, constants, affine, point):
                 if method == "inplace":
                     loss, acc = _points_inplace(
-                        model, params, rest, directions, coords, x, y, point, loss_fn, bar
+                        model,
+                        params,
+                        rest,
+                        directions,
+                        coords,
+                        x,
+                        y,
+                        point,
+                        loss_fn,
+                        chunk_size,
+                        bar,
                     )
                 else:
                     loss, acc = _points_vmap(
@@ -595,30 +626,53 @@ def _points_inplace(
     y: Tensor,
     point: dict[str, object],
     loss_fn: LossFn,
+    chunk_size: int,
     bar: tqdm,
 ) -> tuple[Tensor, Tensor]:
-    """Per point: ``θ + Σ_k c_k·d_k`` written into the parameters with foreach ops (three
-    calls, no allocation), one forward; θ restored exactly afterwards."""
+    """Per point: ``θ + Σ_k c_k·d_k`` written into the parameters with foreach ops (two
+    calls, no allocation: ``θ + Σ_{k<K-1} c_k·d_k`` is kept per grid row), one forward into
+    a stack of ``chunk_size`` points' logits, whose loss and accuracy are one call
+    (:func:`_points_metrics`); θ restored exactly afterwards."""
     moved = [params[n] for n in rest]
     saved = [p.detach().clone() for p in moved]
+    row_base = [p.clone() for p in saved]
     steps = [[d[n].detach() for n in rest] for d in directions]
     losses, accs = [], []
+    row_key, stack, filled = None, None, 0
+
+    def flush() -> None:
+        loss, acc = _points_metrics(stack[:filled], y, loss_fn)
+        losses.append(loss)
+        accs.append(acc)
+
     try:
         for row in coords.tolist():
             point["c"] = row
             if moved:
-                torch._foreach_copy_(moved, saved)
-                for c, step in zip(row, steps, strict=True):
-                    if c != 0.0:
-                        torch._foreach_add_(moved, step, alpha=c)
+                if row[:-1] != row_key:
+                    torch._foreach_copy_(row_base, saved)
+                    for c, step in zip(row[:-1], steps[:-1], strict=True):
+                        if c != 0.0:
+                            torch._foreach_add_(row_base, step, alpha=c)
+                    row_key = row[:-1]
+                torch._foreach_copy_(moved, row_base)
+                if row[-1] != 0.0:
+                    torch._foreach_add_(moved, steps[-1], alpha=row[-1])
             logits = model(x)
-            losses.append(loss_fn(logits, y))
-            accs.append(_accuracy(logits, y))
+            if stack is None:
+                stack = logits.new_empty((chunk_size, *logits.shape))
+            stack[filled].copy_(logits)  # a copy: a model may return a buffer it reuses
+            filled += 1
+            if filled == chunk_size:
+                flush()
+                filled = 0
             bar.update(1)
+        if filled:
+            flush()
     finally:
         if moved:
             torch._foreach_copy_(moved, saved)
-    return torch.stack(losses), torch.stack(accs)
+    return torch.cat(losses), torch.cat(accs)
 
 
 def _points_vmap(
@@ -642,8 +696,7 @@ def _points_vmap(
 
     def one(moved: dict[str, Tensor], c: Tensor):
         point["c"] = c
-        logits = functional_call(model, {**fixed, **moved}, (x,))
-        return loss_fn(logits, y), _accuracy(logits, y)
+        return functional_call(model, {**fixed, **moved}, (x,))
 
     batched = torch.vmap(one)
     losses, accs = [], []
@@ -653,7 +706,7 @@ def _points_vmap(
             n: params[n].detach() + torch.tensordot(chunk.to(params[n]), stacked[n], dims=1)
             for n in rest
         }
-        loss, acc = batched(moved, chunk)
+        loss, acc = _points_metrics(batched(moved, chunk), y, loss_fn)
         losses.append(loss)
         accs.append(acc)
         bar.update(chunk.shape[0])
@@ -687,7 +740,8 @@ def evaluate_grid_loop(
                 for x, y in _sample_batches(inputs, targets, batch_size):
                     logits = model(x)
                     loss_sum += float(loss_fn(logits, y)) * y.shape[0]
-                    correct += float(_accuracy(logits, y)) * y.shape[0]
+                    hit = _accuracy(logits, y) if _classifies(logits, y) else float("nan")
+                    correct += float(hit) * y.shape[0]
                 losses.append(loss_sum / n_total)
                 accs.append(correct / n_total)
     finally:
@@ -765,8 +819,9 @@ def compute_landscape(
     shape = (steps,) * dims
     with eval_mode(model), torch.no_grad():
         logits = model(inputs)
-        center_loss = float(_grid_loss(loss_fn)(logits, targets))
-        center_acc = float(_accuracy(logits, targets))
+        center_loss, center_acc = (
+            float(t) for t in _points_metrics(logits[None], targets, loss_fn)
+        )
     return Landscape(
         alphas=axis,
         betas=axis.copy() if dims == 2 else np.zeros(0),

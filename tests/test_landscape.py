@@ -267,19 +267,27 @@ def test_modality_grid_runs_the_other_encoder_once_per_sample_batch(method):
     np.testing.assert_allclose(loss.double().numpy(), ref.numpy(), atol=1e-5, rtol=1e-5)
 
 
-def test_grid_method_by_device_and_class_major_cross_entropy():
-    from msam_core.landscape import _class_major_cross_entropy, grid_method
+def test_grid_method_by_device_and_metrics_of_stacked_points():
+    from msam_core.landscape import _points_metrics, grid_method
 
     assert grid_method("cpu") == "inplace" and grid_method("cuda") == "vmap"
     torch.manual_seed(0)
-    logits, targets = torch.randn(50, 7, dtype=torch.float64), torch.randint(0, 7, (50,))
-    assert _class_major_cross_entropy(logits, targets).item() == pytest.approx(
-        F.cross_entropy(logits, targets).item(), rel=1e-14
-    )
+    logits, targets = torch.randn(3, 50, 7, dtype=torch.float64), torch.randint(0, 7, (50,))
     soft = torch.softmax(torch.randn(50, 7, dtype=torch.float64), 1)
-    assert _class_major_cross_entropy(logits, soft).item() == pytest.approx(
-        F.cross_entropy(logits, soft).item(), rel=1e-14
-    )
+    for target in (targets, soft):
+        loss, acc = _points_metrics(logits, target, F.cross_entropy)
+        for q in range(3):
+            assert loss[q].item() == pytest.approx(
+                F.cross_entropy(logits[q], target).item(), rel=1e-14
+            )
+            assert loss[q] == _points_metrics(logits[q : q + 1], target, F.cross_entropy)[0][0]
+    assert acc.isnan().all()  # soft targets: no accuracy
+    _, acc = _points_metrics(logits, targets, F.cross_entropy)
+    assert torch.equal(acc, (logits.argmax(-1) == targets).double().mean(1))
+    loss, _ = _points_metrics(
+        logits, targets, lambda out, t: out.sum()
+    )  # any other loss: per point
+    assert torch.equal(loss, logits.sum((1, 2)))
 
 
 def test_bad_grid_arguments_are_named():
