@@ -173,12 +173,17 @@ def eval_mode(model: nn.Module, training: list[nn.Module] | None = None) -> Iter
 Coalitions = tuple[tuple[bool, ...], ...]
 
 
-#: Rows per pass on the CPU when ``chunk_size`` is None (at least one coalition per pass).
-#: Passes about the size of a training batch keep the stacked rows in cache and let the
-#: allocator reuse the step's own freed blocks; larger passes page-fault fresh memory every
-#: step (M = 4, B = 256, late fusion: ~1400 page faults per M-SAM step at 1024 rows, ~130 at
-#: 256; M = 6 feature masking: 24 ms at 256 rows, 30 ms at 1024, 35-80 ms in one pass).
+#: Rows per pass of input masking on the CPU when ``chunk_size`` is None (at least one
+#: coalition per pass).  Passes about the size of a training batch keep the stacked rows in
+#: cache and let the allocator reuse the step's own freed blocks; larger passes page-fault
+#: fresh memory every step.
 CPU_ROWS_PER_PASS = 256
+#: Rows per pass of feature masking on the CPU: only the fusion head runs, so a pass's fixed
+#: costs (stacking, the head's module calls, the value sums) weigh more than its memory (B =
+#: 256, M = 4, alone: 2.6 ms at 1024 rows, 3.5 ms at 256), up to where the passes page-fault
+#: inside a step (M-SAM, M = 4: a few faults per step at 1024 rows, ~450 at 2048).  The values
+#: are the same bits however the rows are split.
+CPU_FEATURE_ROWS = 1024
 #: Rows per pass of first-layer masking on the CPU: its rows are the first layer's width, not
 #: the inputs', so larger passes pay off (M = 4, B = 256: 1024 rows 5.7 ms, 256 rows 7.3 ms).
 CPU_FIRST_LAYER_ROWS = 1024
@@ -456,6 +461,8 @@ def _feature_sums(
     # with shared baselines every sample of the empty coalition is the same: one row does
     shared = all(base[m].shape[0] == 1 for m in modalities)
     device = real[modalities[0]].device
+    if chunk_size is None and device.type == "cpu":
+        chunk_size = max(1, CPU_FEATURE_ROWS // batch_size)
     sums, positions = [], []
     for start, plan in _passes(coalitions, chunk_size, batch_size, device, shared):
         stacked = {m: plan.stack(real[m], base[m], i) for i, m in enumerate(modalities)}
@@ -680,10 +687,11 @@ def coalition_values(
     ``"accuracy"``, ``"prob"`` or ``"neg_loss"``; ``masking`` is ``"input"``, ``"feature"``,
     ``"first_layer"`` or ``"auto"`` (module docstring).  ``baselines`` replace absent inputs
     instead of the model's own (``{m: tensor broadcasting against one sample}``).  The
-    coalitions go through batched no-grad eval-mode passes: all in one on an accelerator, ~256
-    rows per pass on the CPU (:data:`CPU_ROWS_PER_PASS`); ``chunk_size`` sets the coalitions per
-    pass instead (``chunk_size * B`` rows, to bound memory).  The empty coalition takes one
-    row.  Each module's train/eval flag is restored afterwards.
+    coalitions go through batched no-grad eval-mode passes: all in one on an accelerator; on
+    the CPU ~256 rows per pass for input masking (:data:`CPU_ROWS_PER_PASS`), ~1024 for feature
+    masking (:data:`CPU_FEATURE_ROWS`) and first-layer masking; ``chunk_size`` sets
+    the coalitions per pass instead (``chunk_size * B`` rows, to bound memory).  The empty
+    coalition takes one row.  Each module's train/eval flag is restored afterwards.
     """
     coalitions = all_coalitions(len(_modalities(model)))
     return _values(model, inputs, targets, coalitions, value, masking, baselines, chunk_size)
