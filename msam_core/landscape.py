@@ -552,7 +552,9 @@ def evaluate_grid(
       weights into the model's own parameter tensors (no allocation per point) and restores
       them bit for bit afterwards; ``"vmap"`` evaluates ``chunk_size`` points per vectorised
       ``functional_call`` and never writes the model; ``"auto"`` picks by device
-      (:func:`grid_method`).
+      (:func:`grid_method`).  Either way plain ``nn.Sequential`` stacks run as one function
+      (:func:`~msam_core.stacks.stack_forward`), and the loss and accuracy of ``chunk_size``
+      points are one call on their stacked logits (:func:`_points_metrics`).
 
     At a point with all coordinates 0 the weights are θ exactly.  Evaluated in eval mode.
     ``progress``: a progress bar counting point evaluations (points x sample batches).
