@@ -9,7 +9,8 @@
              second_step around two backward calls, a closure-free loop): the user's
              alternative to msam's SAM
      msam    M-SAM: SAM + the coalition values of the batch + Shapley + weights + the
-             targeted ascent and the weighted descent
+             targeted ascent and the weighted descent (its second pass reruns only the
+             dominant modality's encoder on a late-fusion model)
    Settings: the issue's 101,642-parameter late-fusion MLP (modalities of 300 and 353 values,
    encoders d -> 128 -> 64, concat head, 10 classes, batch 256); the project's default model
    (the default synthetic dataset's two 32-d modalities, batch 64); M = 4 of the issue's

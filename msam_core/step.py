@@ -545,7 +545,9 @@ def msam_step(
     None) or ``ε = ρ·g/‖g‖`` (``perturb="all"``, the literal form); ``g' = ∇ℓ(θ+ε)`` with
     batch-norm running statistics frozen; base step on ``w_d·g' + (1 − w_d)·g``.
     ``average`` maps the batch's φ to the φ the step uses (the method's EMA); its result is
-    kept as :attr:`StepResult.phi_ema`.  Cost: one SAM step plus the no-grad coalition pass.
+    kept as :attr:`StepResult.phi_ema`.  Cost: one SAM step plus the no-grad coalition pass,
+    less the encoders the targeted ascent leaves unmoved, which the second pass does not rerun
+    (:func:`reusable_encoders`).
     """
     if not isinstance(optimizer, MSAM):
         raise TypeError(
