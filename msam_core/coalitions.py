@@ -428,14 +428,26 @@ def _passes(
         yield rows.start, _plan(coalitions[rows], batch_size, device, one_row_for_empty)
 
 
-def mean_values(sums: list[Tensor], positions: list[int], batch_size: int) -> Tensor:
-    """Mean values ``[K]`` (CPU float64) from the passes' sums and their coalition indices."""
-    values = _means(sums[0] if len(sums) == 1 else torch.cat(sums), batch_size)
-    if positions == list(range(len(positions))):
-        return values
-    out = torch.empty_like(values)
-    out[torch.tensor(positions)] = values
-    return out
+def mean_values(
+    sums: list[Tensor], positions: list[int], batch_size: int, scalar: Tensor | None = None
+) -> Tensor:
+    """Mean values ``[K]`` (CPU float64) from the passes' sums and their coalition indices.
+
+    ``scalar``: a one-element tensor read in the same transfer; then ``[K + 1]`` comes back,
+    its float64 value last (what :func:`batch_values_and` splits off).
+    """
+    flat = sums[0] if len(sums) == 1 else torch.cat(sums)
+    extra = None
+    if scalar is not None:  # one transfer for both: float64 on the device is exact for both
+        packed = torch.cat([flat.to(torch.float64), scalar.detach().reshape(1).to(flat.device)])
+        host = packed.to("cpu", torch.float64)
+        flat, extra = host[:-1], host[-1:]
+    values = _means(flat, batch_size)
+    if positions != list(range(len(positions))):
+        out = torch.empty_like(values)
+        out[torch.tensor(positions)] = values
+        values = out
+    return values if extra is None else torch.cat([values, extra])
 
 
 # --------------------------------------------------------------------------------------------
@@ -752,7 +764,28 @@ def batch_values(
     features: Mapping[str, Tensor] | None = None,
 ) -> Tensor:
     """``v(S)`` for every coalition of a training batch, averaged over ranks: ``[2**M]``, CPU
-    float64, as :func:`coalition_values`, reusing what a training step already computed.
+    float64, as :func:`coalition_values`, reusing what a training step already computed
+    (:func:`batch_values_and`, which also reads one more scalar in the same transfer)."""
+    args = (model, inputs, targets, value, masking, baselines, chunk_size)
+    return batch_values_and(*args, logits=logits, features=features)[0]
+
+
+def batch_values_and(
+    model: nn.Module,
+    inputs: Mapping[str, Tensor],
+    targets: Tensor,
+    value: str = "accuracy",
+    masking: str = "auto",
+    baselines: Mapping[str, Tensor] | None = None,
+    chunk_size: int | None = None,
+    *,
+    logits: Tensor | None = None,
+    features: Mapping[str, Tensor] | None = None,
+    scalar: Tensor | None = None,
+) -> tuple[Tensor, float | None]:
+    """:func:`batch_values` and ``float(scalar)`` (None without one), read to the host in one
+    transfer: a training step's loss at θ, checked after this pass instead of before it, costs
+    no device-to-host read of its own.
 
     ``logits``: the step's first-pass logits ``[B, C]``; they are the full coalition's value
     when train and eval mode compute the same (:func:`same_in_train_and_eval`), so that
@@ -779,8 +812,10 @@ def batch_values(
         sums.append(value_sums(logits.detach(), targets, 1, value))
         positions.append(len(coalitions))
     batch_size = int(targets.shape[0])
-    values = mean_values(sums, positions, batch_size)  # the one device-to-host copy
-    return mean_over_ranks(values, batch_size, targets.device)
+    values = mean_values(sums, positions, batch_size, scalar)  # the one device-to-host copy
+    read = None if scalar is None else float(values[-1])
+    values = values if scalar is None else values[:-1]
+    return mean_over_ranks(values, batch_size, targets.device), read
 
 
 def batch_row_values(

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from msam_core.coalitions import (
     batch_row_values,
-    batch_values,
+    batch_values_and,
     coalition_values,
     is_distributed,
     masked_values,
@@ -339,7 +339,9 @@ def modality_shapley(
 
 class FirstPassOutputs(Protocol):
     """What a training step's first forward left behind (``msam_core.step.FirstPass``):
-    ``logits [B, C]`` and, for a late-fusion model run as ``fuse(encode(x))``, ``features``."""
+    ``logits [B, C]`` and, for a late-fusion model run as ``fuse(encode(x))``, ``features``.
+    A ``msam_core.step.FirstPass`` whose ``loss_value`` is None (not read yet) gets it from
+    :func:`batch_shapley`'s own transfer of the coalition values."""
 
     logits: Tensor
     features: dict[str, Tensor] | None
@@ -395,7 +397,10 @@ def batch_shapley(
         phi = mean_over_ranks(result.phi, batch_size, targets.device)
         return ShapleyResult(modalities, phi, None, result.stderr)
     reuse = reuse_first_pass and first is not None
-    values = batch_values(
+    # a first pass whose loss was not read yet (run_step checks it after this pass) has it
+    # read with the values: one device-to-host transfer for both
+    unread = first is not None and getattr(first, "loss_value", 0.0) is None
+    values, loss_value = batch_values_and(
         core,
         inputs,
         targets,
@@ -405,7 +410,10 @@ def batch_shapley(
         chunk_size,
         logits=first.logits if reuse else None,
         features=(first.features or None) if reuse else None,
+        scalar=first.loss if unread else None,
     )
+    if unread:
+        first.loss_value = loss_value
     return ShapleyResult.from_values(modalities, values)
 
 

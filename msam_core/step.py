@@ -156,12 +156,16 @@ def forward_pass(
     inputs: Mapping[str, Tensor],
     targets: Tensor,
     loss_fn: LossFn = F.cross_entropy,
+    *,
+    check: bool = True,
 ) -> FirstPass:
     """Forward with grad at the current parameters; raises NonFiniteLossError on NaN/inf loss.
 
     A late-fusion model runs as ``fuse(encode(inputs), None)`` (its ``forward`` with every
     modality present) so the features are kept; a wrapped (DDP) or early-fusion model runs
-    through ``model(inputs)``.
+    through ``model(inputs)``.  ``check=False``: the loss is neither read nor checked here
+    (``loss_value`` None); the caller checks it later (:func:`run_step` reads it with the
+    coalition values).
     """
     core = unwrap(model)
     modalities = getattr(core, "modalities", None)
@@ -182,8 +186,23 @@ def forward_pass(
         raise ValueError(
             f"loss_fn must return a scalar (the batch mean), got shape {list(loss.shape)}"
         )
-    value = check_finite_loss(loss, "at θ (first pass)", core, inputs)
+    value = check_finite_loss(loss, "at θ (first pass)", core, inputs) if check else None
     return FirstPass(logits, loss, features, value)
+
+
+def check_first_pass(
+    first: FirstPass,
+    model: nn.Module,
+    inputs: Mapping[str, Tensor],
+    optimizer: torch.optim.Optimizer,
+) -> None:
+    """The check :func:`forward_pass` skipped with ``check=False``: NonFiniteLossError naming
+    ℓ(θ) when it is NaN/inf, with the gradients cleared (nothing has changed the parameters
+    yet); reads the loss only if it was not read already."""
+    if math.isfinite(first.value):
+        return
+    optimizer.zero_grad()
+    check_finite_loss(first.loss, "at θ (first pass)", unwrap(model), inputs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -403,7 +422,10 @@ def run_step(
     result ``skipped``, the scale backed off)."""
     start = time.perf_counter()
     scaling = active_scaling()
-    first = forward_pass(model, inputs, targets, loss_fn)
+    # with coalition values to compute, ℓ(θ) is read with them (one transfer) and checked then,
+    # before the update; under loss scaling it is checked first, as the scaling expects
+    deferred = value is not None and scaling is None
+    first = forward_pass(model, inputs, targets, loss_fn, check=not deferred)
     optimizer.zero_grad()
     scale = None if scaling is None else scaling.scaler.get_scale()
     done, skipped, shapley = Update(), False, None
@@ -414,6 +436,8 @@ def run_step(
                 scaled_backward(first.loss, _params(optimizer), retain_graph=retain_graph)
             if value is not None:
                 shapley = batch_shapley(model, inputs, targets, first, *shapley_args, rows=rows)
+            if deferred:
+                check_first_pass(first, model, inputs, optimizer)
             done = update(first, shapley)
     except StepSkipped:
         optimizer.zero_grad()

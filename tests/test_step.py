@@ -194,6 +194,18 @@ def test_nan_loss_in_the_first_pass_is_named_and_changes_nothing():
     assert isinstance(info.value, FloatingPointError)
     for p, b in zip(model.parameters(), before, strict=True):
         assert torch.equal(p, b)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_the_first_loss_is_read_with_the_coalition_values():
+    """A step with Shapley values reads ℓ(θ) in the values' transfer, not on its own."""
+    model = make()
+    inputs, targets = batch()
+    first = forward_pass(model, inputs, targets, check=False)
+    assert first.loss_value is None
+    result = batch_shapley(model, inputs, targets, first)
+    assert first.loss_value == float(first.loss.detach())
+    assert result.values.device.type == "cpu" and result.values.shape == (8,)
 
 
 def test_non_finite_perturbed_loss_restores_the_parameters():
