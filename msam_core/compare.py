@@ -57,7 +57,14 @@ from msam_core.layout import CHECKPOINTS_DIR, LAST_CHECKPOINT, checkpoint_epochs
 from msam_core.methods import build_method, get_method
 from msam_core.record import CONFIG_FILE, SUMMARY_FILE, load_run, write_json_atomic
 from msam_core.rundir import build_run_model
-from msam_core.train import RESUMABLE_KEYS, TrainingDiverged, build_dataset, train
+from msam_core.train import (
+    RESUMABLE_KEYS,
+    TrainingDiverged,
+    build_dataset,
+    check_precision,
+    resolve_device,
+    train,
+)
 
 DEFAULT_METHODS = ("joint", "sam", "ogm_ge", "agm", "msam")
 #: keys compare sets itself for every run
@@ -657,6 +664,9 @@ def compare(
     if dataset is not None:
         base = base.replace(dataset=dataset)
     data = build_dataset(base)  # also checks dataset and modalities
+    if executor == "local":  # a Ray task's device is its node's, not this machine's
+        # fp16 on a CPU is refused here, once, not by every run after the folder is written
+        check_precision(base.precision, resolve_device(base.device))
     modalities = data.modality_names
     for spec in specs:
         # each spec's method on its model: a bad option value (msam[perturb=bogus]) or too few

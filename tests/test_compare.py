@@ -248,6 +248,13 @@ def test_a_method_its_model_cannot_take_is_refused_before_anything_is_written(tm
     assert not (tmp_path / "cmp").exists()
 
 
+def test_fp16_on_the_cpu_is_refused_before_anything_is_written(tmp_path):
+    # refused once for the whole grid, not as a failed row per run after the folder exists
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        compare("synthetic", "joint,msam", 2, tmp_path / "cmp", precision="fp16", **TINY)
+    assert not (tmp_path / "cmp").exists()
+
+
 def test_alone_runs_give_ceiling_headroom_and_recovered(tmp_path):
     out = tmp_path / "cmp"
     table = compare("synthetic", "joint,sam", 2, out, **{**TINY, "alone": True})
