@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from msam_core.config import TrainConfig, as_stored, read_config_file, resolve_config
 from msam_core.derived import shares
-from msam_core.executors import Executor, Job, JobResult
+from msam_core.executors import Executor, Job, JobResult, start_workers
 from msam_core.layout import CHECKPOINTS_DIR, LAST_CHECKPOINT, checkpoint_epochs
 from msam_core.methods import build_method, get_method
 from msam_core.record import CONFIG_FILE, SUMMARY_FILE, load_run, write_json_atomic
@@ -660,6 +660,7 @@ def compare(
         )
     specs = parse_methods(methods)
     seed_list = parse_seeds(seeds)
+    start_workers(executor, jobs, preload=[__name__])  # their imports overlap the checks below
     base = resolve_config(config, **overrides)
     if dataset is not None:
         base = base.replace(dataset=dataset)
@@ -698,7 +699,8 @@ def compare(
     plans = [plan_run(job.config, job.path, overwrite=overwrite) for job in job_list]
     stored = {"reuse": "reused", "diverged": "diverged"}
     todo = [job for job, plan in zip(job_list, plans, strict=True) if plan not in stored]
-    with Executor(executor, jobs, ray_address=ray_address, gpus_per_run=gpus_per_run) as runner:
+    where = {"ray_address": ray_address, "gpus_per_run": gpus_per_run, "preload": [__name__]}
+    with Executor(executor, jobs, **where) as runner:
         check_writable(out)
         request = {
             "dataset": base.dataset,

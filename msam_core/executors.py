@@ -6,8 +6,13 @@ job.  The executor only decides *where* jobs run; it knows nothing about methods
 new kinds of runs (e.g. a modality trained alone) slot in as more jobs.
 
 - ``local`` with ``jobs=1``: one after the other in this process (no start-up cost);
-- ``local`` with ``jobs=N``: N worker processes (:class:`concurrent.futures.ProcessPoolExecutor`,
-  spawned: no forked torch state), each with its share of the CPU threads;
+- ``local`` with ``jobs=N``: N worker processes (:class:`concurrent.futures.ProcessPoolExecutor`),
+  each with its share of the CPU threads, taking job after job.  Where the OS allows, they are
+  forked from a *fork server* (:mod:`multiprocessing.forkserver`) that imports torch and the
+  ``preload`` modules once, started when the executor is built, so its imports overlap the
+  caller's own checks and a worker starts in milliseconds instead of re-importing torch (seconds
+  each); the server never runs torch ops, so no thread pool or gloo state is forked.  Elsewhere
+  (Windows) they are spawned;
 - ``ray``: each job a Ray task (``ray.remote``), on the cluster at ``address`` or on a local
   Ray instance of ``jobs`` CPUs; ``gpus_per_run`` is the task's GPU request.
 
@@ -17,6 +22,7 @@ text; the other jobs go on.  Ctrl-C stops everything.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import socket
 import traceback
@@ -29,6 +35,9 @@ from typing import Any
 
 EXECUTORS = ("local", "ray")
 FAILED = "failed"
+#: imported by the fork server for every worker: torch.optim imports torch._dynamo on the first
+#: optimizer a process builds (about 1.5 s), which each worker would otherwise pay in its first job
+WORKER_PRELOAD = ("torch", "torch._dynamo")
 
 
 @dataclass(frozen=True)
@@ -82,10 +91,13 @@ def _limit_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _call(work: Work, job: Job, threads: int | None = None) -> JobResult:
-    """Run one job; an exception becomes a failed result carrying its message."""
+def _call(work: Work, job: Job, threads: int | None = None, cwd: str | None = None) -> JobResult:
+    """Run one job; an exception becomes a failed result carrying its message.  ``cwd``: the
+    caller's working directory (a forked worker has the fork server's), for relative paths."""
     if threads is not None:
         _limit_threads(threads)
+    if cwd is not None:
+        os.chdir(cwd)
     try:
         return JobResult(job, str(work(job)))
     except Exception as err:  # reported in the table, the others go on
@@ -103,6 +115,8 @@ class Executor:
         ray_address: a running Ray cluster (``host:port``, ``ray://host:port`` or ``auto``);
             None starts a local instance and shuts it down afterwards.
         gpus_per_run: GPUs each Ray task asks for (fractions share a GPU).
+        preload: modules the local worker processes need (the work function's), imported once
+            by the fork server with :data:`WORKER_PRELOAD`.
 
     Raises:
         ValueError: unknown kind, ``jobs < 1``, Ray options without Ray, Ray not installed,
@@ -116,6 +130,7 @@ class Executor:
         *,
         ray_address: str | None = None,
         gpus_per_run: float = 0.0,
+        preload: Sequence[str] = (),
     ) -> None:
         if kind not in EXECUTORS:
             raise ValueError(f"executor {kind!r} is not known; choose one of {list(EXECUTORS)}")
@@ -128,6 +143,9 @@ class Executor:
         self.kind, self.jobs = kind, int(jobs)
         self.ray_address, self.gpus_per_run = ray_address, float(gpus_per_run)
         self._ray = _connect_ray(ray_address, self.jobs) if kind == "ray" else None
+        self._context = None
+        if kind == "local" and self.jobs > 1:
+            self._context = _worker_context([*WORKER_PRELOAD, *preload])
 
     def __enter__(self) -> Executor:
         return self
@@ -163,10 +181,9 @@ class Executor:
 
     def _run_processes(self, work: Work, jobs: list[Job], finish) -> None:
         workers = min(self.jobs, len(jobs))
-        threads = threads_per_job(workers)
-        # spawn: a forked child would inherit torch's thread pools and any open gloo state
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(_call, work, job, threads): i for i, job in enumerate(jobs)}
+        threads, cwd = threads_per_job(workers), os.getcwd()
+        with ProcessPoolExecutor(workers, mp_context=self._context) as pool:
+            futures = {pool.submit(_call, work, job, threads, cwd): i for i, job in enumerate(jobs)}
             try:
                 for future in as_completed(futures):
                     finish(futures[future], future.result())
@@ -198,6 +215,28 @@ class Executor:
         """Shut down a Ray instance this executor started (a cluster is left running)."""
         if self._ray is not None and self.ray_address is None and self._ray.is_initialized():
             self._ray.shutdown()
+
+
+def start_workers(kind: str, jobs: int, preload: Sequence[str] = ()) -> None:
+    """Start the local workers' fork server now (nothing for one job or Ray), so that its
+    imports run while the caller checks its jobs; the :class:`Executor` then finds it running."""
+    if kind == "local" and int(jobs) > 1:
+        _worker_context([*WORKER_PRELOAD, *preload])
+
+
+def _worker_context(preload: Sequence[str]):
+    """The start method of local workers: a fork server importing ``preload``, started now (its
+    imports run while the caller goes on); ``spawn`` where there is no fork server."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():  # pragma: no cover - Windows
+        return get_context("spawn")
+    from multiprocessing import forkserver
+
+    context = get_context("forkserver")
+    # the server imports __main__ (as spawn would in each worker) and then the rest, once; a
+    # server already running (an earlier executor in this process) is reused as it is
+    context.set_forkserver_preload(["__main__", *dict.fromkeys(preload)])
+    forkserver.ensure_running()
+    return context
 
 
 def _connect_ray(address: str | None, cpus: int):

@@ -14,7 +14,7 @@ import pytest
 
 from msam_core.cli import main
 from msam_core.compare import compare
-from msam_core.executors import threads_per_job
+from msam_core.executors import start_workers, threads_per_job
 
 compare_module = importlib.import_module("msam_core.compare")
 
@@ -50,6 +50,15 @@ def test_two_local_processes_give_the_sequential_table(tmp_path):
     stamp = (tmp_path / "par" / "msam" / "seed0" / "iterations.jsonl").stat().st_mtime_ns
     compare("synthetic", "joint,msam", 1, tmp_path / "par", jobs=2, **TINY)
     assert (tmp_path / "par" / "msam" / "seed0" / "iterations.jsonl").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_workers_resolve_relative_paths_in_the_callers_directory(tmp_path, monkeypatch):
+    # forked workers start in the fork server's directory, here started elsewhere first
+    start_workers("local", 2, preload=["msam_core.compare"])
+    monkeypatch.chdir(tmp_path)
+    compare("synthetic", "joint", 1, "relative", jobs=2, **TINY)
+    assert (tmp_path / "relative" / "alone" / "audio" / "seed0" / "summary.json").exists()
 
 
 def test_a_failed_run_is_a_row_and_the_others_finish(tmp_path):
