@@ -119,6 +119,15 @@ def all_sum(values: Tensor, world: World) -> Tensor:
     return moved.cpu()
 
 
+def has_changing_buffers(model: torch.nn.Module) -> bool:
+    """True when ``model`` has buffers besides its modality baselines (``baselines``): BatchNorm
+    statistics, which DDP must broadcast before every forward.  The baselines are fitted before
+    training and never change, and DDP copies rank 0's at construction, so broadcasting them
+    again before each forward (two collectives per SAM step) would be pure latency."""
+    fixed = {id(b) for b in getattr(model, "baselines", {}).values()}
+    return any(id(b) not in fixed for b in model.buffers())
+
+
 class GradWeight:
     """This rank's share ``n_r / n`` of the current global batch; the hook reads it."""
 

@@ -57,6 +57,7 @@ from msam_core.distributed import (
     GradWeight,
     World,
     evaluation_shard,
+    has_changing_buffers,
     join,
     leave,
     shard,
@@ -629,7 +630,8 @@ def _wrap_for_steps(model: nn.Module, world: World, device: torch.device, compil
     if not world.active:
         return model, weight
     ids = [device.index] if device.type == "cuda" else None
-    ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    moving = has_changing_buffers(model)  # not the fixed baselines: no broadcast per forward
+    ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=moving)
     ddp.register_comm_hook(weight, weighted_grad_hook)
     return ddp, weight
 

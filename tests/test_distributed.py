@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from msam_core.data.base import ModalitySpec
+from msam_core.distributed import has_changing_buffers
 from msam_core.models import build_model
 from msam_core.optim import MSAM
 from msam_core.step import msam_step
@@ -151,3 +152,10 @@ def test_attributed_decomposition_is_refused_across_ranks(tmp_path):
     for rank in range(WORLD):
         message = (tmp_path / f"rank{rank}.txt").read_text(encoding="utf-8")
         assert "decomposition=attributed" in message and "torch.distributed" in message
+
+
+def test_only_changing_buffers_are_broadcast_before_each_forward():
+    model, _, _ = _setting()
+    assert not has_changing_buffers(model)  # the baselines alone: fitted once, never moved
+    model.add_module("norm", torch.nn.BatchNorm1d(3))
+    assert has_changing_buffers(model)
