@@ -51,6 +51,8 @@ import yaml
 from tqdm.auto import tqdm
 
 from msam_core.config import TrainConfig, as_stored, read_config_file, resolve_config
+from msam_core.data.base import MultimodalDataset
+from msam_core.data.subset import select_modalities
 from msam_core.derived import shares
 from msam_core.executors import Executor, Job, JobResult, start_workers
 from msam_core.layout import CHECKPOINTS_DIR, LAST_CHECKPOINT, checkpoint_epochs
@@ -240,6 +242,24 @@ def run_state(path: str | os.PathLike) -> str:
     return "restart"
 
 
+def _check_resolved_options(stored: Mapping[str, Any], wanted: Mapping[str, Any], path: Path):
+    """ValueError unless the stored run resolved its method options as ``wanted``."""
+    had = (stored.get("run") or {}).get("resolved_method_options")
+    fix = "pass --overwrite to train it again, or choose another --out (nothing was deleted)"
+    if had is None:
+        raise ValueError(
+            f"{str(path)!r} holds a run from before runs recorded their resolved method options "
+            "(config.json's run.resolved_method_options), so it cannot be told whether it "
+            "trained with today's defaults (msam's perturb was once 'all', now 'dominant'); " + fix
+        )
+    diff = {k: (had.get(k), v) for k, v in wanted.items() if had.get(k) != v}
+    if diff:
+        details = ", ".join(f"{k}: stored {a!r}, asked {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(
+            f"{str(path)!r} holds a run whose method resolved other options ({details}); " + fix
+        )
+
+
 def _config_differences(stored: Mapping[str, Any], wanted: TrainConfig) -> dict[str, tuple]:
     """Keys (other than resumable ones) whose stored value differs from the wanted one."""
     stored_cfg = as_stored(resolve_config(stored).to_dict())
@@ -251,15 +271,34 @@ def _config_differences(stored: Mapping[str, Any], wanted: TrainConfig) -> dict[
     }
 
 
-def plan_run(cfg: TrainConfig, path: Path, *, overwrite: bool = False) -> str:
+def method_options(cfg: TrainConfig, data: MultimodalDataset) -> dict[str, Any]:
+    """The method options ``cfg``'s run resolves, defaults filled in (what ``train`` records
+    in ``config.json``'s ``run.resolved_method_options``), from its method built on its model;
+    a bad option value or a model the method cannot take raises here."""
+    if cfg.modalities:
+        data = select_modalities(data, cfg.modalities)
+    return build_method(cfg.method, build_run_model(cfg, data), cfg).resolved_options
+
+
+def plan_run(
+    cfg: TrainConfig,
+    path: Path,
+    *,
+    overwrite: bool = False,
+    options: Mapping[str, Any] | None = None,
+) -> str:
     """What :func:`ensure_run` will do with ``path``, checked before anything is written.
 
     Returns ``"reuse"``, ``"diverged"``, ``"resume"`` or ``"train"``.  ValueError when the
-    stored run's config differs from ``cfg`` or it has more epochs than asked for.
+    stored run's config differs from ``cfg``, it has more epochs than asked for or, given the
+    run's resolved method ``options`` (:func:`method_options`), it resolved others or
+    recorded none (a run from before they were recorded).  Nothing is deleted.
     """
     state = "missing" if overwrite else run_state(path)
     if state in ("finished", "diverged", "resumable"):
         stored = read_config_file(path / CONFIG_FILE)
+        if options is not None:
+            _check_resolved_options(stored, options, path)
         diff = _config_differences(stored, cfg)
         if diff:
             details = ", ".join(f"{k}: stored {a!r}, asked {b!r}" for k, (a, b) in diff.items())
@@ -669,12 +708,12 @@ def compare(
         # fp16 on a CPU is refused here, once, not by every run after the folder is written
         check_precision(base.precision, resolve_device(base.device))
     modalities = data.modality_names
-    for spec in specs:
-        # each spec's method on its model: a bad option value (msam[perturb=bogus]) or too few
-        # modalities is refused here, not once per run after the others have trained
-        cfg = spec.config(base, seed_list[0])
-        build_method(spec.method, build_run_model(cfg, data), cfg)
     extra = alone_specs(modalities) if alone and len(modalities) > 1 else []
+    # each spec's method on its model: a bad option value (msam[perturb=bogus]) or too few
+    # modalities is refused here, not once per run after the others have trained; and the
+    # options it resolves are what a stored run must have trained with to be reused
+    resolved = {spec.label: method_options(spec.config(base, seed_list[0]), data) for spec in specs}
+    resolved.update({spec.label: method_options(spec.config(base, 0), data) for spec in extra})
     out = Path(out).expanduser()
     if (out / CONFIG_FILE).exists():
         raise ValueError(
@@ -696,7 +735,10 @@ def compare(
     ]
     spec_of = {job.path: pair for job, pair in zip(job_list, pairs, strict=True)}
     # config clashes are refused before anything is written; stored runs need no worker
-    plans = [plan_run(job.config, job.path, overwrite=overwrite) for job in job_list]
+    plans = [
+        plan_run(job.config, job.path, overwrite=overwrite, options=resolved[spec_of[job.path][0]])
+        for job in job_list
+    ]
     stored = {"reuse": "reused", "diverged": "diverged"}
     todo = [job for job, plan in zip(job_list, plans, strict=True) if plan not in stored]
     where = {"ray_address": ray_address, "gpus_per_run": gpus_per_run, "preload": [__name__]}

@@ -443,6 +443,7 @@ def _train(
 
     # 3. method (owns the optimizer) and the learning-rate schedule
     method = build_method(cfg.method, model, cfg)
+    resolved_options = method.resolved_options  # before training reads any more
     # the part of train the loop trains (and evaluates "train") on: all of it unless the method
     # holds some out for itself (G-Blending)
     dataset = dataclasses.replace(dataset, train=method.training_split(dataset.train))
@@ -522,6 +523,7 @@ def _train(
                 "n_train": n_train,
                 "steps_per_epoch": steps_per_epoch,
                 "dataset_info": dataset.info,
+                "resolved_method_options": resolved_options,
             },
         )
 

@@ -220,6 +220,26 @@ def test_method_specs_are_rows_of_their_own_and_reused(tmp_path, train_calls):
     assert len(train_calls) == 4  # every spec's run reused
 
 
+def test_a_run_whose_resolved_method_options_differ_or_are_unknown_is_not_reused(tmp_path):
+    # msam's perturb default was once 'all': such a run stored method_options {} as one with
+    # today's default does, and only the resolved options tell them apart
+    out = tmp_path / "cmp"
+    compare("synthetic", "msam", 1, out, **TINY)
+    config_file = run_path(out, "msam", 0) / "config.json"
+    doc = json.loads(config_file.read_text())
+    assert doc["run"]["resolved_method_options"]["perturb"] == "dominant"
+    doc["run"]["resolved_method_options"]["perturb"] = "all"
+    config_file.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"perturb: stored 'all', asked 'dominant'.*--overwrite"):
+        compare("synthetic", "msam", 1, out, **TINY)
+    del doc["run"]["resolved_method_options"]
+    config_file.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"seed0' holds a run from before .* --overwrite"):
+        compare("synthetic", "msam", 1, out, **TINY)
+    assert (run_path(out, "msam", 0) / "summary.json").exists()  # nothing was deleted
+    compare("synthetic", "msam", 1, out, overwrite=True, **TINY)
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [

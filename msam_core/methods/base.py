@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from msam_core.record import to_jsonable
 from msam_core.rows import row_subset
 from msam_core.suggest import did_you_mean
 
@@ -146,9 +147,17 @@ class Method:
                 f"{type(self).__name__} reads option {key!r} but does not declare it in OPTIONS"
             )
         options = _get(self.config, "method_options", None) or {}
-        if key in options:
-            return options[key]
-        return _get(self.config, key, default)
+        value = options[key] if key in options else _get(self.config, key, default)
+        self.__dict__.setdefault("_options_read", {})[key] = value
+        return value
+
+    @property
+    def resolved_options(self) -> dict[str, Any]:
+        """The options read so far, each with the value used (defaults filled in) as a JSON
+        value.  Right after construction it is what ``config.json`` records as the run's
+        ``run.resolved_method_options``: ``method_options: {}`` alone cannot tell which
+        defaults a run trained with once a default changes (msam's ``perturb``)."""
+        return to_jsonable(self.__dict__.get("_options_read", {}))
 
     def shapley_rows(self, targets: Tensor) -> Tensor | None:
         """The rows of this step's batch to compute coalition values on: None (every row)
