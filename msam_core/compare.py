@@ -242,16 +242,28 @@ def run_state(path: str | os.PathLike) -> str:
     return "restart"
 
 
+#: method options whose default changed after runs were first stored; a stored run that
+#: records no resolved options and did not set one of these itself cannot be told apart
+DEFAULTS_CHANGED = {"perturb": "msam's perturb defaulted to 'all' before it became 'dominant'"}
+
+
 def _check_resolved_options(stored: Mapping[str, Any], wanted: Mapping[str, Any], path: Path):
-    """ValueError unless the stored run resolved its method options as ``wanted``."""
+    """ValueError unless the stored run resolved its method options as ``wanted``.  A run from
+    before runs recorded them is reused unless an option whose default changed since
+    (:data:`DEFAULTS_CHANGED`) was left to its default."""
     had = (stored.get("run") or {}).get("resolved_method_options")
     fix = "pass --overwrite to train it again, or choose another --out (nothing was deleted)"
     if had is None:
-        raise ValueError(
-            f"{str(path)!r} holds a run from before runs recorded their resolved method options "
-            "(config.json's run.resolved_method_options), so it cannot be told whether it "
-            "trained with today's defaults (msam's perturb was once 'all', now 'dominant'); " + fix
-        )
+        explicit = stored.get("method_options") or {}
+        unknown = [k for k in wanted if k in DEFAULTS_CHANGED and k not in explicit]
+        if unknown:
+            why = "; ".join(DEFAULTS_CHANGED[k] for k in unknown)
+            raise ValueError(
+                f"{str(path)!r} holds a run from before runs recorded their resolved method "
+                f"options (config.json's run.resolved_method_options) and left {unknown} to its "
+                f"default, so it cannot be told which it trained with ({why}); " + fix
+            )
+        return
     diff = {k: (had.get(k), v) for k, v in wanted.items() if had.get(k) != v}
     if diff:
         details = ", ".join(f"{k}: stored {a!r}, asked {b!r}" for k, (a, b) in diff.items())

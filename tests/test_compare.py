@@ -240,6 +240,21 @@ def test_a_run_whose_resolved_method_options_differ_or_are_unknown_is_not_reused
     compare("synthetic", "msam", 1, out, overwrite=True, **TINY)
 
 
+def test_an_older_run_is_reused_when_no_changed_default_is_in_doubt(tmp_path, train_calls):
+    # joint has no option whose default changed; msam[perturb=all] set it itself
+    out = tmp_path / "cmp"
+    specs = "joint,msam[perturb=all]"
+    compare("synthetic", specs, 1, out, **TINY)
+    for label in ("joint", "msam[perturb=all]"):
+        config_file = run_path(out, label, 0) / "config.json"
+        doc = json.loads(config_file.read_text())
+        del doc["run"]["resolved_method_options"]
+        config_file.write_text(json.dumps(doc))
+    calls = len(train_calls)
+    compare("synthetic", specs, 1, out, **TINY)
+    assert len(train_calls) == calls  # both reused
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
