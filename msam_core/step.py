@@ -252,23 +252,108 @@ def reusable_encoders(model: nn.Module, parts: ModalityParameters | None) -> dic
     """Per modality, the ids of its encoder's parameters, when a targeted second pass may keep
     the first pass's features of the encoders its ascent does not move; else None.
 
-    That needs a targeted ascent (``parts``), a model run unwrapped as the stock
-    ``LateFusionModel`` (whose ``encode`` runs ``encoders[m]`` on modality m alone, so those
-    features depend on nothing the ascent moves), and no encoder drawing dropout in training
-    mode (a second pass would draw new masks: keeping them would change the run).
+    Keeping a feature is exact only if rerunning its encoder would give the same tensor, so
+    this says yes only when that is known rather than hoped: a targeted ascent (``parts``); the
+    model run unwrapped as the stock ``LateFusionModel`` (forward, encode and input masking not
+    overridden, so ``encoders[m]`` sees modality m alone); every encoder module of a type whose
+    forward is known to be a deterministic function of its input and parameters
+    (:func:`_deterministic_module`: torch's layers and msam's own encoders, matched by exact
+    type; dropout only at p = 0 or in eval mode); no forward or backward hooks on the model or
+    its encoders, nor global ones (a hook may draw noise or rewrite weights, as spectral norm
+    does); and nothing compiled (a compiled backward frees its buffers, so it cannot run
+    through the retained graph).  Anything else reruns every encoder: slower, never wrong.
     """
     base = sys.modules.get("msam_core.models.base")  # loaded whenever such a model exists
     if parts is None or base is None or not isinstance(model, base.LateFusionModel):
         return None
-    if type(model).encode is not base.LateFusionModel.encode:
+    stock = base.LateFusionModel
+    if any(getattr(type(model), name) is not getattr(stock, name) for name in _STOCK_PATH):
+        return None
+    if _has_hooks(model) or _global_hooks() or _compiled(model):
         return None
     found = {}
     for m in model.modalities:
         modules = submodules(model.encoders[m])
-        if any(isinstance(x, _DropoutNd) and x.training and x.p > 0 for x in modules):
+        if not all(_deterministic_module(x) for x in modules):
+            return None
+        if any(_has_hooks(x) or _compiled(x) for x in modules):
             return None
         found[m] = {id(p) for x in modules for p in x._parameters.values() if p is not None}
     return found
+
+
+#: the LateFusionModel methods a kept feature relies on: ``forward`` runs ``encode`` on the
+#: (unmasked) inputs, each ``encoders[m]`` on modality m alone
+_STOCK_PATH = ("forward", "encode", "mask_inputs", "fuse", "__call__", "_call_impl")
+
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+)
+
+#: torch layers whose forward is a deterministic function of input, parameters and buffers
+#: (matched by exact type, so a subclass with its own forward is not taken on trust)
+_DETERMINISTIC_TORCH = tuple(
+    getattr(nn, name)
+    for name in (
+        "Sequential ModuleList ModuleDict Identity Flatten Unflatten "
+        "Linear Bilinear Conv1d Conv2d Conv3d ConvTranspose1d ConvTranspose2d ConvTranspose3d "
+        "BatchNorm1d BatchNorm2d BatchNorm3d SyncBatchNorm LayerNorm GroupNorm RMSNorm "
+        "InstanceNorm1d InstanceNorm2d InstanceNorm3d LocalResponseNorm Embedding EmbeddingBag "
+        "ReLU ReLU6 LeakyReLU PReLU ELU SELU CELU GELU SiLU Mish Tanh Sigmoid Softplus Softsign "
+        "Hardswish Hardsigmoid Hardtanh Hardshrink Softshrink Tanhshrink LogSigmoid Threshold "
+        "Softmax LogSoftmax Softmin GLU "
+        "MaxPool1d MaxPool2d MaxPool3d AvgPool1d AvgPool2d AvgPool3d LPPool1d LPPool2d "
+        "AdaptiveAvgPool1d AdaptiveAvgPool2d AdaptiveAvgPool3d "
+        "AdaptiveMaxPool1d AdaptiveMaxPool2d AdaptiveMaxPool3d "
+        "ZeroPad1d ZeroPad2d ZeroPad3d ConstantPad1d ConstantPad2d ConstantPad3d "
+        "ReflectionPad1d ReflectionPad2d ReflectionPad3d ReplicationPad1d ReplicationPad2d "
+        "ReplicationPad3d PixelShuffle PixelUnshuffle Upsample ChannelShuffle"
+    ).split()
+    if hasattr(nn, name)
+)
+
+#: msam's own encoders (module, class names): their forward only chains the layers above
+_DETERMINISTIC_MSAM = (
+    ("msam_core.models.encoders", ("MLPEncoder", "ConvEncoder1d", "ConvEncoder2d")),
+    ("msam_core.models.resnet", ("BasicBlock", "ResNet18Encoder")),
+)
+
+
+def _deterministic_module(module: nn.Module) -> bool:
+    """Whether ``module``'s own forward gives the same output for the same input twice."""
+    kind = type(module)
+    if kind in _DETERMINISTIC_TORCH:
+        return True
+    if isinstance(module, _DropoutNd) and kind.__module__ == "torch.nn.modules.dropout":
+        return not module.training or module.p == 0
+    for where, names in _DETERMINISTIC_MSAM:
+        loaded = sys.modules.get(where)
+        if loaded is not None and any(kind is getattr(loaded, n, None) for n in names):
+            return True
+    return False
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    return any(getattr(module, name, None) for name in _HOOK_DICTS)
+
+
+def _global_hooks() -> bool:
+    """Whether any global module hook (``nn.modules.module.register_module_*_hook``) is set."""
+    registry = nn.modules.module
+    names = (
+        "_global_forward_hooks",
+        "_global_forward_pre_hooks",
+        "_global_backward_hooks",
+        "_global_backward_pre_hooks",
+    )
+    return any(getattr(registry, name, None) for name in names)
+
+
+def _compiled(module: nn.Module) -> bool:
+    return getattr(module, "_compiled_call_impl", None) is not None
 
 
 def kept_features(

@@ -286,8 +286,15 @@ def test_the_second_pass_keeps_the_unmoved_encoders_features_and_changes_nothing
     opt = MSAM(model.parameters(), torch.optim.SGD, rho=0.5, **KW)
     twin_opt = MSAM(twin.parameters(), torch.optim.SGD, rho=0.5, **KW)
     calls = dict.fromkeys(DIMS, 0)
-    for m in DIMS:
-        model.encoders[m].register_forward_hook(lambda *_, m=m: calls.__setitem__(m, calls[m] + 1))
+    names = {id(model.encoders[m]): m for m in DIMS}
+    plain_forward = type(model.encoders["audio"]).forward
+
+    def counted(self, x):  # counts without a hook: a hook turns the reuse off
+        if id(self) in names:
+            calls[names[id(self)]] += 1
+        return plain_forward(self, x)
+
+    monkeypatch.setattr(type(model.encoders["audio"]), "forward", counted)
     assert step_module.reusable_encoders(model, modality_parameters(model)) is not None
     records = []
     for step in range(3):
@@ -300,6 +307,7 @@ def test_the_second_pass_keeps_the_unmoved_encoders_features_and_changes_nothing
             m: 3 if m == dominant else 2 for m in DIMS
         }
     monkeypatch.setattr(step_module, "reusable_encoders", lambda *_: None)
+    monkeypatch.setattr(type(model.encoders["audio"]), "forward", plain_forward)
     for step, record in enumerate(records):
         inputs, targets = tiny_batch(DIMS, 24, seed=step)
         twin_record = msam_step(twin, twin_opt, inputs, targets, value=value).to_record()
@@ -320,3 +328,67 @@ def test_encoder_dropout_or_perturb_all_runs_the_whole_second_pass():
     assert reusable_encoders(model, modality_parameters(model)) is None
     model.eval()  # dropout off: the features would be the same
     assert reusable_encoders(model, modality_parameters(model)) is not None
+
+
+class _FunctionalDropoutEncoder(torch.nn.Module):
+    """Draws dropout inside forward (F.dropout): no Dropout module shows it."""
+
+    def __init__(self, encoder):
+        super().__init__()
+        self.inner = encoder
+
+    def forward(self, x):
+        return torch.nn.functional.dropout(self.inner(x), 0.5, self.training)
+
+
+def _reusable(model):
+    from msam_core.step import reusable_encoders
+
+    return reusable_encoders(model, modality_parameters(model))
+
+
+def test_an_encoder_the_reuse_cannot_vouch_for_runs_the_whole_second_pass():
+    """Reuse is exact only when rerunning an encoder gives the same features: an encoder type
+    with its own forward (F.dropout inside), attention with dropout, a random activation, a
+    spectral-norm hook or any hook, or a compiled encoder all turn it off."""
+    assert _reusable(stock_late()) is not None
+    model = stock_late()
+    model.encoders["audio"] = _FunctionalDropoutEncoder(model.encoders["audio"])
+    assert _reusable(model) is None
+    model = stock_late()
+    model.encoders["audio"].net.append(torch.nn.RReLU())
+    assert _reusable(model) is None
+    model = stock_late()
+    torch.nn.utils.spectral_norm(model.encoders["audio"].net[1])
+    assert _reusable(model) is None
+    model = stock_late()
+    handle = model.encoders["video"].net[1].register_forward_pre_hook(lambda *_: None)
+    assert _reusable(model) is None
+    handle.remove()
+    assert _reusable(model) is not None
+    model.encoders["video"].compile()
+    assert _reusable(model) is None
+
+
+def test_a_model_subclass_or_hook_or_global_hook_runs_the_whole_second_pass():
+    """The kept features bypass ``model.__call__``: a subclass's own forward, a hook on the
+    model, or a global module hook would be skipped by them, so none keeps features."""
+    base = stock_late()
+
+    class Noisy(type(base)):
+        def forward(self, inputs, mask=None):
+            return super().forward(inputs, mask) + 0.01 * torch.randn(1)
+
+    model = stock_late()
+    model.__class__ = Noisy
+    assert _reusable(model) is None
+    model = stock_late()
+    handle = model.register_forward_hook(lambda *_: None)
+    assert _reusable(model) is None
+    handle.remove()
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda *_: None)
+    try:
+        assert _reusable(stock_late()) is None
+    finally:
+        handle.remove()
+    assert _reusable(stock_late()) is not None
