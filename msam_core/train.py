@@ -617,6 +617,17 @@ def _open_on_rank_zero(world: World, out: Any, **options: Any) -> RunWriter | No
     return writer
 
 
+def _compiled_units(model: nn.Module) -> list[nn.Module]:
+    """The modules ``compile`` compiles: each child of the model, and each member of a child
+    container (``encoders`` is an ``nn.ModuleDict`` whose own forward is never called, so
+    compiling it would leave every encoder eager)."""
+    containers = (nn.ModuleDict, nn.ModuleList)
+    units = []
+    for child in model.children():
+        units.extend(child.children() if isinstance(child, containers) else [child])
+    return units
+
+
 def _wrap_for_steps(model: nn.Module, world: World, device: torch.device, compile: bool):
     """The module the method's steps run: the model, in DDP across ranks, compiled if asked.
 
@@ -626,8 +637,8 @@ def _wrap_for_steps(model: nn.Module, world: World, device: torch.device, compil
     feature path (``encode`` / ``fuse``) is compiled too and checkpoints keep their keys.
     """
     if compile:
-        for child in model.children():
-            child.compile()
+        for module in _compiled_units(model):
+            module.compile()
     weight = GradWeight()
     if not world.active:
         return model, weight
@@ -853,6 +864,18 @@ class _Loop:
             f"{str(path)!r}; continue with: msam train --resume {path}"
         )
 
+    def _compile_settings(self):
+        """Under ``compile``, compile the step's graphs without donated buffers: they let a
+        compiled backward free its saved tensors, which is right for one backward per graph,
+        but SAM-family methods, MMPareto and MLA backpropagate through one graph more than
+        once (``retain_graph``) and would fail at their first step.  Scoped to the step, so
+        the process's other compiled code keeps torch's default."""
+        if not self.cfg.compile:
+            return contextlib.nullcontext()
+        from torch._functorch import config as functorch_config
+
+        return functorch_config.patch(donated_buffer=False)
+
     def _autocast(self):
         if self.cfg.precision in ("bf16", "fp16"):
             dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
@@ -867,7 +890,7 @@ class _Loop:
         train fp16 unscaled: refused at its first step."""
         scaling = self.scaling
         before = None if scaling is None else scaling.steps
-        with self._autocast(), loss_scaling(scaling):
+        with self._autocast(), loss_scaling(scaling), self._compile_settings():
             out = self.method.step(self.stepper, inputs, targets)
         if scaling is not None and scaling.steps == before:
             raise RuntimeError(

@@ -83,12 +83,23 @@ def test_configs_written_before_precision_existed_still_load():
 
 
 @pytest.mark.slow  # compiling takes minutes on a small shared CPU
-def test_compiled_model_trains_the_same_run(tmp_path):
-    plain = train(TINY, out=tmp_path / "plain", quiet=True)
+@pytest.mark.parametrize("method", ["msam", "mmpareto"])
+def test_compiled_model_trains_the_same_run(tmp_path, method):
+    """``compile`` compiles every encoder and the head, and methods that backpropagate through
+    one graph twice (M-SAM's kept features, MMPareto's per-loss gradients) still train."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    plain = train({**TINY, "method": method}, out=tmp_path / "plain", quiet=True)
+    torch._dynamo.reset()  # compile afresh (not from an earlier test's cache), counted
+    counters.clear()
     try:
-        compiled = train({**TINY, "compile": True}, out=tmp_path / "compiled", quiet=True)
+        compiled = train(
+            {**TINY, "method": method, "compile": True}, out=tmp_path / "compiled", quiet=True
+        )
     except Exception as err:  # torch.compile needs a working C++ toolchain for the CPU
         pytest.fail(f"torch.compile failed on this machine: {type(err).__name__}: {err}")
+    assert counters["frames"]["ok"] >= 3  # two encoders and the head, at least
     for a, b in zip(_iterations(plain), _iterations(compiled), strict=True):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
         assert b["dominant"] == a["dominant"]
