@@ -292,15 +292,16 @@ _BASELINE_ROWS: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDic
 
 def _own_baseline_inputs(model: nn.Module, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """:func:`baseline_inputs` with the model's own baselines, built once and reused while
-    every baseline buffer is the same tensor at the same version (``set_baselines``,
-    ``load_state_dict`` and any in-place write bump it) and the inputs keep their dtype,
+    every baseline buffer is the same tensor at the same version and storage
+    (``set_baselines``, ``load_state_dict`` and any in-place write bump the version; a
+    ``.data =`` assignment changes the storage) and the inputs keep their dtype,
     device and per-sample shape.  The rows are shared between calls: read them only."""
     own = getattr(model, "baselines", None)
     if not isinstance(own, Mapping):
         return baseline_inputs(model, inputs)
     key = tuple(
         (m, inputs[m].dtype, inputs[m].device, inputs[m].shape[1:])
-        + ((None,) if own.get(m) is None else (id(own[m]), own[m]._version))
+        + ((None,) if own.get(m) is None else (id(own[m]), own[m]._version, own[m].data_ptr()))
         for m in _modalities(model)
     )
     cached = _BASELINE_ROWS.get(model)
@@ -438,8 +439,11 @@ def mean_values(
     """
     flat = sums[0] if len(sums) == 1 else torch.cat(sums)
     extra = None
-    if scalar is not None:  # one transfer for both: float64 on the device is exact for both
-        packed = torch.cat([flat.to(torch.float64), scalar.detach().reshape(1).to(flat.device)])
+    if scalar is not None:  # one transfer for both, packed on the device in their common dtype
+        # (float32 for float32 values and loss: exact, and MPS has no float64); widened on the host
+        value = scalar.detach().reshape(1).to(flat.device)
+        common = torch.promote_types(flat.dtype, value.dtype)
+        packed = torch.cat([flat.to(common), value.to(common)])
         host = packed.to("cpu", torch.float64)
         flat, extra = host[:-1], host[-1:]
     values = _means(flat, batch_size)

@@ -358,3 +358,54 @@ def test_first_layer_masking_on_chosen_coalitions_in_any_order():
         fast = masked_values(model, inputs, targets, masks, "prob", "first_layer", None, chunk_size)
         slow = masked_values(model, inputs, targets, masks, "prob", "input", None, chunk_size)
         torch.testing.assert_close(fast, slow, atol=1e-6, rtol=0)
+
+
+def test_values_and_loss_are_packed_in_their_own_dtype_before_the_transfer():
+    """The one transfer of the coalition values and the loss packs them in their common dtype
+    (float32 here) and widens on the host: a device without float64 (Apple's MPS) can pack
+    them, and nothing is rounded on the way (float32 -> float64 is exact)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from msam_core.coalitions import mean_values
+
+    widened = []
+
+    class Widening(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            sources = [a for a in args if isinstance(a, torch.Tensor)]
+            if (
+                isinstance(out, torch.Tensor)
+                and out.dtype == torch.float64
+                and sources
+                and all(a.dtype == torch.float32 for a in sources)
+            ):
+                widened.append(tuple(out.shape))
+            return out
+
+    sums = [torch.tensor([3.0, 5.0, 7.0, 8.0])]
+    loss = torch.tensor(0.123456789)
+    with Widening():
+        values = mean_values(sums, [0, 1, 2, 3], batch_size=8, scalar=loss)
+    assert widened == [(5,)]  # one widening, of the packed values and loss together
+    assert values.dtype == torch.float64
+    assert values[-1].item() == float(loss)
+    assert values[:-1].tolist() == pytest.approx(
+        mean_values(sums, [0, 1, 2, 3], batch_size=8).tolist()
+    )
+
+
+def test_the_cached_baseline_rows_follow_a_data_assignment():
+    """``buffer.data = ...`` keeps the tensor and its version but swaps its storage: the cached
+    baseline rows must not outlive it."""
+    from msam_core.coalitions import _own_baseline_inputs
+
+    torch.manual_seed(0)
+    specs = [ModalitySpec("a", "vector", (3,)), ModalitySpec("b", "vector", (2,))]
+    model = build_model(specs, 2, fusion="concat", feature_dim=4)
+    inputs = {"a": torch.randn(4, 3), "b": torch.randn(4, 2)}
+    before = _own_baseline_inputs(model, inputs)["a"].clone()
+    model.baselines["a"].data = torch.full((3,), 7.0)
+    after = _own_baseline_inputs(model, inputs)["a"]
+    assert not torch.equal(before, after)
+    assert torch.equal(after, torch.full_like(after, 7.0))
