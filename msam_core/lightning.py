@@ -8,7 +8,9 @@ devices, callbacks and loggers; each training step is the registered method's ow
 and ``load_trained`` read a Lightning run like any other.  The numbers are also handed to
 ``self.log`` (``loss``, ``sharpness``, ``phi/<m>``, ``weight/<m>``; ``val/acc`` ... at epoch
 ends), so Lightning's own loggers (TensorBoard, CSV, W&B) see them (every
-``Trainer(log_every_n_steps=...)`` steps; the run directory gets every step)::
+``Trainer(log_every_n_steps=...)`` steps; the run directory gets every step).  A fit is not
+resumed from a Lightning checkpoint (``fit(ckpt_path=...)`` is refused before anything is
+written): the checkpoint lacks the run's step count, data order, schedule and method state::
 
     module = MsamLightningModule(model, data, "runs/lightning", method="msam", epochs=2)
     lightning.Trainer(max_epochs=2, logger=False).fit(module)
@@ -154,6 +156,15 @@ class MsamLightningModule(L.LightningModule):
     # -- the run ---------------------------------------------------------------------------
 
     def on_fit_start(self) -> None:
+        if self.trainer.ckpt_path is not None:
+            raise ValueError(
+                f"Trainer.fit(ckpt_path={str(self.trainer.ckpt_path)!r}): a Lightning checkpoint "
+                "holds neither the run directory's step count nor its data order, learning-rate "
+                "schedule or method state, so a resumed fit would record wrong steps; start the "
+                "fit again without ckpt_path (with another out, or overwrite=True), or train "
+                "with `msam train` and continue it with `msam train --resume RUN`, which resumes "
+                "bit for bit"
+            )
         if str(self.trainer.precision).startswith("16"):
             raise ValueError(
                 f"Trainer(precision={self.trainer.precision!r}): the method's step takes its own "

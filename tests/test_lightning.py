@@ -135,3 +135,39 @@ def test_lightnings_own_loggers_see_phi_weights_and_accuracies(tmp_path):
     assert {"loss", "phi/audio", "phi/visual", "weight/audio", "val/acc", "val/acc/visual"} <= tags
     recorded = mc.load_run(tmp_path / "run").iterations["phi/audio"]
     assert [e.value for e in acc.Scalars("phi/audio")] == pytest.approx(list(recorded), abs=1e-7)
+
+
+def test_a_fit_resumed_from_a_lightning_checkpoint_is_refused_before_it_writes(tmp_path):
+    """A Lightning checkpoint lacks the run's step count, data order, schedule and method
+    state: resuming from one would record wrong steps, so it is refused, naming the way out,
+    and the refused fit writes no run directory."""
+    cfg = mc.TrainConfig.from_dict({**CONFIG, "epochs": 1})
+    data = build_dataset(cfg)
+    first = MsamLightningModule(build_run_model(cfg, data), data, tmp_path / "first", cfg)
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(first)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    second = MsamLightningModule(build_run_model(cfg, data), data, tmp_path / "second", cfg)
+    again = L.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=tmp_path,
+    )
+    with pytest.raises(ValueError, match="msam train --resume"):
+        again.fit(second, ckpt_path=tmp_path / "last.ckpt")
+    assert not (tmp_path / "second").exists()
+    assert len(mc.load_run(tmp_path / "first").iterations) == 3  # the first run is untouched
