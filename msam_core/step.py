@@ -75,12 +75,15 @@ def frozen_batchnorm_stats(model: nn.Module) -> Iterator[nn.Module]:
 
     Training-mode forwards inside still normalise with batch statistics (as SAM's second pass
     should); only ``running_mean`` / ``running_var`` / ``num_batches_tracked`` of every module
-    that has them are copied back on exit, also on error.
+    that registers them as buffers are copied back on exit, also on error.
     """
     saved = []
-    for module in model.modules():
+    for module in submodules(model):  # buffers read from the dict: no __getattr__ misses
+        buffers = module._buffers
+        if not buffers:
+            continue
         for name in _RUNNING_STATS:
-            buffer = getattr(module, name, None)
+            buffer = buffers.get(name)
             if isinstance(buffer, Tensor):
                 saved.append((buffer, buffer.detach().clone()))
     try:
