@@ -36,19 +36,23 @@ def _lightning_run(out, **changes):
     data = build_dataset(cfg)
     model = build_run_model(cfg, data)  # torch.manual_seed(seed) first, as train() does
     module = MsamLightningModule(model, data, out, cfg)
-    trainer = L.Trainer(
-        max_epochs=cfg.epochs,
+    _trainer(cfg.epochs, out.parent, precision).fit(module)
+    return model
+
+
+def _trainer(epochs: int, root, precision: str = "32-true") -> L.Trainer:
+    """A quiet one-CPU Trainer: no logger, no Lightning checkpoints, no progress bar."""
+    return L.Trainer(
+        max_epochs=epochs,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         accelerator="cpu",
         devices=1,
-        default_root_dir=out.parent,
+        default_root_dir=root,
         precision=precision,
     )
-    trainer.fit(module)
-    return model
 
 
 def test_a_lightning_fit_records_the_native_loops_steps(tmp_path):
@@ -144,30 +148,11 @@ def test_a_fit_resumed_from_a_lightning_checkpoint_is_refused_before_it_writes(t
     cfg = mc.TrainConfig.from_dict({**CONFIG, "epochs": 1})
     data = build_dataset(cfg)
     first = MsamLightningModule(build_run_model(cfg, data), data, tmp_path / "first", cfg)
-    trainer = L.Trainer(
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        devices=1,
-        default_root_dir=tmp_path,
-    )
+    trainer = _trainer(1, tmp_path)
     trainer.fit(first)
     trainer.save_checkpoint(tmp_path / "last.ckpt")
     second = MsamLightningModule(build_run_model(cfg, data), data, tmp_path / "second", cfg)
-    again = L.Trainer(
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        devices=1,
-        default_root_dir=tmp_path,
-    )
     with pytest.raises(ValueError, match="msam train --resume"):
-        again.fit(second, ckpt_path=tmp_path / "last.ckpt")
+        _trainer(2, tmp_path).fit(second, ckpt_path=tmp_path / "last.ckpt")
     assert not (tmp_path / "second").exists()
     assert len(mc.load_run(tmp_path / "first").iterations) == 3  # the first run is untouched
