@@ -143,6 +143,8 @@ class FirstPass:
     loss: Tensor
     features: dict[str, Tensor] | None
     loss_value: float | None = None
+    #: each feature's ``_version`` as the encoders left it (before the head ran)
+    feature_versions: dict[str, int] | None = None
 
     @property
     def value(self) -> float:
@@ -178,9 +180,10 @@ def forward_pass(
             f"`modalities` list"
         )
     check_targets(targets, check_inputs(inputs, modalities))
-    features = None
+    features = versions = None
     if core is model and has_feature_path(core):
         features = dict(core.encode(inputs))
+        versions = {m: f._version for m, f in features.items()}
         logits = core.fuse(features, None)
     else:
         logits = model(inputs)
@@ -190,7 +193,7 @@ def forward_pass(
             f"loss_fn must return a scalar (the batch mean), got shape {list(loss.shape)}"
         )
     value = check_finite_loss(loss, "at θ (first pass)", core, inputs) if check else None
-    return FirstPass(logits, loss, features, value)
+    return FirstPass(logits, loss, features, value, versions)
 
 
 def check_first_pass(
@@ -258,7 +261,8 @@ def reusable_encoders(model: nn.Module, parts: ModalityParameters | None) -> dic
     Keeping a feature is exact only if rerunning its encoder would give the same tensor, so
     this says yes only when that is known rather than hoped: a targeted ascent (``parts``); the
     model run unwrapped as the stock ``LateFusionModel`` (forward, encode and input masking not
-    overridden, so ``encoders[m]`` sees modality m alone); every encoder module of a type whose
+    overridden on the class or the instance, so ``encoders[m]`` sees modality m alone); every
+    encoder module of a type whose
     forward is known to be a deterministic function of its input and parameters
     (:func:`_deterministic_module`: torch's layers and msam's own encoders, matched by exact
     type; dropout only at p = 0 or in eval mode); no forward or backward hooks on the model or
@@ -271,6 +275,8 @@ def reusable_encoders(model: nn.Module, parts: ModalityParameters | None) -> dic
         return None
     stock = base.LateFusionModel
     if any(getattr(type(model), name) is not getattr(stock, name) for name in _STOCK_PATH):
+        return None
+    if any(name in vars(model) for name in _STOCK_PATH):  # replaced on the instance
         return None
     if _has_hooks(model) or _global_hooks() or _compiled(model):
         return None
@@ -327,6 +333,8 @@ _DETERMINISTIC_MSAM = (
 
 def _deterministic_module(module: nn.Module) -> bool:
     """Whether ``module``'s own forward gives the same output for the same input twice."""
+    if "forward" in vars(module):  # a forward set on the instance is nobody's audited code
+        return False
     kind = type(module)
     if kind in _DETERMINISTIC_TORCH:
         return True
@@ -367,7 +375,13 @@ def kept_features(
     if encoders is None or only is None or first.features is None:
         return None
     moved = {id(p) for p, _ in only}
-    return {m: first.features[m] for m, ids in encoders.items() if moved.isdisjoint(ids)}
+    versions = first.feature_versions or {}
+    return {
+        m: first.features[m]
+        for m, ids in encoders.items()
+        # a head that wrote into a feature in place (inplace dropout) left it changed
+        if moved.isdisjoint(ids) and first.features[m]._version == versions.get(m)
+    }
 
 
 @torch.no_grad()

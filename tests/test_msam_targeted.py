@@ -368,6 +368,13 @@ def test_an_encoder_the_reuse_cannot_vouch_for_runs_the_whole_second_pass():
     assert _reusable(model) is not None
     model.encoders["video"].compile()
     assert _reusable(model) is None
+    model = stock_late()  # a forward set on an instance (feature noise, a library's wrapper)
+    net = model.encoders["audio"].net
+    net.forward = lambda x, net=net: torch.nn.Sequential.forward(net, x) + torch.randn(1)
+    assert _reusable(model) is None
+    model = stock_late()
+    model.forward = lambda inputs, mask=None: type(model).forward(model, inputs, mask)
+    assert _reusable(model) is None
 
 
 def test_a_model_subclass_or_hook_or_global_hook_runs_the_whole_second_pass():
@@ -392,3 +399,22 @@ def test_a_model_subclass_or_hook_or_global_hook_runs_the_whole_second_pass():
     finally:
         handle.remove()
     assert _reusable(stock_late()) is not None
+
+
+def test_a_feature_the_head_wrote_into_is_not_kept():
+    """A head that changes a feature in place (inplace dropout) leaves the first pass's tensor
+    changed: the second pass must compute that modality's features again."""
+    from msam_core.step import forward_pass, kept_features, reusable_encoders
+
+    model = stock_late()
+    parts = modality_parameters(model)
+    encoders = reusable_encoders(model, parts)
+    inputs, targets = tiny_batch(DIMS, 8, seed=0)
+    first = forward_pass(model, inputs, targets)
+    moved = next(iter(DIMS))
+    kept = kept_features(first, encoders, parts[moved])
+    assert sorted(kept) == sorted(m for m in DIMS if m != moved)
+    other = next(iter(kept))
+    with torch.no_grad():
+        first.features[other].mul_(1.0)  # an in-place write, as an inplace head would make
+    assert sorted(kept_features(first, encoders, parts[moved])) == sorted(set(kept) - {other})
