@@ -876,6 +876,14 @@ class _Loop:
 
         return functorch_config.patch(donated_buffer=False)
 
+    def _eager(self):
+        """Under ``compile``, run the block eagerly: Hessian measures backpropagate with
+        ``create_graph`` (which compiled graphs cannot take) and landscapes replay the
+        modules' own functions by parameter name; both are occasional, so eager costs little."""
+        if not self.cfg.compile:
+            return contextlib.nullcontext()
+        return torch.compiler.set_stance("force_eager")
+
     def _autocast(self):
         if self.cfg.precision in ("bf16", "fp16"):
             dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
@@ -1026,15 +1034,16 @@ class _Loop:
 
         t0 = time.perf_counter()
         inputs, targets = self.probe
-        out = periodic_measures(
-            self.model,
-            inputs,
-            targets,
-            self.method.rho,
-            adaptive=self.cfg.adaptive,
-            overall=overall,
-            **self.cfg.measure_options,
-        )
+        with self._eager():
+            out = periodic_measures(
+                self.model,
+                inputs,
+                targets,
+                self.method.rho,
+                adaptive=self.cfg.adaptive,
+                overall=overall,
+                **self.cfg.measure_options,
+            )
         out["time/measure_s"] = time.perf_counter() - t0
         return out
 
@@ -1166,15 +1175,16 @@ class _Loop:
             return
         options = {"steps": 21, "dims": 2, "seed": self.cfg.seed, **self.cfg.landscape_options}
         inputs, targets = self.probe
-        landscape = compute_landscape(
-            self.model,
-            inputs,
-            targets,
-            epoch=epoch,
-            step=self.state.step,
-            split="train",
-            **options,
-        )
+        with self._eager():
+            landscape = compute_landscape(
+                self.model,
+                inputs,
+                targets,
+                epoch=epoch,
+                step=self.state.step,
+                split="train",
+                **options,
+            )
         save_landscape(landscape, self.writer.path)
 
     def _checkpoint(self, epoch: int, *, mid_epoch: bool = False) -> None:

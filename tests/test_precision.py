@@ -82,20 +82,27 @@ def test_configs_written_before_precision_existed_still_load():
     assert TrainConfig.from_dict({"bf16": False}).precision == "fp32"
 
 
+#: the periodic measures (Hessian included) and an end-of-epoch landscape
+MEASURED = {"measure_every": 2, "landscape_epochs": [1], "landscape_options": {"steps": 3}}
+
+
 @pytest.mark.slow  # compiling takes minutes on a small shared CPU
 @pytest.mark.parametrize("method", ["msam", "mmpareto"])
 def test_compiled_model_trains_the_same_run(tmp_path, method):
     """``compile`` compiles every encoder and the head, and methods that backpropagate through
-    one graph twice (M-SAM's kept features, MMPareto's per-loss gradients) still train."""
+    one graph twice (M-SAM's kept features, MMPareto's per-loss gradients) still train, with
+    Hessian measures (a create_graph backward) and a landscape (run eagerly) on the way."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
-    plain = train({**TINY, "method": method}, out=tmp_path / "plain", quiet=True)
+    plain = train({**TINY, "method": method, **MEASURED}, out=tmp_path / "plain", quiet=True)
     torch._dynamo.reset()  # compile afresh (not from an earlier test's cache), counted
     counters.clear()
     try:
         compiled = train(
-            {**TINY, "method": method, "compile": True}, out=tmp_path / "compiled", quiet=True
+            {**TINY, "method": method, "compile": True, **MEASURED},
+            out=tmp_path / "compiled",
+            quiet=True,
         )
     except Exception as err:  # torch.compile needs a working C++ toolchain for the CPU
         pytest.fail(f"torch.compile failed on this machine: {type(err).__name__}: {err}")
@@ -103,3 +110,6 @@ def test_compiled_model_trains_the_same_run(tmp_path, method):
     for a, b in zip(_iterations(plain), _iterations(compiled), strict=True):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
         assert b["dominant"] == a["dominant"]
+        assert ("hessian/top_eig" in b) == ("hessian/top_eig" in a)
+    assert any("hessian/top_eig" in record for record in _iterations(compiled))
+    assert list((compiled / "landscapes").glob("*.npz"))
