@@ -442,7 +442,8 @@ def mean_values(
     if scalar is not None:  # one transfer for both, packed on the device in their common dtype
         # (float32 for float32 values and loss: exact, and MPS has no float64); widened on the host
         value = scalar.detach().reshape(1).to(flat.device)
-        common = torch.promote_types(flat.dtype, value.dtype)
+        # at least float32: accuracy counts are int64, and a bf16 loss would round them above 256
+        common = torch.promote_types(torch.promote_types(flat.dtype, value.dtype), torch.float32)
         packed = torch.cat([flat.to(common), value.to(common)])
         host = packed.to("cpu", torch.float64)
         flat, extra = host[:-1], host[-1:]

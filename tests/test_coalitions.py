@@ -409,3 +409,14 @@ def test_the_cached_baseline_rows_follow_a_data_assignment():
     after = _own_baseline_inputs(model, inputs)["a"]
     assert not torch.equal(before, after)
     assert torch.equal(after, torch.full_like(after, 7.0))
+
+
+def test_counts_packed_with_a_bf16_loss_stay_exact():
+    """Accuracy counts (int64) packed beside a bf16 loss are packed in float32 at least: bf16
+    holds whole numbers exactly only up to 256, and φ would come from rounded counts."""
+    from msam_core.coalitions import mean_values
+
+    counts = [torch.tensor([301, 257, 511, 0])]
+    values = mean_values(counts, [0, 1, 2, 3], 512, scalar=torch.tensor(0.5, dtype=torch.bfloat16))
+    assert (values[:-1] * 512).round().tolist() == [301, 257, 511, 0]
+    assert values[-1].item() == 0.5
