@@ -155,16 +155,21 @@ class MsamLightningModule(L.LightningModule):
 
     # -- the run ---------------------------------------------------------------------------
 
-    def on_fit_start(self) -> None:
-        if self.trainer.ckpt_path is not None:
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to resume a fit: Lightning calls this before it loads the checkpoint's
+        weights into the model (with every strategy), so the refusal changes nothing."""
+        trainer = self._trainer
+        if trainer is not None and trainer.state.fn == "fit":
             raise ValueError(
-                f"Trainer.fit(ckpt_path={str(self.trainer.ckpt_path)!r}): a Lightning checkpoint "
+                f"Trainer.fit(ckpt_path={str(trainer.ckpt_path)!r}): a Lightning checkpoint "
                 "holds neither the run directory's step count nor its data order, learning-rate "
                 "schedule or method state, so a resumed fit would record wrong steps; start the "
                 "fit again without ckpt_path (with another out, or overwrite=True), or train "
                 "with `msam train` and continue it with `msam train --resume RUN`, which resumes "
-                "bit for bit"
+                "bit for bit. The model's weights were left as they were"
             )
+
+    def on_fit_start(self) -> None:
         if str(self.trainer.precision).startswith("16"):
             raise ValueError(
                 f"Trainer(precision={self.trainer.precision!r}): the method's step takes its own "

@@ -151,8 +151,15 @@ def test_a_fit_resumed_from_a_lightning_checkpoint_is_refused_before_it_writes(t
     trainer = _trainer(1, tmp_path)
     trainer.fit(first)
     trainer.save_checkpoint(tmp_path / "last.ckpt")
-    second = MsamLightningModule(build_run_model(cfg, data), data, tmp_path / "second", cfg)
+    fresh = build_run_model(cfg, data)
+    torch.manual_seed(99)  # other initial weights than the checkpoint's
+    for p in fresh.parameters():
+        p.data.normal_()
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    second = MsamLightningModule(fresh, data, tmp_path / "second", cfg)
     with pytest.raises(ValueError, match="msam train --resume"):
         _trainer(2, tmp_path).fit(second, ckpt_path=tmp_path / "last.ckpt")
     assert not (tmp_path / "second").exists()
+    after = fresh.state_dict()  # the refusal came before the checkpoint's weights were loaded
+    assert all(torch.equal(before[k], after[k]) for k in before)
     assert len(mc.load_run(tmp_path / "first").iterations) == 3  # the first run is untouched
