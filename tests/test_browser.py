@@ -26,7 +26,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import numpy as np
@@ -286,8 +288,18 @@ def _kernel_ready(url: str, token: str, name: str) -> bool:
     )
 
 
-def _wait_for(page, name: str, what: str, ready, timeout_s: float = RUN_TIMEOUT_S):
-    """Poll ``ready()`` until it returns something true; fail with a screenshot on timeout."""
+def _wait_for(
+    page,
+    name: str,
+    what: str,
+    ready: Callable[[], Any],
+    timeout_s: float = RUN_TIMEOUT_S,
+    shown: Callable[[], Any] | None = None,
+) -> Any:
+    """Poll ``ready()`` until it returns something true; fail with a screenshot on timeout.
+
+    ``shown()``: what the page shows instead, added to the failure message.
+    """
     deadline = time.monotonic() + timeout_s
     while True:
         errors = page.evaluate(ERRORS_JS)
@@ -297,8 +309,53 @@ def _wait_for(page, name: str, what: str, ready, timeout_s: float = RUN_TIMEOUT_
             return value
         if time.monotonic() > deadline:
             shot = _failure_screenshot(page, name)
-            pytest.fail(f"{name}: {what} not reached after {timeout_s:.0f}s; see {shot}")
+            extra = f"\nshown: {shown()}" if shown is not None else ""
+            pytest.fail(f"{name}: {what} not reached after {timeout_s:.0f}s; see {shot}{extra}")
         time.sleep(0.5)
+
+
+def _press(button) -> None:
+    """Press a widget button (a Playwright locator) the moment it is on the page.
+
+    The click event goes straight to the button, whose widget view sends it to the kernel.
+    A pointer click first waits for the button to hold still and take the pointer, and with
+    live figures redrawn twice a second under the burners that took up to 40 s, so the
+    monitor's Pause reached the kernel after its run had ended (2 of 5 tries).
+    """
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not button.is_enabled():  # a disabled button drops the event; the page may trail
+        assert time.monotonic() < deadline, f"{button} still disabled after {START_TIMEOUT_S}s"
+        time.sleep(0.25)
+    button.dispatch_event("click")
+
+
+def _press_until(
+    page,
+    name: str,
+    button,
+    what: str,
+    done: Callable[[], bool],
+    retry_s: float = 30,
+    timeout_s: float = RUN_TIMEOUT_S,
+) -> None:
+    """Press ``button`` until ``done()``: pressed again only after ``retry_s`` without effect.
+
+    ``done`` checks the press's effect (the run's files, or the figures the kernel redrew),
+    not the button, so a press that never reached the kernel's handler is pressed again;
+    ``retry_s`` is far longer than a handled press takes to show, so a slow press is not
+    undone by a second one.
+    """
+    deadline = time.monotonic() + timeout_s
+    presses = 0
+    while not done():
+        if time.monotonic() > deadline:
+            shot = _failure_screenshot(page, name)
+            pytest.fail(f"{name}: {what} not reached after {presses} presses; see {shot}")
+        _press(button)
+        presses += 1
+        pressed = time.monotonic()
+        while not done() and time.monotonic() < pressed + retry_s:
+            time.sleep(0.5)
 
 
 def _open(page, url: str, token: str, name: str) -> None:
@@ -504,24 +561,43 @@ def test_live_monitor_and_run_comparer_after_a_reload_mid_run(page, lab):
     _wait_for(page, name, "the monitor training", lambda: _lines(runs / "msam/iterations.jsonl"))
     # Paused with its own button, so the reload lands mid-run however fast the machine is.
     monitors = ".msam-monitor"
-    page.locator(f"{monitors} button.widget-button:has-text('Pause')").first.click()
+    status = f"{monitors} .widget-html"
+    _press(page.locator(f"{monitors} button.widget-button:has-text('Pause')").first)
     _wait_for(
         page,
         name,
         "the monitor paused",
-        lambda: any("paused" in t for t in page.evaluate(TEXTS_JS, f"{monitors} .widget-html")),
+        lambda: any("paused" in t for t in page.evaluate(TEXTS_JS, status)),
+        timeout_s=120,
     )
     _save_and_reload(page, url, token, root, name, 2, lambda: _unfinished(runs / "msam"))
 
     # Both views of the M-SAM monitor come back from the kernel; resumed from the rebuilt page,
-    # they follow the run to its end.
-    page.locator(f"{monitors} button.widget-button:has-text('Resume')").first.click()
+    # the run goes on to its end (seen on disk), and both views say so.
+    steps = runs / "msam/iterations.jsonl"
+    paused_at = _lines(steps)
+    resume = page.locator(f"{monitors} button.widget-button:has-text('Resume')").first
+    _press_until(
+        page,
+        name,
+        resume,
+        "the run resumed",
+        lambda: _lines(steps) > paused_at or not _unfinished(runs / "msam"),
+    )
+    _wait_for(page, name, "the resumed run's end", lambda: not _unfinished(runs / "msam"))
 
     def ended() -> bool:
-        texts = page.evaluate(TEXTS_JS, f"{monitors} .widget-html")
+        texts = page.evaluate(TEXTS_JS, status)
         return sum("finished" in t for t in texts) >= 2
 
-    _wait_for(page, name, "both M-SAM monitor views 'finished'", ended)
+    _wait_for(
+        page,
+        name,
+        "both M-SAM monitor views 'finished'",
+        ended,
+        timeout_s=FIGURE_TIMEOUT_S,
+        shown=lambda: page.evaluate(TEXTS_JS, status),
+    )
     expected = _monitor_figures(load_run(runs / "msam"))
     _check_figures(page, name, f"{monitors} .js-plotly-plot", expected + expected)
 
