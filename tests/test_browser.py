@@ -2,11 +2,13 @@
 
 Starts JupyterLab (token auth, free port, temporary root, settings and workspace) with
 ``MSAM_SMOKE=1`` and two CPU-burning processes beside it (a loaded machine is where live
-figures used to go blank), opens notebooks 02 and 06, runs them, reloads the page in the
+figures used to go blank), opens notebooks 02, 06 and 04, runs them, reloads the page in the
 middle of the imbalance lab's and the monitor's training and checks every figure of the lab,
 the monitor and the run comparer in the browser: its traces and point counts equal those of
 the same figure function drawn from the run's records on disk.  It also moves a
-modality-strength slider and checks that the figure it drives changed, and saves screenshots in
+modality-strength slider and checks that the figure it drives changed; in notebook 04 it
+switches the landscape explorer's view and metric and checks both views of its figure against
+the landscape file, before and after a reload; and it saves screenshots in
 ``$MSAM_SCREENSHOT_DIR``
 (default ``<tmp>/msam_browser/``; the paths are printed, run with ``-s`` to see them).
 
@@ -417,12 +419,19 @@ def _open_and_run_all(page, url: str, token: str, name: str) -> None:
 
 
 def _save_and_reload(
-    page, url: str, token: str, root: Path, name: str, views: int, running
+    page,
+    url: str,
+    token: str,
+    root: Path,
+    name: str,
+    views: int,
+    running: Callable[[], bool] | None = None,
 ) -> None:
-    """Save the notebook (its outputs name the widgets shown) and reload the page mid-run.
+    """Save the notebook (its outputs name the widgets shown) and reload the page.
 
     ``views``: widget views the saved file must hold, so the reload brings them back;
-    ``running()``: True while the run is still going; it must be, at the reload.
+    ``running()``: True while the run is still going; when given, it must be, at the reload
+    (a reload mid-run).
     """
     # JupyterLab's own save command, not the File menu: on a loaded machine a menu click can
     # take half a minute, and a keyboard shortcut depends on where the focus is.
@@ -432,7 +441,8 @@ def _save_and_reload(
         return (root / name).read_text().count("application/vnd.jupyter.widget-view+json") >= views
 
     _wait_for(page, name, f"a saved file with {views} widget views", saved, timeout_s=120)
-    assert running(), f"{name}: the run ended before the page could be reloaded"
+    ended = running is not None and not running()
+    assert not ended, f"{name}: the run ended before the page could be reloaded"
     page.reload()
     page.wait_for_selector(".jp-NotebookPanel .jp-Notebook .jp-Cell")
 
@@ -616,3 +626,46 @@ def test_live_monitor_and_run_comparer_after_a_reload_mid_run(page, lab):
         ".msam-run-comparer .js-plotly-plot",
         [_summary(comparer.bars.widget.figure), _summary(comparer.curves.widget.figure)],
     )
+
+
+def test_landscape_explorer_after_a_reload(page, lab):
+    """04 under load: switch the explorer's view and metric; after a reload, its views match.
+
+    Both views of the explorer's figure (in the explorer, and shown alone by the last cell)
+    show the landscape file the explorer computed, drawn from that file by the figure
+    functions: its 3-D loss surface after the run, and after each click the figure that click
+    asks for, before and after the reload.
+    """
+    from msam_core.landscape import load_landscape
+    from msam_viz import landscape_contour, landscape_surface
+
+    url, token, root = lab
+    name = "04_landscape_and_sharpness.ipynb"
+    _open_and_run_all(page, url, token, name)
+    # The last cell computed the PCA plane of the M-SAM run's last checkpoint.
+    (path,) = (root / "runs" / "04_landscape" / "msam" / "landscapes").glob("explore_*_pca_2d_*")
+    landscape = load_landscape(path)
+    views = ".msam-landscape-view .js-plotly-plot"
+    surface = _summary(landscape_surface(landscape))
+    _check_figures(page, name, views, [surface, surface])
+
+    # A reader's two clicks: the same grid as contours (no computation), then its accuracy.
+    # Choosing a chosen option changes nothing, so a press is repeated until the views show it.
+    toggle = ".msam-landscape-explorer .widget-toggle-button"
+    for label, figure in [
+        ("2-D contour", landscape_contour(landscape)),
+        ("accuracy", landscape_contour(landscape, metric="acc")),
+    ]:
+        expected = [_summary(figure)] * 2
+        _press_until(
+            page,
+            name,
+            page.locator(f"{toggle}:text-is('{label}')"),
+            f"views drawn after pressing {label!r}",
+            lambda expected=expected: page.evaluate(FIGURES_JS, views) == expected,
+            timeout_s=FIGURE_TIMEOUT_S,
+        )
+    contour = _summary(landscape_contour(landscape, metric="acc"))
+
+    _save_and_reload(page, url, token, root, name, 2)
+    _check_figures(page, name, views, [contour, contour])
