@@ -267,8 +267,9 @@ def reusable_encoders(model: nn.Module, parts: ModalityParameters | None) -> dic
     (:func:`_deterministic_module`: torch's layers and msam's own encoders, matched by exact
     type; dropout only at p = 0 or in eval mode); no forward or backward hooks on the model or
     its encoders, nor global ones (a hook may draw noise or rewrite weights, as spectral norm
-    does); and nothing compiled (a compiled backward frees its buffers, so it cannot run
-    through the retained graph).  Anything else reruns every encoder: slower, never wrong.
+    does); and nothing compiled anywhere in the model (a compiled backward frees its buffers,
+    so it cannot run through the retained graph).  Anything else reruns every encoder: slower,
+    never wrong.
     """
     base = sys.modules.get("msam_core.models.base")  # loaded whenever such a model exists
     if parts is None or base is None or not isinstance(model, base.LateFusionModel):
@@ -278,14 +279,12 @@ def reusable_encoders(model: nn.Module, parts: ModalityParameters | None) -> dic
         return None
     if any(name in vars(model) for name in _STOCK_PATH):  # replaced on the instance
         return None
-    if _has_hooks(model) or _global_hooks() or _compiled(model):
+    if _has_hooks(model) or _global_hooks() or any(map(_compiled, submodules(model))):
         return None
     found = {}
     for m in model.modalities:
         modules = submodules(model.encoders[m])
-        if not all(_deterministic_module(x) for x in modules):
-            return None
-        if any(_has_hooks(x) or _compiled(x) for x in modules):
+        if not all(_deterministic_module(x) and not _has_hooks(x) for x in modules):
             return None
         found[m] = {id(p) for x in modules for p in x._parameters.values() if p is not None}
     return found
@@ -301,6 +300,9 @@ _HOOK_DICTS = (
     "_backward_hooks",
     "_backward_pre_hooks",
 )
+
+#: the global registries of ``nn.modules.module.register_module_*_hook``
+_GLOBAL_HOOK_DICTS = tuple(f"_global{name}" for name in _HOOK_DICTS)
 
 #: torch layers whose forward is a deterministic function of input, parameters and buffers
 #: (matched by exact type, so a subclass with its own forward is not taken on trust)
@@ -353,14 +355,7 @@ def _has_hooks(module: nn.Module) -> bool:
 
 def _global_hooks() -> bool:
     """Whether any global module hook (``nn.modules.module.register_module_*_hook``) is set."""
-    registry = nn.modules.module
-    names = (
-        "_global_forward_hooks",
-        "_global_forward_pre_hooks",
-        "_global_backward_hooks",
-        "_global_backward_pre_hooks",
-    )
-    return any(getattr(registry, name, None) for name in names)
+    return any(getattr(nn.modules.module, name, None) for name in _GLOBAL_HOOK_DICTS)
 
 
 def _compiled(module: nn.Module) -> bool:

@@ -368,6 +368,9 @@ def test_an_encoder_the_reuse_cannot_vouch_for_runs_the_whole_second_pass():
     assert _reusable(model) is not None
     model.encoders["video"].compile()
     assert _reusable(model) is None
+    model = stock_late()  # the head too: the first backward runs through it with the graph kept
+    model.head.compile()
+    assert _reusable(model) is None
     model = stock_late()  # a forward set on an instance (feature noise, a library's wrapper)
     net = model.encoders["audio"].net
     net.forward = lambda x, net=net: torch.nn.Sequential.forward(net, x) + torch.randn(1)
