@@ -439,10 +439,10 @@ def mean_values(
     """
     flat = sums[0] if len(sums) == 1 else torch.cat(sums)
     extra = None
-    if scalar is not None:  # one transfer for both, packed on the device in their common dtype
-        # (float32 for float32 values and loss: exact, and MPS has no float64); widened on the host
+    if scalar is not None:  # one transfer for both, widened to float64 on the host
+        # packed on the device in their common dtype, at least float32: exact for int64 counts
+        # (a bf16 pack would round them above 256), and MPS has no float64
         value = scalar.detach().reshape(1).to(flat.device)
-        # at least float32: accuracy counts are int64, and a bf16 loss would round them above 256
         common = torch.promote_types(torch.promote_types(flat.dtype, value.dtype), torch.float32)
         packed = torch.cat([flat.to(common), value.to(common)])
         host = packed.to("cpu", torch.float64)
