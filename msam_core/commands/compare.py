@@ -77,6 +77,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from msam_core.executors import start_workers
+
+    # the workers' fork server imports torch while this process does (2 s and more): started
+    # here, before the imports below, the first runs need not wait for it
+    start_workers(args.executor, args.jobs, preload=["msam_core.compare"])
     from msam_core.compare import RESULTS_CSV, RESULTS_MD, RUNS_CSV, compare, markdown_table
     from msam_core.config import parse_overrides
 
