@@ -11,10 +11,10 @@
    (Python start-up, the workers' start-up, the tables), every run trained from scratch.  The
    grid is a methods x seeds sweep in miniature, not tuned to flatter: :data:`GRID`, three
    methods x two seeds plus the two modalities trained alone (the command's default), 10 runs
-   of about 1-2 s each on an idle core (more than half of it the run's fixed costs).  ``--jobs 2`` gets ``OMP_NUM_THREADS`` = the CPU
-   count, which it shares out (one thread per worker on 2 CPUs); ``--jobs 1`` runs with one
-   thread and with all of them, and the ratio is taken against the faster (goal <= 0.75 on 2
-   cores).
+   of about 1-2 s each on an idle core (more than half of it the run's fixed costs).
+   ``--jobs 2`` gets ``OMP_NUM_THREADS`` = the CPU count, which it shares out (one thread per
+   worker on 2 CPUs); ``--jobs 1`` runs with one thread and with all of them, and the ratio is
+   taken against the faster (goal <= 0.75 on 2 cores).
 3. ``--compile`` vs eager (``--parts compile``): median ``time/step_s`` of epochs 2-3 of the
    default model (the first epoch holds the compiling), and the compiling's cost.
 
