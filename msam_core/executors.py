@@ -22,8 +22,11 @@ text; the other jobs go on.  Ctrl-C stops everything.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import multiprocessing
 import os
+import signal
 import socket
 import traceback
 from collections.abc import Callable, Sequence
@@ -236,7 +239,30 @@ def _worker_context(preload: Sequence[str]):
     # server already running (an earlier executor in this process) is reused as it is
     context.set_forkserver_preload(["__main__", *dict.fromkeys(preload)])
     forkserver.ensure_running()
+    _end_fork_server_at_exit()
     return context
+
+
+@functools.cache
+def _end_fork_server_at_exit() -> None:
+    """Have this process end its fork server as it exits (registered once).
+
+    Left to itself the server sees its parent's end only after it, then spends about a second
+    unloading torch (or seconds finishing its imports, after an early error) while it still
+    holds the command's stdout and stderr: a pipeline (``msam compare ... | tee log``) or a
+    captured subprocess waits for it.  By then every worker has been joined, and the server
+    holds nothing to save."""
+    from multiprocessing import forkserver
+
+    def end() -> None:
+        pid = forkserver._forkserver._forkserver_pid  # no public accessor (CPython 3.11-3.14)
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    atexit.register(end)
 
 
 def _connect_ray(address: str | None, cpus: int):

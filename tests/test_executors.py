@@ -7,7 +7,9 @@ table and the others finish; what cannot run is refused before anything is writt
 from __future__ import annotations
 
 import importlib
+import subprocess
 import sys
+import textwrap
 
 import pandas as pd
 import pytest
@@ -86,6 +88,30 @@ def test_a_run_failing_in_a_worker_process_is_reported_by_the_cli(tmp_path, caps
     assert main(argv) == 1
     captured = capsys.readouterr()
     assert "| joint | 1 |" in captured.out and "1 run(s) failed" in captured.err
+
+
+def test_the_fork_server_ends_with_the_process_that_started_it():
+    # Left alone, the server outlives its parent (it sees the end only after it, then unloads
+    # torch) and holds the parent's stdout and stderr meanwhile, so `msam compare --jobs 2 |
+    # tee log` waited for it.  Here the parent's exit handlers run and the server must then be
+    # gone, ended by SIGTERM; without them it would wait for this process for ever (the
+    # subprocess's timeout is only a guard against that hang).
+    script = textwrap.dedent(
+        """
+        import atexit, os, signal
+        from multiprocessing import forkserver
+        from msam_core.executors import start_workers
+        start_workers("local", 2)
+        pid = forkserver._forkserver._forkserver_pid
+        atexit._run_exitfuncs()
+        _, status = os.waitpid(pid, 0)
+        print(os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert done.stdout.strip() == "True", done.stderr
 
 
 def test_threads_are_shared_out_between_jobs(monkeypatch):
