@@ -756,6 +756,20 @@ def same_in_train_and_eval(model: nn.Module, training: list[nn.Module] | None = 
     return True
 
 
+def eval_mode_features(model: nn.Module, training: list[nn.Module] | None = None) -> bool:
+    """True when a training forward's features are the eval-mode ones, so feature masking may
+    reuse them: no module of ``model.encoders`` (of the whole model when it has none) computes
+    differently in eval mode (:func:`same_in_train_and_eval`).  A batch-norm encoder in
+    training mode normalises with the batch's statistics, not the running ones the coalition
+    values are defined with, so its features are encoded again in eval mode."""
+    training = training_modules(model) if training is None else training
+    encoders = getattr(model, "encoders", None)
+    if isinstance(encoders, nn.Module):
+        inside = {id(module) for module in submodules(encoders)}
+        training = [module for module in training if id(module) in inside]
+    return same_in_train_and_eval(model, training)
+
+
 def batch_values(
     model: nn.Module,
     inputs: Mapping[str, Tensor],
@@ -795,7 +809,8 @@ def batch_values_and(
     ``logits``: the step's first-pass logits ``[B, C]``; they are the full coalition's value
     when train and eval mode compute the same (:func:`same_in_train_and_eval`), so that
     coalition is not run again.  ``features``: the first pass's detached features, which
-    feature masking uses instead of running the encoders (only ``fuse`` runs; the baseline
+    feature masking uses instead of running the encoders when they are the eval-mode ones
+    (:func:`eval_mode_features`) (only ``fuse`` runs; the baseline
     features are one eval-mode encoder pass on one sample).  Under ``torch.distributed`` the
     values are averaged over ranks, weighted by batch size, so every rank has the same ones.
     """
@@ -808,7 +823,8 @@ def batch_values_and(
     reuse_full = logits is not None and same_in_train_and_eval(model, training)
     coalitions = all_coalitions(len(modalities))
     coalitions = coalitions[:-1] if reuse_full else coalitions  # the full one is the last
-    features = features if resolved == "feature" else None
+    reuse_features = resolved == "feature" and eval_mode_features(model, training)
+    features = features if reuse_features else None
     with torch.no_grad(), eval_mode(model, training):
         sums, positions = coalition_sums(
             model, inputs, targets, coalitions, value, resolved, baselines, chunk_size, features
@@ -856,7 +872,7 @@ def batch_row_values(
     reuse_full = logits is not None and same_in_train_and_eval(model, training)
     coalitions = all_coalitions(len(modalities))
     coalitions = coalitions[:-1] if reuse_full else coalitions  # the full one is the last
-    if resolved == "feature" and features is not None:
+    if resolved == "feature" and features is not None and eval_mode_features(model, training):
         features = {m: features[m].index_select(0, rows) for m in modalities}
     else:
         features = None

@@ -420,3 +420,40 @@ def test_counts_packed_with_a_bf16_loss_stay_exact():
     values = mean_values(counts, [0, 1, 2, 3], 512, scalar=torch.tensor(0.5, dtype=torch.bfloat16))
     assert (values[:-1] * 512).round().tolist() == [301, 257, 511, 0]
     assert values[-1].item() == 0.5
+
+
+@pytest.mark.parametrize("rows", [None, "half"])
+def test_a_step_reuses_train_mode_features_only_where_they_are_the_eval_mode_ones(rows):
+    # batch norm in an encoder, in training mode: the first pass normalised with the batch's
+    # statistics, so its features are not the eval-mode ones the values are defined with
+    from msam_core.shapley import batch_shapley
+    from msam_core.step import forward_pass
+
+    torch.manual_seed(0)
+    dims = {"a": 6, "b": 4, "c": 5}
+    specs = [ModalitySpec(m, "vector", (d,)) for m, d in dims.items()]
+    model = build_model(specs, 3, fusion="concat", dropout=0.3)  # head dropout: features still kept
+    for encoder in model.encoders.values():
+        encoder.net.insert(2, torch.nn.BatchNorm1d(128))
+    generator = torch.Generator().manual_seed(1)
+    y = torch.randint(3, (96,), generator=generator)
+    x = {
+        m: torch.randn(96, d, generator=generator) + (i + 1) * y[:, None]
+        for i, (m, d) in enumerate(dims.items())
+    }
+    subset = None if rows is None else torch.arange(0, 96, 2)
+    first = forward_pass(model, x, y)
+    kept = batch_shapley(model, x, y, first, "neg_loss", rows=subset)
+    fresh = batch_shapley(model, x, y, first, "neg_loss", reuse_first_pass=False, rows=subset)
+    torch.testing.assert_close(kept.values, fresh.values, rtol=0, atol=1e-12)
+    # and where they are the eval-mode ones they are kept: the encoders do not run again
+    for encoder in model.encoders.values():
+        encoder.net[2].eval()
+    first = forward_pass(model, x, y)
+    calls = []
+    hook = model.encoders["a"].register_forward_hook(lambda *_: calls.append(1))
+    try:
+        batch_shapley(model, x, y, first, "neg_loss", rows=subset)
+    finally:
+        hook.remove()
+    assert len(calls) == 1  # the baseline's encoding alone
