@@ -261,7 +261,9 @@ def _points_metrics(logits: Tensor, targets: Tensor, loss_fn: LossFn) -> tuple[T
     ``[Q, C, B]`` view: log-softmax then runs vectorised across samples, where over the last
     dim with C ≈ 10 it is a scalar loop (about 20× slower on a CPU, measured), and one call
     replaces Q calls' overhead.  A point's values do not depend on Q, so the centre computed
-    alone equals the grid's centre exactly.  Any other loss runs per point.  Accuracy (first
+    alone equals the grid's centre exactly; against ``F.cross_entropy(model(x), y)`` itself
+    it may differ by 1-2 float32 ulp (the per-sample losses are summed in another order).
+    Any other loss runs per point.  Accuracy (first
     maximum = target) needs class-index targets, else it is NaN.
     """
     if loss_fn is F.cross_entropy and logits.ndim == 3 and targets.ndim in (1, 2):
@@ -373,26 +375,30 @@ def _grid_structure(
     try:
         for n, p in model.named_parameters():
             p.requires_grad_(n in moving_set)
-        with eval_mode(model), torch.enable_grad():
-            model({m: x[:1] for m, x in inputs.items()})
+        with eval_mode(model), torch.enable_grad():  # two samples: batch statistics need them
+            model({m: x[:2] for m, x in inputs.items()})
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
         for h in handles:
             h.remove()
     once = {n for n, count in calls.items() if count == 1 and fixed_input[n]}
+    # by identity: a parameter tied between modules is listed under one name only, and the
+    # other module holding it moves too
+    moving_ids = {id(p) for n, p in model.named_parameters() if n in moving_set}
+    names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
+    tied = len(names) > len(dict(model.named_parameters()))  # a direction is per name: no shifts
     affine: dict[str, nn.Module] = {}
     constant: dict[str, nn.Module] = {}
     for name, mod in modules.items():
         if name not in once:
             continue
-        own = [_prefixed(name, p) for p, _ in mod.named_parameters(recurse=False)]
-        subtree = [_prefixed(name, p) for p, _ in mod.named_parameters()]
-        if affine_inputs and isinstance(mod, _AFFINE) and any(p in moving_set for p in own):
+        own_moves = any(id(p) in moving_ids for p in mod.parameters(recurse=False))
+        if affine_inputs and not tied and isinstance(mod, _AFFINE) and own_moves:
             affine[name] = mod
         elif (
             tensor_output[name]
-            and not any(p in moving_set for p in subtree)
+            and not any(id(p) in moving_ids for p in mod.parameters())
             and not any(c == "" or name.startswith(f"{c}.") for c in constant)  # top-most only
         ):
             constant[name] = mod
@@ -419,7 +425,8 @@ def _capture(
 
     def keep_constant(name: str):
         def hook(module, args, output):
-            constants[name] = output
+            # a copy: an in-place op later in this same forward may write into the output
+            constants[name] = output.clone()
 
         return hook
 
@@ -434,7 +441,7 @@ def _capture(
                 )
                 for d in directions
             ]
-            affine[name] = (output, torch.stack(shifts))
+            affine[name] = (output.clone(), torch.stack(shifts))  # a copy, as above
 
         return hook
 
@@ -464,7 +471,18 @@ def _replayed(
     patched: list[tuple[nn.Module, object]] = []
 
     def constant_forward(output: Tensor):
-        return lambda *args, **kwargs: output
+        # a later in-place op (an in-place activation module called twice) may write into the
+        # captured output: it is put back before it is handed out again
+        kept, version = output.clone(), [output._version]
+
+        def forward(*args, **kwargs):
+            if output._version != version[0]:
+                with torch.no_grad():
+                    output.copy_(kept)
+                version[0] = output._version
+            return output
+
+        return forward
 
     def affine_forward(base: Tensor, shifts: Tensor):
         buffer = torch.empty_like(base)

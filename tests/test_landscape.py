@@ -495,3 +495,59 @@ def test_msam_landscape_command(tmp_path, capsys):
     )
     assert main(["landscape", str(run), "--span", "0"]) == 2
     assert "span must be > 0" in capsys.readouterr().err
+
+
+class _TwoEncoders(nn.Module):
+    """A late-fusion model of stock layers, with the encoders given."""
+
+    def __init__(self, a: nn.Module, b: nn.Module, width: int) -> None:
+        super().__init__()
+        self.modalities = ["a", "b"]
+        self.encoders = nn.ModuleDict({"a": a, "b": b})
+        self.head = nn.Linear(width, 3)
+
+    def forward(self, x, mask=None):
+        return self.head(torch.cat([self.encoders[m](x[m]) for m in self.modalities], -1))
+
+
+def _paths_agree_with_the_loop(model: nn.Module, modality: str | None = None) -> None:
+    torch.manual_seed(3)
+    x = {"a": torch.randn(40, 6), "b": torch.randn(40, 6)}
+    y = torch.randint(0, 3, (40,))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loop = compute_landscape(model, x, y, steps=5, method="loop", modality=modality)
+    for method in ("inplace", "vmap"):
+        fast = compute_landscape(model, x, y, steps=5, method=method, modality=modality)
+        np.testing.assert_allclose(fast.loss, loop.loss, atol=1e-5, err_msg=method)
+        assert fast.loss[2, 2] == pytest.approx(loop.loss[2, 2], abs=1e-6)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("modality", [None, "a"])
+def test_a_parameter_tied_between_encoders_moves_in_both(modality):
+    # named_parameters() lists a tied parameter once: the second encoder's layer moves too
+    torch.manual_seed(0)
+    a, b = nn.Sequential(nn.Linear(6, 5), nn.Tanh()), nn.Sequential(nn.Linear(6, 5), nn.Tanh())
+    b[0].weight = a[0].weight
+    _paths_agree_with_the_loop(_TwoEncoders(a, b, 10), modality)
+
+
+@pytest.mark.parametrize("modality", [None, "a"])
+def test_an_in_place_activation_after_a_frozen_layer_leaves_the_replayed_output_alone(modality):
+    # the frozen layer's output is computed once; the in-place activation (one module, used
+    # twice) must not rescale that kept output again at every point
+    torch.manual_seed(0)
+    act = nn.LeakyReLU(0.1, inplace=True)
+    a = nn.Sequential(nn.Linear(6, 8), act, nn.Linear(8, 5), act)
+    a[0].requires_grad_(False)
+    _paths_agree_with_the_loop(
+        _TwoEncoders(a, nn.Sequential(nn.Linear(6, 5), nn.Tanh()), 10), modality
+    )
+
+
+def test_batch_statistics_norm_layers_get_a_landscape():
+    # batch norm without running statistics normalises with the batch's even in eval mode
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5, track_running_stats=False), nn.ReLU())
+    _paths_agree_with_the_loop(_TwoEncoders(a, nn.Sequential(nn.Linear(6, 5), nn.Tanh()), 10))
