@@ -762,11 +762,9 @@ def eval_mode_features(model: nn.Module, training: list[nn.Module] | None = None
     differently in eval mode (:func:`same_in_train_and_eval`).  A batch-norm encoder in
     training mode normalises with the batch's statistics, not the running ones the coalition
     values are defined with, so its features are encoded again in eval mode."""
-    training = training_modules(model) if training is None else training
     encoders = getattr(model, "encoders", None)
     if isinstance(encoders, nn.Module):
-        inside = {id(module) for module in submodules(encoders)}
-        training = [module for module in training if id(module) in inside]
+        return same_in_train_and_eval(encoders)
     return same_in_train_and_eval(model, training)
 
 
@@ -810,8 +808,8 @@ def batch_values_and(
     when train and eval mode compute the same (:func:`same_in_train_and_eval`), so that
     coalition is not run again.  ``features``: the first pass's detached features, which
     feature masking uses instead of running the encoders when they are the eval-mode ones
-    (:func:`eval_mode_features`) (only ``fuse`` runs; the baseline
-    features are one eval-mode encoder pass on one sample).  Under ``torch.distributed`` the
+    (:func:`eval_mode_features`): only ``fuse`` runs, and the baseline features are one
+    eval-mode encoder pass on one sample.  Under ``torch.distributed`` the
     values are averaged over ranks, weighted by batch size, so every rank has the same ones.
     """
     check_value_kind(value)

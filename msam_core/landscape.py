@@ -385,9 +385,10 @@ def _grid_structure(
     once = {n for n, count in calls.items() if count == 1 and fixed_input[n]}
     # by identity: a parameter tied between modules is listed under one name only, and the
     # other module holding it moves too
-    moving_ids = {id(p) for n, p in model.named_parameters() if n in moving_set}
-    names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
-    tied = len(names) > len(dict(model.named_parameters()))  # a direction is per name: no shifts
+    named = dict(model.named_parameters())
+    moving_ids = {id(p) for n, p in named.items() if n in moving_set}
+    # a direction is per name, so a tied layer has no shifts of its own: no affine layers then
+    tied = sum(1 for _ in model.named_parameters(remove_duplicate=False)) > len(named)
     affine: dict[str, nn.Module] = {}
     constant: dict[str, nn.Module] = {}
     for name, mod in modules.items():
