@@ -38,6 +38,8 @@ def process_limit(device: str) -> tuple[int, str]:
     """How many processes a run may have here: one per GPU on CUDA, one per CPU otherwise."""
     import torch
 
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} but CUDA is not available here; use --device cpu")
     if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
         return torch.cuda.device_count(), "CUDA device(s)"
     return available_cpus(), "CPU core(s) available to this process"
@@ -88,6 +90,7 @@ def run_processes(
                 f"{out!r} already holds files; continue that run with --resume, or replace "
                 "it with --overwrite"
             )
+    _check_out_writable(Path(out))
     limit, what = process_limit(device)
     if nproc > limit:
         raise ValueError(
@@ -99,6 +102,7 @@ def run_processes(
             f"--nproc {nproc} exceeds batch_size {cfg.batch_size} (the global batch each step "
             "shares out); give every process at least one sample"
         )
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser
     from torch.distributed.run import run as launch
@@ -109,7 +113,33 @@ def run_processes(
     except ChildFailedError as err:
         print(failure_message(err, out, nproc), file=sys.stderr)
         return 1
+    except SignalException as err:  # SIGTERM or SIGHUP to the launcher: it ended the ranks,
+        # and rank 0 has said where the run stands and how to resume it
+        print(f"msam train: {err.sigval.name} ended all {nproc} ranks", file=sys.stderr)
+        return 128 + int(err.sigval)
     return 0
+
+
+def _check_out_writable(out: Path) -> None:
+    """Refuse here, before any rank starts, a run directory that rank 0 could not write or
+    that another process is writing: refused inside the ranks, the others would wait for
+    rank 0 until the group's timeout.  Creates nothing: an existing folder is locked and
+    probed, a new one's nearest existing parent is probed."""
+    from msam_core.runlock import check_writable, run_lock
+
+    if out.is_dir():
+        with run_lock(out, "checking before the ranks start"):
+            check_writable(out)
+        return
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if parent is not None and parent.is_dir():
+        try:
+            check_writable(parent)
+        except PermissionError as err:
+            raise PermissionError(
+                f"cannot create run directory {str(out)!r}: {str(parent)!r} is not writable; "
+                "choose a writable --out"
+            ) from err
 
 
 def failure_message(err: Any, out: str, nproc: int) -> str:

@@ -22,7 +22,6 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -47,7 +46,7 @@ from msam_core.layout import (
     RUN_ENTRIES,
     SUMMARY_FILE,
 )
-from msam_core.runlock import LOCK_FILE, run_lock
+from msam_core.runlock import LOCK_FILE, check_writable, run_lock
 from msam_core.version import __version__
 
 # --------------------------------------------------------------------------------------------
@@ -224,7 +223,7 @@ class RunWriter:
                     "start it without --resume"
                 )
             self._take_lock("resuming")
-            self._check_writable()
+            check_writable(self.path)
             # temporary files a killed process left half-written (never the real ones)
             for folder in (path, path / CHECKPOINTS_DIR):
                 for stale in folder.glob(".*.tmp"):
@@ -242,7 +241,7 @@ class RunWriter:
             ) from err
         self._take_lock("overwriting" if overwrite else "training")
         self._check_fresh(overwrite)
-        self._check_writable()  # before anything is deleted
+        check_writable(self.path)  # before anything is deleted
         if overwrite:
             _remove_run_files(path)
 
@@ -264,17 +263,6 @@ class RunWriter:
 
     def _take_lock(self, purpose: str) -> None:
         self._lock.enter_context(run_lock(self.path, purpose))
-
-    def _check_writable(self) -> None:
-        try:
-            fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=self.path)
-            os.close(fd)
-            os.unlink(probe)
-        except OSError as err:
-            raise PermissionError(
-                f"run directory {str(self.path)!r} is not writable: {err.strerror or err}; "
-                "choose a writable --out"
-            ) from err
 
     # -- paths -----------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import tempfile
 import threading
 import warnings
 from collections.abc import Iterator
@@ -44,8 +45,9 @@ def _describe_holder(path: Path) -> str:
         text = path.read_text(encoding="utf-8").strip()
     except OSError:
         return "another process"
-    fields = dict(part.split("=", 1) for part in text.split() if "=" in part)
-    pid, host, purpose = fields.get("pid"), fields.get("host"), fields.get("purpose")
+    head, _, purpose = text.partition("purpose=")  # the last field; it may hold spaces
+    fields = dict(part.split("=", 1) for part in head.split() if "=" in part)
+    pid, host = fields.get("pid"), fields.get("host")
     if not pid:
         return "another process"
     where = f" on {host}" if host and host != socket.gethostname() else ""
@@ -79,6 +81,17 @@ def _not_writable(run_dir: Path, err: OSError) -> PermissionError:
         f"run directory {str(run_dir)!r} is not writable ({err.strerror or err}); "
         "choose a writable --out"
     )
+
+
+def check_writable(run_dir: str | os.PathLike) -> None:
+    """Raise PermissionError naming ``run_dir`` unless a file can be created in it: tried, not
+    read from the mode bits, which a read-only mount or an ACL contradicts."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=run_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise _not_writable(Path(run_dir), err) from err
 
 
 @contextmanager

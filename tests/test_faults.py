@@ -586,17 +586,23 @@ def test_a_read_only_out_a_read_only_resume_and_report_are_one_line(tmp_path, re
     run = tmp_path / "copy"
     shutil.copytree(reference, run)
     before = sorted((p.name, p.stat().st_size) for p in run.rglob("*"))
-    fresh, resumed, report = _read_only(
+    fresh, resumed, report, fresh_ranks, resumed_ranks = _read_only(
         [locked, run],
         [
             cli_args(locked / "run", "--epochs", "1"),
             ["train", "--resume", str(run), "--epochs", "4", "--quiet"],
             ["report", str(run), "--out", str(locked / "r.html")],
+            # many processes: refused before the ranks start, not by rank 0 after they have
+            [*cli_args(locked / "run", "--epochs", "1"), "--nproc", "2"],
+            ["train", "--resume", str(run), "--epochs", "4", "--quiet", "--nproc", "2"],
         ],
     )
     assert fresh[0] == 2 and "writable" in one_line(fresh[1])
     assert resumed[0] == 2 and "not writable" in one_line(resumed[1])
     assert report[0] == 2 and "r.html" in one_line(report[1])
+    assert fresh_ranks[0] == 2 and "writable" in one_line(fresh_ranks[1])
+    assert "rank" not in fresh_ranks[1]
+    assert resumed_ranks[0] == 2 and "not writable" in one_line(resumed_ranks[1])
     assert sorted((p.name, p.stat().st_size) for p in run.rglob("*")) == before
     note("read-only folder (train / resume / report)", survived=True, tried=3)
 
