@@ -36,6 +36,7 @@ table and the ``diverged`` column counts it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -59,6 +60,7 @@ from msam_core.layout import CHECKPOINTS_DIR, LAST_CHECKPOINT, checkpoint_epochs
 from msam_core.methods import build_method, get_method
 from msam_core.record import CONFIG_FILE, SUMMARY_FILE, load_run, write_json_atomic
 from msam_core.rundir import build_run_model
+from msam_core.runlock import run_lock
 from msam_core.train import (
     RESUMABLE_KEYS,
     TrainingDiverged,
@@ -754,8 +756,12 @@ def compare(
     stored = {"reuse": "reused", "diverged": "diverged"}
     todo = [job for job, plan in zip(job_list, plans, strict=True) if plan not in stored]
     where = {"ray_address": ray_address, "gpus_per_run": gpus_per_run, "preload": [__name__]}
-    with Executor(executor, jobs, **where) as runner:
+    with contextlib.ExitStack() as held:
+        runner = held.enter_context(Executor(executor, jobs, **where))
         check_writable(out)
+        # one comparison per folder: a second one would find the first one's runs locked and
+        # tabulate them as failed (their records stay safe under their own locks either way)
+        held.enter_context(run_lock(out, "comparing"))
         request = {
             "dataset": base.dataset,
             "methods": [spec.label for spec in specs],
@@ -792,16 +798,17 @@ def compare(
             runner.run(run_job, todo, on_done=report)
         finally:
             bar.close()
-    failures = {spec_of[r.job.path]: r.error or "failed" for r in finished if r.failed}
+        failures = {spec_of[r.job.path]: r.error or "failed" for r in finished if r.failed}
 
-    runs = collect_runs(out, every, seed_list, failures)
-    summary = summarise(runs, [spec.label for spec in specs])
-    add_ceilings(summary, runs, modalities)
-    header = (
-        f"Dataset `{base.dataset}`, {len(seed_list)} seed(s) {seed_list}, {base.epochs} epochs. "
-        "Test metrics at the best-validation epoch; mean ± sample sd over seeds. `alone` is "
-        "each modality trained alone, `headroom` that minus joint's unimodal accuracy, "
-        "`recovered` the share of it a method gains (%).\n\n"
-    )
-    write_results(out, runs, summary, header)
+        runs = collect_runs(out, every, seed_list, failures)
+        summary = summarise(runs, [spec.label for spec in specs])
+        add_ceilings(summary, runs, modalities)
+        header = (
+            f"Dataset `{base.dataset}`, {len(seed_list)} seed(s) {seed_list}, "
+            f"{base.epochs} epochs. "
+            "Test metrics at the best-validation epoch; mean ± sample sd over seeds. `alone` is "
+            "each modality trained alone, `headroom` that minus joint's unimodal accuracy, "
+            "`recovered` the share of it a method gains (%).\n\n"
+        )
+        write_results(out, runs, summary, header)
     return summary

@@ -341,3 +341,21 @@ def test_no_alone_and_single_modality_requests(tmp_path):
     with pytest.raises(ValueError, match="needs at least 2 modalities"):
         compare("synthetic", "joint,ogm_ge", 1, tmp_path / "b", **{**TINY, "modalities": "audio"})
     assert not (tmp_path / "b").exists()
+
+
+def test_a_folder_another_comparison_is_writing_is_refused_before_anything_is_written(
+    tmp_path, capsys
+):
+    """Two comparisons in one folder: the second is refused up front, naming the first,
+    instead of finding its runs locked and tabulating them as failed."""
+    from msam_core.runlock import run_lock
+
+    out = tmp_path / "cmp"
+    out.mkdir()
+    argv = ["compare", "--methods", "joint", "--seeds", "1", "--out", str(out), "--epochs", "1"]
+    argv += ["--device", "cpu", "--no-alone", "--quiet"]
+    with run_lock(out, "comparing"):
+        assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "is being written by this process" in err and "comparing" in err, err
+    assert [p.name for p in out.iterdir()] == []
