@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import signal
 import sys
@@ -162,7 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         # training's TrainingInterrupted says where the run stands and how to resume it
         how = getattr(err, "signal", "SIGINT")
-        print(f"msam {name}: {err or 'interrupted'}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # one rank of many: rank 0 speaks for the run
+            print(f"msam {name}: {err or 'interrupted'}", file=sys.stderr)
         return 128 + int(getattr(signal, how, signal.SIGINT))
     except RuntimeError as err:
         from msam_core.train import TrainingDiverged

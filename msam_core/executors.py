@@ -139,8 +139,14 @@ class Executor:
             raise ValueError(f"executor {kind!r} is not known; choose one of {list(EXECUTORS)}")
         if int(jobs) < 1:
             raise ValueError(f"--jobs must be at least 1, got {jobs}")
-        if kind != "ray" and (ray_address is not None or gpus_per_run):
-            raise ValueError("--ray-address and --gpus-per-run need --executor ray")
+        given = [
+            option
+            for option, value in (("--ray-address", ray_address), ("--gpus-per-run", gpus_per_run))
+            if value
+        ]
+        if kind != "ray" and given:
+            verb = "need" if len(given) > 1 else "needs"
+            raise ValueError(f"{' and '.join(given)} {verb} --executor ray")
         if gpus_per_run < 0:
             raise ValueError(f"--gpus-per-run must be >= 0, got {gpus_per_run}")
         self.kind, self.jobs = kind, int(jobs)

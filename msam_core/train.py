@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import math
 import os
 import random
@@ -644,7 +645,11 @@ def _wrap_for_steps(model: nn.Module, world: World, device: torch.device, compil
         return model, weight
     ids = [device.index] if device.type == "cuda" else None
     moving = has_changing_buffers(model)  # not the fixed baselines: no broadcast per forward
-    ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=moving)
+    # buffers are equal on every rank at the start (one seed), so syncing them then is harmless
+    ddp_type = nn.parallel.DistributedDataParallel
+    renamed = "forward_sync_buffers" in inspect.signature(ddp_type.__init__).parameters
+    sync = {"forward_sync_buffers" if renamed else "broadcast_buffers": moving}  # torch >= 2.13
+    ddp = ddp_type(model, device_ids=ids, **sync)
     ddp.register_comm_hook(weight, weighted_grad_hook)
     return ddp, weight
 
@@ -859,9 +864,10 @@ class _Loop:
         ckpt = self.last_checkpoint_step
         kept = f"its checkpoint at step {ckpt}" if ckpt is not None else "no checkpoint yet"
         path = self.writer.path if self.writer is not None else "RUN"  # (ranks other than 0)
+        nproc = f" --nproc {self.world.size}" if self.world.size > 1 else ""
         return (
             f"stopped by {how} at step {self.state.step}; the records and {kept} are kept in "
-            f"{str(path)!r}; continue with: msam train --resume {path}"
+            f"{str(path)!r}; continue with: msam train --resume {path}{nproc}"
         )
 
     def _compile_settings(self):
@@ -1083,9 +1089,12 @@ class _Loop:
         )
 
     def _probe_best(self) -> None:
-        """Add the probes of the best-val epoch's weights to its summary metrics (once)."""
+        """Add the probes of the best-val epoch's weights to its summary metrics (once).
+
+        Rank 0 alone: the summary is its to write, best.pt is in its run directory (which
+        another node may not see), and a probe is one process's fit with no collectives."""
         state = self.state
-        if not self.cfg.probe or not state.best_metrics:
+        if not self.cfg.probe or not state.best_metrics or not self.main:
             return
         if any(k.startswith("probe/") for k in state.best_metrics.get("test", {})):
             return  # probed when it was evaluated

@@ -152,6 +152,23 @@ def test_a_killed_rank_is_named_and_resume_is_bit_for_bit(tmp_path, two_process_
     assert _records(out, "iterations.jsonl") == _records(two_process_run, "iterations.jsonl")
 
 
+def test_sigterm_to_the_launcher_ends_every_rank_and_rank_zero_says_how_to_resume(tmp_path):
+    out = tmp_path / "stopped"
+    command = [sys.executable, "-m", "msam_core", "train", "--nproc", "2", "--out", str(out)]
+    with _ended(_start([*command, *OPTIONS, "--epochs", "500"])) as launcher:
+        deadline = time.monotonic() + TIMEOUT
+        while not (out / "checkpoints" / "epoch_0001.pt").is_file():
+            assert launcher.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        launcher.send_signal(signal.SIGTERM)
+        _, stderr = launcher.communicate(timeout=TIMEOUT)
+    assert launcher.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert stderr.count("stopped by SIGTERM at step") == 1  # rank 0 alone, not once per rank
+    assert f"msam train --resume {out} --nproc 2" in stderr and "Traceback" not in stderr
+    assert "SIGTERM ended all 2 ranks" in stderr
+    assert json.loads((out / "summary.json").read_text())["stopped"].startswith("interrupted")
+
+
 def test_torchrun_max_restarts_continues_from_the_checkpoint(tmp_path, two_process_run):
     out = tmp_path / "restarted"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
@@ -173,6 +190,42 @@ def test_bad_process_counts_are_refused_before_anything_is_written(tmp_path):
     done = _msam("--nproc", "2", "--out", str(out), *OPTIONS, "--batch_size", "1", check=False)
     assert done.returncode == 2 and "exceeds batch_size 1" in done.stderr
     assert not out.exists()
+    if not torch.cuda.is_available():
+        done = _msam("--nproc", "2", "--out", str(out), *OPTIONS, "--device", "cuda", check=False)
+        assert done.returncode == 2 and "CUDA is not available here" in done.stderr, done.stderr
+        assert not out.exists()
+
+
+def test_a_best_epoch_before_the_last_is_probed_by_rank_zero(tmp_path):
+    """With lr 1, this tiny run's val accuracy peaks at epoch 3 of 4, so the best epoch's
+    weights are probed after training: by rank 0 alone (the other ranks have no writer; one of
+    them read best.pt through it once and crashed the run)."""
+    done = _msam("--nproc", "2", "--out", str(tmp_path / "two"), *OPTIONS, "--lr", "1.0")
+    one = train({**CONFIG, "lr": 1.0}, out=tmp_path / "one", quiet=True)
+    summaries = [json.loads((run / "summary.json").read_text()) for run in (tmp_path / "two", one)]
+    assert summaries[0]["best_epoch"] == summaries[1]["best_epoch"] < EPOCHS, done.stderr[-2000:]
+    probes = [
+        {k: v for k, v in summary["best"]["test"].items() if k.startswith("probe/")}
+        for summary in summaries
+    ]
+    assert probes[0] and probes[0].keys() == probes[1].keys()
+    for key, value in probes[1].items():
+        assert probes[0][key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_a_run_another_process_writes_is_refused_before_the_ranks_start(tmp_path, two_process_run):
+    """Refused at once with exit status 2, the run untouched: inside the ranks, the others
+    would wait for rank 0 until the group timed out.  (A read-only run: test_faults.)"""
+    from msam_core.runlock import run_lock
+
+    run = tmp_path / "run"
+    shutil.copytree(two_process_run, run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with run_lock(run, "a test holding it"):
+        done = _msam("--resume", str(run), "--nproc", "2", "--epochs", "5", check=False)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "is being written by process" in done.stderr and "a test holding it" in done.stderr
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
 def test_resuming_on_another_number_of_processes_warns(tmp_path, two_process_run):

@@ -126,8 +126,10 @@ def test_what_cannot_run_is_refused_before_anything_is_written(tmp_path, monkeyp
     out = tmp_path / "cmp"
     with pytest.raises(ValueError, match="at least 1"):
         compare("synthetic", "joint", 1, out, jobs=0, **TINY)
-    with pytest.raises(ValueError, match="need --executor ray"):
+    with pytest.raises(ValueError, match=r"^--gpus-per-run needs --executor ray"):
         compare("synthetic", "joint", 1, out, gpus_per_run=1, **TINY)
+    with pytest.raises(ValueError, match=r"^--ray-address and --gpus-per-run need --executor"):
+        compare("synthetic", "joint", 1, out, ray_address="x:1", gpus_per_run=1, **TINY)
     with pytest.raises(ValueError, match=r"no Ray cluster at '127\.0\.0\.1:9'"):
         compare("synthetic", "joint", 1, out, executor="ray", ray_address="127.0.0.1:9", **TINY)
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
