@@ -444,8 +444,9 @@ def collect_runs(
             else:
                 rows.append({**run_row(path), "method": m, "failed": 0})
     runs = pd.DataFrame(rows)
-    if "error" not in runs:
-        runs["error"] = ""
+    for column, empty in (("failed", 0), ("diverged", 0), ("error", "")):
+        if column not in runs:  # every run failed (no metrics at all), or none did
+            runs[column] = empty
     return runs.fillna({"failed": 0, "diverged": 0, "error": ""})
 
 

@@ -359,3 +359,16 @@ def test_a_folder_another_comparison_is_writing_is_refused_before_anything_is_wr
     err = capsys.readouterr().err
     assert "is being written by this process" in err and "comparing" in err, err
     assert [p.name for p in out.iterdir()] == []
+
+
+def test_a_comparison_whose_every_run_fails_still_tabulates_them(tmp_path, monkeypatch):
+    """No run leaves metrics: the table still has one failed row per spec, not a KeyError."""
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("no luck")
+
+    monkeypatch.setattr(compare_module, "train", failing)
+    table = compare("synthetic", "joint,msam", 1, tmp_path / "cmp", **TINY)
+    assert list(table["failed"]) == [1, 1] and list(table["seeds"]) == [0, 0]
+    runs = pd.read_csv(tmp_path / "cmp" / "runs.csv")
+    assert list(runs["error"].str.contains("no luck")) == [True, True]
