@@ -11,16 +11,18 @@ Under ``torchrun --max-restarts K`` a restarted attempt resumes from the last ch
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from msam_core.config import resolve_config
 from msam_core.executors import available_cpus
 from msam_core.layout import CONFIG_FILE
+from msam_core.runlock import LOCK_FILE
 
 
 def launched_here() -> bool:
@@ -85,12 +87,13 @@ def run_processes(
         if out is None:
             out = str(Path("runs") / f"{cfg.method}_{cfg.dataset}_seed{cfg.seed}")
             tokens = [*tokens, "--out", out]
-        if not overwrite and Path(out).is_dir() and any(Path(out).iterdir()):
+        held = Path(out).is_dir() and any(p.name != LOCK_FILE for p in Path(out).iterdir())
+        if not overwrite and held:
             raise FileExistsError(
                 f"{out!r} already holds files; continue that run with --resume, or replace "
                 "it with --overwrite"
             )
-    _check_out_writable(Path(out))
+    _check_out_usable(Path(out))
     limit, what = process_limit(device)
     if nproc > limit:
         raise ValueError(
@@ -109,7 +112,8 @@ def run_processes(
 
     argv = ["--standalone", f"--nproc_per_node={nproc}", "--module", "msam_core", "train"]
     try:
-        launch(get_args_parser().parse_args([*argv, *_without_nproc(tokens)]))
+        with _lock_for_ranks(Path(out), nproc):
+            launch(get_args_parser().parse_args([*argv, *_without_nproc(tokens)]))
     except ChildFailedError as err:
         print(failure_message(err, out, nproc), file=sys.stderr)
         return 1
@@ -120,26 +124,57 @@ def run_processes(
     return 0
 
 
-def _check_out_writable(out: Path) -> None:
-    """Refuse here, before any rank starts, a run directory that rank 0 could not write or
-    that another process is writing: refused inside the ranks, the others would wait for
-    rank 0 until the group's timeout.  Creates nothing: an existing folder is locked and
-    probed, a new one's nearest existing parent is probed."""
-    from msam_core.runlock import check_writable, run_lock
+def _check_out_usable(out: Path) -> None:
+    """Refuse here, before any rank starts, a run directory rank 0 could not create or write
+    (a file, a path under a file, a read-only folder): refused inside the ranks, the others
+    would wait for rank 0 until the group's timeout.  Creates nothing."""
+    from msam_core.runlock import check_writable
 
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(
+            f"run directory {str(out)!r} exists and is a file; choose another --out"
+        )
     if out.is_dir():
-        with run_lock(out, "checking before the ranks start"):
-            check_writable(out)
+        check_writable(out)
         return
     parent = next((p for p in out.absolute().parents if p.exists()), None)
-    if parent is not None and parent.is_dir():
+    if parent is None:
+        return
+    if not parent.is_dir():
+        raise NotADirectoryError(
+            f"cannot create run directory {str(out)!r}: {str(parent)!r} is a file; "
+            "choose another --out"
+        )
+    try:
+        check_writable(parent)
+    except PermissionError as err:
+        raise PermissionError(
+            f"cannot create run directory {str(out)!r}: {str(parent)!r} is not writable; "
+            "choose a writable --out"
+        ) from err
+
+
+@contextlib.contextmanager
+def _lock_for_ranks(out: Path, nproc: int) -> Iterator[None]:
+    """Hold ``out``'s writer lock from before the ranks start until they have ended; rank 0
+    writes under it (:data:`~msam_core.runlock.LAUNCHER_LOCK_ENV` tells it so).  Taken by rank
+    0 instead, another writer could start between these checks and rank 0's start and be
+    found only inside the ranks.  Raises RunLocked naming the current writer."""
+    from msam_core.runlock import LAUNCHER_LOCK_ENV, run_lock
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise type(err)(
+            f"cannot create run directory {str(out)!r}: {err.strerror or err}; "
+            "choose a writable --out"
+        ) from err
+    with run_lock(out, f"training on {nproc} processes"):
+        os.environ[LAUNCHER_LOCK_ENV] = f"{os.getpid()}:{out.resolve()}"
         try:
-            check_writable(parent)
-        except PermissionError as err:
-            raise PermissionError(
-                f"cannot create run directory {str(out)!r}: {str(parent)!r} is not writable; "
-                "choose a writable --out"
-            ) from err
+            yield
+        finally:
+            os.environ.pop(LAUNCHER_LOCK_ENV, None)
 
 
 def failure_message(err: Any, out: str, nproc: int) -> str:

@@ -30,6 +30,11 @@ except ImportError:  # pragma: no cover - Windows: no flock, the PID file alone 
 
 LOCK_FILE = ".msam.lock"
 
+#: Set by ``msam train --nproc`` for its ranks: ``"<launcher PID>:<run directory>"``, a run
+#: directory whose lock that launcher holds for the whole run, so rank 0 writes under it and no
+#: other writer can start between the launcher's checks and rank 0's start.
+LAUNCHER_LOCK_ENV = "MSAM_LAUNCHER_HOLDS_LOCK"
+
 #: run directories this process holds: resolved path -> [purpose, nesting depth]
 _held: dict[Path, list] = {}
 _held_guard = threading.Lock()
@@ -125,7 +130,7 @@ def run_lock(
             with _held_guard:
                 _held[key][1] -= 1
         return
-    fd = _acquire(run_dir, purpose)
+    fd = None if _held_by_launcher(key) else _acquire(run_dir, purpose)
     with _held_guard:
         _held[key] = [purpose, 1]
     try:
@@ -133,7 +138,14 @@ def run_lock(
     finally:
         with _held_guard:
             _held.pop(key, None)
-        _release(run_dir / LOCK_FILE, fd)
+        if fd is not None:
+            _release(run_dir / LOCK_FILE, fd)
+
+
+def _held_by_launcher(key: Path) -> bool:
+    """True in a rank whose launcher (its parent process) holds ``key``'s lock for it."""
+    pid, _, path = os.environ.get(LAUNCHER_LOCK_ENV, "").partition(":")
+    return bool(path) and pid == str(os.getppid()) and Path(path) == key
 
 
 def holds_lock(run_dir: str | os.PathLike) -> bool:

@@ -469,6 +469,7 @@ def _views_back(page, name: str, selector: str, count: int) -> None:
             page.reload()
             page.wait_for_selector(".jp-NotebookPanel .jp-Notebook .jp-Cell")
             reloaded = True
+            deadline = time.monotonic() + FIGURE_TIMEOUT_S  # the reloaded page's own time
         elif time.monotonic() > deadline:
             shot = _failure_screenshot(page, name)
             pytest.fail(f"{name}: {count} views of {selector} not back; outputs: {texts}; {shot}")

@@ -160,6 +160,11 @@ def test_sigterm_to_the_launcher_ends_every_rank_and_rank_zero_says_how_to_resum
         while not (out / "checkpoints" / "epoch_0001.pt").is_file():
             assert launcher.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
+        # the launcher holds the run's writer lock for its ranks: a second launch is refused
+        # before its own ranks start, however soon after the first it comes
+        second = _msam("--resume", str(out), "--nproc", "2", "--quiet", check=False)
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert "(training on 2 processes)" in second.stderr, second.stderr[-2000:]
         launcher.send_signal(signal.SIGTERM)
         _, stderr = launcher.communicate(timeout=TIMEOUT)
     assert launcher.returncode == 128 + signal.SIGTERM, stderr[-3000:]
@@ -190,6 +195,18 @@ def test_bad_process_counts_are_refused_before_anything_is_written(tmp_path):
     done = _msam("--nproc", "2", "--out", str(out), *OPTIONS, "--batch_size", "1", check=False)
     assert done.returncode == 2 and "exceeds batch_size 1" in done.stderr
     assert not out.exists()
+    afile = tmp_path / "afile"
+    afile.write_text("not a run")
+    for where, said in ((afile, "exists and is a file"), (afile / "run", "is a file")):
+        done = _msam("--nproc", "2", "--out", str(where), *OPTIONS, check=False)
+        assert done.returncode == 2 and said in done.stderr, done.stderr[-2000:]
+        assert "rank" not in done.stderr  # refused before any rank started
+    # a lock file left by a killed process is not a run: the folder is still free to use
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    (stale / ".msam.lock").write_text("pid=999999999 host=elsewhere purpose=checking\n")
+    done = _msam("--nproc", "2", "--out", str(stale), *OPTIONS, "--batch_size", "1", check=False)
+    assert done.returncode == 2 and "exceeds batch_size 1" in done.stderr, done.stderr[-2000:]
     if not torch.cuda.is_available():
         done = _msam("--nproc", "2", "--out", str(out), *OPTIONS, "--device", "cuda", check=False)
         assert done.returncode == 2 and "CUDA is not available here" in done.stderr, done.stderr
