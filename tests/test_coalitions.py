@@ -457,3 +457,44 @@ def test_a_step_reuses_train_mode_features_only_where_they_are_the_eval_mode_one
     finally:
         hook.remove()
     assert len(calls) == 1  # the baseline's encoding alone
+
+
+@pytest.mark.parametrize("fusion", ["concat", "sum"])
+@pytest.mark.parametrize("hidden", [None, 16])
+def test_a_linear_heads_coalitions_from_its_first_layer_terms_equal_the_head_per_coalition(
+    fusion, hidden
+):
+    """Concat and sum heads are linear up to their first layer: coalition values from each
+    modality's term of it equal the head run on every coalition's rows, which a hook (or
+    dropout in training mode) brings back."""
+    dims = {"a": 6, "b": 4, "c": 5}
+    specs = [ModalitySpec(m, "vector", (d,)) for m, d in dims.items()]
+    torch.manual_seed(5)
+    model = build_model(specs, 3, fusion=fusion, feature_dim=8, hidden=hidden, dropout=0.3)
+    model.fit_baselines(tiny_batch(dims, batch_size=24, seed=7)[0], kind="mean")
+    model.eval()
+    inputs, targets = tiny_batch(dims, batch_size=24, seed=6)
+    features = model.encode(inputs)
+    parts = model.fusion_parts(features)
+    assert parts is not None and list(parts) == list(dims)
+    joined = model.after_fusion_parts(sum(parts.values()))
+    torch.testing.assert_close(joined, model.fuse(features), atol=1e-6, rtol=0)
+    fast = coalition_values(model, inputs, targets, "prob")
+    handle = model.head.classifier[1].register_forward_hook(lambda *args: None)
+    assert model.fusion_parts(features) is None  # a hook is never skipped
+    slow = coalition_values(model, inputs, targets, "prob")
+    handle.remove()
+    torch.testing.assert_close(fast, slow, atol=1e-6, rtol=0)
+    assert not torch.equal(fast, fast[:1].expand(8))
+    assert model.train().fusion_parts(features) is None  # dropout would be skipped
+
+
+def test_heads_that_are_not_linear_in_the_features_offer_no_terms():
+    specs = [ModalitySpec("audio", "vector", (6,)), ModalitySpec("video", "vector", (4,))]
+    features = {"audio": torch.randn(5, 8), "video": torch.randn(5, 8)}
+    for fusion in ("gated", "film"):
+        model = build_model(specs, 3, fusion=fusion, feature_dim=8).eval()
+        assert model.fusion_parts(features) is None, fusion
+    model = build_model(specs, 3, fusion="concat", feature_dim=8).eval()
+    model.fuse = lambda feats, mask=None: model.head(feats, mask)  # fuse replaced: not trusted
+    assert model.fusion_parts(features) is None

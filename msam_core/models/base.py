@@ -196,6 +196,20 @@ class LateFusionModel(MultimodalModel):
             )
         return self.head(features, mask)
 
+    def fusion_parts(self, features: Mapping[str, Tensor]) -> dict[str, Tensor] | None:
+        """Each modality's term of the fusion head's first linear layer, ``{m: [N, H]}``,
+        when the head is linear up to it (concat and sum fusion, in eval mode) and ``fuse`` is
+        this class's own; their sum through :meth:`after_fusion_parts` is ``fuse(features)``
+        up to rounding (coalition values use it).  None otherwise."""
+        if type(self).fuse is not LateFusionModel.fuse or "fuse" in vars(self):
+            return None
+        parts = getattr(self.head, "first_layer_parts", None)
+        return parts(features) if callable(parts) else None
+
+    def after_fusion_parts(self, z: Tensor) -> Tensor:
+        """Logits ``[N, C]`` from a sum of :meth:`fusion_parts` ``z [N, H]``."""
+        return self.head.after_first_layer(z)
+
     def baseline_features(self) -> dict[str, Tensor]:
         """Encoding of each modality's baseline input, ``{m: [1, F_m]}``.
 

@@ -85,6 +85,45 @@ class FusionHead(nn.Module):
         validate_mask(mask, len(self.modalities), batch_size)
         return self.classifier(self.combine(features))
 
+    def first_layer_parts(self, features: Mapping[str, Tensor]) -> dict[str, Tensor] | None:
+        """Each modality's term of the classifier's first ``Linear``, ``{m: [N, H]}`` (no
+        bias), for a head whose ``combine`` is linear (concat, sum): their sum through
+        :meth:`after_first_layer` is ``head(features)`` up to rounding, so coalition values
+        need each modality's term once instead of the head run on every coalition's rows.
+        None where that would not be exact: another head, a subclass, dropout in training
+        mode, or a hook or instance-level forward anywhere in the head (never taken on trust).
+        """
+        if not self._linear_combine():
+            return None
+        weight = self.classifier[1].weight
+        return {m: features[m] @ weight[:, cols].T for m, cols in self._columns().items()}
+
+    def after_first_layer(self, z: Tensor) -> Tensor:
+        """Logits from a sum of :meth:`first_layer_parts` ``z [N, H]``: bias, then the rest."""
+        return self.classifier[2:](z + self.classifier[1].bias)
+
+    def _columns(self) -> dict[str, slice]:
+        """The first ``Linear``'s input columns each modality's features meet."""
+        raise NotImplementedError
+
+    def _linear_combine(self) -> bool:
+        if type(self) not in (ConcatFusion, SumFusion) or not _plain(self):
+            return False
+        layers = list(self.classifier)
+        dropout = layers[0]
+        if type(dropout) is not nn.Dropout or (dropout.training and dropout.p > 0):
+            return False
+        return all(type(x) in (nn.Linear, nn.ReLU, nn.Dropout) and _plain(x) for x in layers)
+
+
+def _plain(module: nn.Module) -> bool:
+    """No hooks on ``module``, none global, no forward set on the instance."""
+    hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    own = any(getattr(module, name, None) for name in hooks) or "forward" in vars(module)
+    registry = nn.modules.module
+    global_hooks = ("_global_forward_hooks", "_global_forward_pre_hooks")
+    return not own and not any(getattr(registry, name, None) for name in global_hooks)
+
 
 class ConcatFusion(FusionHead):
     """Concatenate the features in modality order."""
@@ -94,6 +133,13 @@ class ConcatFusion(FusionHead):
 
     def combine(self, features: Mapping[str, Tensor]) -> Tensor:
         return torch.cat([features[m] for m in self.modalities], dim=1)
+
+    def _columns(self) -> dict[str, slice]:
+        columns, start = {}, 0
+        for m in self.modalities:
+            columns[m] = slice(start, start + self.feature_dims[m])
+            start += self.feature_dims[m]
+        return columns
 
 
 class SumFusion(FusionHead):
@@ -110,6 +156,9 @@ class SumFusion(FusionHead):
 
     def combine(self, features: Mapping[str, Tensor]) -> Tensor:
         return torch.stack([features[m] for m in self.modalities]).sum(0)
+
+    def _columns(self) -> dict[str, slice]:
+        return {m: slice(None) for m in self.modalities}
 
 
 class GatedFusion(FusionHead):
