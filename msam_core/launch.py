@@ -160,15 +160,9 @@ def _lock_for_ranks(out: Path, nproc: int) -> Iterator[None]:
     writes under it (:data:`~msam_core.runlock.LAUNCHER_LOCK_ENV` tells it so).  Taken by rank
     0 instead, another writer could start between these checks and rank 0's start and be
     found only inside the ranks.  Raises RunLocked naming the current writer."""
-    from msam_core.runlock import LAUNCHER_LOCK_ENV, run_lock
+    from msam_core.runlock import LAUNCHER_LOCK_ENV, create_run_dir, run_lock
 
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise type(err)(
-            f"cannot create run directory {str(out)!r}: {err.strerror or err}; "
-            "choose a writable --out"
-        ) from err
+    create_run_dir(out)
     with run_lock(out, f"training on {nproc} processes"):
         os.environ[LAUNCHER_LOCK_ENV] = f"{os.getpid()}:{out.resolve()}"
         try:

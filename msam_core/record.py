@@ -46,7 +46,7 @@ from msam_core.layout import (
     RUN_ENTRIES,
     SUMMARY_FILE,
 )
-from msam_core.runlock import LOCK_FILE, check_writable, run_lock
+from msam_core.runlock import LOCK_FILE, check_writable, create_run_dir, run_lock
 from msam_core.version import __version__
 
 # --------------------------------------------------------------------------------------------
@@ -232,13 +232,7 @@ class RunWriter:
         # checked before anything is written, then again under the lock (another writer may
         # have started in between)
         self._check_fresh(overwrite)
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise type(err)(
-                f"cannot create run directory {str(path)!r}: {err.strerror or err}; "
-                "choose a writable --out"
-            ) from err
+        create_run_dir(path)
         self._take_lock("overwriting" if overwrite else "training")
         self._check_fresh(overwrite)
         check_writable(self.path)  # before anything is deleted

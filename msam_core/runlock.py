@@ -88,6 +88,17 @@ def _not_writable(run_dir: Path, err: OSError) -> PermissionError:
     )
 
 
+def create_run_dir(run_dir: Path) -> None:
+    """Create ``run_dir`` (and its parents), or raise the OSError naming it and what to do."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise type(err)(
+            f"cannot create run directory {str(run_dir)!r}: {err.strerror or err}; "
+            "choose a writable --out"
+        ) from err
+
+
 def check_writable(run_dir: str | os.PathLike) -> None:
     """Raise PermissionError naming ``run_dir`` unless a file can be created in it: tried, not
     read from the mode bits, which a read-only mount or an ACL contradicts."""
