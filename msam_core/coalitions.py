@@ -608,9 +608,10 @@ def _summed_parts(
     if chunk_size is None and device.type == "cpu":
         chunk_size = max(1, CPU_FIRST_LAYER_ROWS // batch_size)
     real = torch.stack([parts[m] for m in modalities])  # [M, B, H]
-    width = real.shape[-1]
-    real = real.reshape(len(modalities), -1)  # [M, B*H]
-    base = torch.cat([base[m] for m in modalities])  # [M, H]
+    dtype = real.dtype  # summed in float32 at least, so a bf16 sum rounds once, as one matmul
+    width, wide = real.shape[-1], torch.promote_types(dtype, torch.float32)
+    real = real.reshape(len(modalities), -1).to(wide)  # [M, B*H]
+    base = torch.cat([base[m] for m in modalities]).to(wide)  # [M, H]
     sums, positions = [], []
     for start, plan in _passes(coalitions, chunk_size, batch_size, device, True):
         z = []
@@ -621,7 +622,7 @@ def _summed_parts(
         if plan.n_empty:
             z.append(base.sum(0, keepdim=True))
         z = z[0] if len(z) == 1 else torch.cat(z)
-        sums.append(plan.sums(after(z), targets, value, per_row))
+        sums.append(plan.sums(after(z.to(dtype)), targets, value, per_row))
         positions += [start + k for k in plan.positions]
     return sums, positions
 

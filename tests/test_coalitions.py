@@ -6,7 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tiny_models import TinyEarlyFusion, TinyLateFusion, tiny_batch
+from torch import nn
 
+import msam_core.coalitions as coalitions_module
 from msam_core.coalitions import (
     VALUE_KINDS,
     coalition_values,
@@ -462,7 +464,7 @@ def test_a_step_reuses_train_mode_features_only_where_they_are_the_eval_mode_one
 @pytest.mark.parametrize("fusion", ["concat", "sum"])
 @pytest.mark.parametrize("hidden", [None, 16])
 def test_a_linear_heads_coalitions_from_its_first_layer_terms_equal_the_head_per_coalition(
-    fusion, hidden
+    fusion, hidden, monkeypatch
 ):
     """Concat and sum heads are linear up to their first layer: coalition values from each
     modality's term of it equal the head run on every coalition's rows, which a hook (or
@@ -479,11 +481,21 @@ def test_a_linear_heads_coalitions_from_its_first_layer_terms_equal_the_head_per
     assert parts is not None and list(parts) == list(dims)
     joined = model.after_fusion_parts(sum(parts.values()))
     torch.testing.assert_close(joined, model.fuse(features), atol=1e-6, rtol=0)
-    fast = coalition_values(model, inputs, targets, "prob")
+    calls = []
+    summed = coalitions_module._summed_parts
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return summed(*args, **kwargs)
+
+    monkeypatch.setattr(coalitions_module, "_summed_parts", counted)
+    fast = coalition_values(model, inputs, targets, "prob", masking="feature")
+    assert calls == [1]  # the terms' path was taken
     handle = model.head.classifier[1].register_forward_hook(lambda *args: None)
     assert model.fusion_parts(features) is None  # a hook is never skipped
-    slow = coalition_values(model, inputs, targets, "prob")
+    slow = coalition_values(model, inputs, targets, "prob", masking="feature")
     handle.remove()
+    assert calls == [1]  # the head ran on every coalition's rows
     torch.testing.assert_close(fast, slow, atol=1e-6, rtol=0)
     assert not torch.equal(fast, fast[:1].expand(8))
     assert model.train().fusion_parts(features) is None  # dropout would be skipped
@@ -496,5 +508,25 @@ def test_heads_that_are_not_linear_in_the_features_offer_no_terms():
         model = build_model(specs, 3, fusion=fusion, feature_dim=8).eval()
         assert model.fusion_parts(features) is None, fusion
     model = build_model(specs, 3, fusion="concat", feature_dim=8).eval()
+    assert model.fusion_parts(features) is not None
     model.fuse = lambda feats, mask=None: model.head(feats, mask)  # fuse replaced: not trusted
     assert model.fusion_parts(features) is None
+    # anything else replaced or hooked in the head, or a classifier not as built
+    head = build_model(specs, 3, fusion="concat", feature_dim=8).eval().head
+    changes = [
+        lambda: head.classifier.register_forward_hook(lambda module, args, out: out / 5),
+        lambda: setattr(head, "combine", lambda feats: torch.cat(list(feats.values()), 1) / 2),
+        lambda: setattr(head.classifier, "forward", lambda x: x),
+        lambda: setattr(head, "classifier", nn.Linear(16, 3)),
+        lambda: setattr(head, "classifier", nn.Sequential(nn.Dropout(0.0), nn.ReLU())),
+    ]
+    for change in changes:
+        head = build_model(specs, 3, fusion="concat", feature_dim=8).eval().head
+        assert head.first_layer_parts(features) is not None
+        change()
+        assert head.first_layer_parts(features) is None
+    # a first layer without a bias is still a sum of terms
+    head = build_model(specs, 3, fusion="concat", feature_dim=8).eval().head
+    head.classifier[1] = nn.Linear(16, 3, bias=False)
+    z = sum(head.first_layer_parts(features).values())
+    torch.testing.assert_close(head.after_first_layer(z), head(features), atol=1e-6, rtol=0)

@@ -100,26 +100,37 @@ class FusionHead(nn.Module):
 
     def after_first_layer(self, z: Tensor) -> Tensor:
         """Logits from a sum of :meth:`first_layer_parts` ``z [N, H]``: bias, then the rest."""
-        return self.classifier[2:](z + self.classifier[1].bias)
+        bias = self.classifier[1].bias
+        return self.classifier[2:](z if bias is None else z + bias)
 
     def _columns(self) -> dict[str, slice]:
         """The first ``Linear``'s input columns each modality's features meet."""
         raise NotImplementedError
 
     def _linear_combine(self) -> bool:
-        if type(self) not in (ConcatFusion, SumFusion) or not _plain(self):
+        """Whether this head is exactly ``combine`` then make_classifier's layers, as built:
+        concat or sum, a plain ``Sequential`` of ``Dropout`` (inactive), ``Linear``, then
+        ``ReLU`` / ``Dropout`` / ``Linear``, nothing replaced on an instance, no hooks."""
+        own = ("combine", "first_layer_parts", "after_first_layer", "_columns")
+        if type(self) not in (ConcatFusion, SumFusion) or not _plain(self, own):
             return False
-        layers = list(self.classifier)
-        dropout = layers[0]
-        if type(dropout) is not nn.Dropout or (dropout.training and dropout.p > 0):
+        classifier = self.classifier
+        if type(classifier) is not nn.Sequential or not _plain(classifier):
+            return False
+        layers = list(classifier)
+        if len(layers) < 2 or type(layers[0]) is not nn.Dropout or type(layers[1]) is not nn.Linear:
+            return False
+        if layers[0].training and layers[0].p > 0:
             return False
         return all(type(x) in (nn.Linear, nn.ReLU, nn.Dropout) and _plain(x) for x in layers)
 
 
-def _plain(module: nn.Module) -> bool:
-    """No hooks on ``module``, none global, no forward set on the instance."""
+def _plain(module: nn.Module, methods: tuple[str, ...] = ()) -> bool:
+    """No hooks on ``module``, none global, and neither ``forward`` nor ``methods`` set on the
+    instance."""
     hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-    own = any(getattr(module, name, None) for name in hooks) or "forward" in vars(module)
+    replaced = any(name in vars(module) for name in ("forward", *methods))
+    own = replaced or any(getattr(module, name, None) for name in hooks)
     registry = nn.modules.module
     global_hooks = ("_global_forward_hooks", "_global_forward_pre_hooks")
     return not own and not any(getattr(registry, name, None) for name in global_hooks)
