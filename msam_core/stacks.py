@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from msam_core.hooks import global_hooks, has_hooks
+
 Step = Callable[[Tensor], tuple[Tensor, bool]]  # (output, whether the stack owns it)
 
 _ACTIVATIONS: dict[type[nn.Module], tuple[Callable[[Tensor], Tensor], Callable]] = {
@@ -23,20 +25,6 @@ _ACTIVATIONS: dict[type[nn.Module], tuple[Callable[[Tensor], Tensor], Callable]]
     nn.Tanh: (torch.tanh, torch.tanh_),
     nn.Sigmoid: (torch.sigmoid, torch.sigmoid_),
 }
-
-
-def _hooked(module: nn.Module) -> bool:
-    return bool(
-        module._forward_hooks
-        or module._forward_pre_hooks
-        or getattr(module, "_forward_hooks_with_kwargs", None)
-    )
-
-
-def _global_hooks() -> bool:
-    from torch.nn.modules import module
-
-    return bool(module._global_forward_hooks or module._global_forward_pre_hooks)
 
 
 def _linear(module: nn.Linear) -> Step:
@@ -52,7 +40,7 @@ def _activation(module: nn.Module) -> Step:
 
 
 def _step(module: nn.Module, replaced: Mapping[nn.Module, tuple[Callable, bool]]) -> Step | None:
-    if _hooked(module):
+    if has_hooks(module):
         return None
     if module in replaced:
         forward, owned = replaced[module]
@@ -80,7 +68,7 @@ def stack_forward(
     a layer with hooks is not recognised (its hooks would not run).  For inference: no
     autograd through the in-place activations.
     """
-    if type(stack) is not nn.Sequential or len(stack) == 0 or _global_hooks():
+    if type(stack) is not nn.Sequential or len(stack) == 0 or global_hooks():
         return None
     steps = []
     for module in stack:

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from torch.nn.modules.dropout import _DropoutNd
 
 from msam_core.coalitions import check_targets, has_feature_path, submodules, unwrap
+from msam_core.hooks import global_hooks, has_hooks
 from msam_core.masking import check_inputs
 from msam_core.optim.ascent import ascent, perturbed
 from msam_core.optim.sam import MSAM, SAM, Restriction
@@ -279,12 +280,12 @@ def reusable_encoders(model: nn.Module, parts: ModalityParameters | None) -> dic
         return None
     if any(name in vars(model) for name in _STOCK_PATH):  # replaced on the instance
         return None
-    if _has_hooks(model) or _global_hooks() or any(map(_compiled, submodules(model))):
+    if has_hooks(model) or global_hooks() or any(map(_compiled, submodules(model))):
         return None
     found = {}
     for m in model.modalities:
         modules = submodules(model.encoders[m])
-        if not all(_deterministic_module(x) and not _has_hooks(x) for x in modules):
+        if not all(_deterministic_module(x) and not has_hooks(x) for x in modules):
             return None
         found[m] = {id(p) for x in modules for p in x._parameters.values() if p is not None}
     return found
@@ -294,15 +295,6 @@ def reusable_encoders(model: nn.Module, parts: ModalityParameters | None) -> dic
 #: (unmasked) inputs, each ``encoders[m]`` on modality m alone
 _STOCK_PATH = ("forward", "encode", "mask_inputs", "fuse", "__call__", "_call_impl")
 
-_HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_pre_hooks",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-)
-
-#: the global registries of ``nn.modules.module.register_module_*_hook``
-_GLOBAL_HOOK_DICTS = tuple(f"_global{name}" for name in _HOOK_DICTS)
 
 #: torch layers whose forward is a deterministic function of input, parameters and buffers
 #: (matched by exact type, so a subclass with its own forward is not taken on trust)
@@ -347,15 +339,6 @@ def _deterministic_module(module: nn.Module) -> bool:
         if loaded is not None and any(kind is getattr(loaded, n, None) for n in names):
             return True
     return False
-
-
-def _has_hooks(module: nn.Module) -> bool:
-    return any(getattr(module, name, None) for name in _HOOK_DICTS)
-
-
-def _global_hooks() -> bool:
-    """Whether any global module hook (``nn.modules.module.register_module_*_hook``) is set."""
-    return any(getattr(nn.modules.module, name, None) for name in _GLOBAL_HOOK_DICTS)
 
 
 def _compiled(module: nn.Module) -> bool:

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from msam_core.hooks import global_hooks, has_hooks
 from msam_core.masking import validate_mask
 from msam_core.models.base import feature_dims
 
@@ -128,12 +129,8 @@ class FusionHead(nn.Module):
 def _plain(module: nn.Module, methods: tuple[str, ...] = ()) -> bool:
     """No hooks on ``module``, none global, and neither ``forward`` nor ``methods`` set on the
     instance."""
-    hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
     replaced = any(name in vars(module) for name in ("forward", *methods))
-    own = replaced or any(getattr(module, name, None) for name in hooks)
-    registry = nn.modules.module
-    global_hooks = ("_global_forward_hooks", "_global_forward_pre_hooks")
-    return not own and not any(getattr(registry, name, None) for name in global_hooks)
+    return not replaced and not has_hooks(module) and not global_hooks()
 
 
 class ConcatFusion(FusionHead):
