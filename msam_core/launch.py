@@ -22,7 +22,13 @@ from typing import Any
 from msam_core.config import resolve_config
 from msam_core.executors import available_cpus
 from msam_core.layout import CONFIG_FILE
-from msam_core.runlock import LOCK_FILE
+from msam_core.runlock import (
+    LAUNCHER_LOCK_ENV,
+    check_writable,
+    create_run_dir,
+    holds_files,
+    run_lock,
+)
 
 
 def launched_here() -> bool:
@@ -87,8 +93,7 @@ def run_processes(
         if out is None:
             out = str(Path("runs") / f"{cfg.method}_{cfg.dataset}_seed{cfg.seed}")
             tokens = [*tokens, "--out", out]
-        held = Path(out).is_dir() and any(p.name != LOCK_FILE for p in Path(out).iterdir())
-        if not overwrite and held:
+        if not overwrite and holds_files(Path(out)):
             raise FileExistsError(
                 f"{out!r} already holds files; continue that run with --resume, or replace "
                 "it with --overwrite"
@@ -128,8 +133,6 @@ def _check_out_usable(out: Path) -> None:
     """Refuse here, before any rank starts, a run directory rank 0 could not create or write
     (a file, a path under a file, a read-only folder): refused inside the ranks, the others
     would wait for rank 0 until the group's timeout.  Creates nothing."""
-    from msam_core.runlock import check_writable
-
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(
             f"run directory {str(out)!r} exists and is a file; choose another --out"
@@ -160,8 +163,6 @@ def _lock_for_ranks(out: Path, nproc: int) -> Iterator[None]:
     writes under it (:data:`~msam_core.runlock.LAUNCHER_LOCK_ENV` tells it so).  Taken by rank
     0 instead, another writer could start between these checks and rank 0's start and be
     found only inside the ranks.  Raises RunLocked naming the current writer."""
-    from msam_core.runlock import LAUNCHER_LOCK_ENV, create_run_dir, run_lock
-
     create_run_dir(out)
     with run_lock(out, f"training on {nproc} processes"):
         os.environ[LAUNCHER_LOCK_ENV] = f"{os.getpid()}:{out.resolve()}"

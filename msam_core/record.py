@@ -46,7 +46,7 @@ from msam_core.layout import (
     RUN_ENTRIES,
     SUMMARY_FILE,
 )
-from msam_core.runlock import LOCK_FILE, check_writable, create_run_dir, run_lock
+from msam_core.runlock import check_writable, create_run_dir, holds_files, run_lock
 from msam_core.version import __version__
 
 # --------------------------------------------------------------------------------------------
@@ -241,7 +241,7 @@ class RunWriter:
 
     def _check_fresh(self, overwrite: bool) -> None:
         path = self.path
-        if not path.is_dir() or not any(p.name != LOCK_FILE for p in path.iterdir()):
+        if not holds_files(path):
             return
         if not overwrite:
             raise FileExistsError(

@@ -88,6 +88,12 @@ def _not_writable(run_dir: Path, err: OSError) -> PermissionError:
     )
 
 
+def holds_files(run_dir: Path) -> bool:
+    """Whether ``run_dir`` is a folder holding anything but a writer's lock file (which a
+    killed writer may leave behind: it is not a run's file)."""
+    return run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir())
+
+
 def create_run_dir(run_dir: Path) -> None:
     """Create ``run_dir`` (and its parents), or raise the OSError naming it and what to do."""
     try:
