@@ -443,6 +443,11 @@ def _save_and_reload(
     _wait_for(page, name, f"a saved file with {views} widget views", saved, timeout_s=120)
     ended = running is not None and not running()
     assert not ended, f"{name}: the run ended before the page could be reloaded"
+    _reload(page)
+
+
+def _reload(page) -> None:
+    """Reload the page and wait for the notebook's cells."""
     page.reload()
     page.wait_for_selector(".jp-NotebookPanel .jp-Notebook .jp-Cell")
 
@@ -466,8 +471,7 @@ def _views_back(page, name: str, selector: str, count: int) -> None:
         texts = [t.strip()[:80] for t in page.evaluate(TEXTS_JS, outputs)]
         if not reloaded and any("model not found" in t for t in texts):
             print(f"\n{name}: a view was drawn before its widget state arrived; reloading once")
-            page.reload()
-            page.wait_for_selector(".jp-NotebookPanel .jp-Notebook .jp-Cell")
+            _reload(page)
             reloaded = True
             deadline = time.monotonic() + FIGURE_TIMEOUT_S  # the reloaded page's own time
         elif time.monotonic() > deadline:
