@@ -3,6 +3,6 @@ train ...`` starts every rank of a run)."""
 
 import sys
 
-from msam_core.cli import main
+from msam_core.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

@@ -226,3 +226,24 @@ def test_epoch_lines_name_the_initial_evaluation_and_resume_says_where_it_starts
     text = "".join(capsys.readouterr())
     assert "resuming from epoch 2 of 3" in text, text
     assert re.findall(r"epoch +(\d+): train loss", text) == ["3"], text
+
+
+def test_entry_returns_the_status_of_main_and_freezes_what_is_alive_for_the_exit():
+    """The console script's ``entry``: ``main``'s exit status, with the objects alive at the end
+    moved out of the interpreter's final collections (``gc.freeze``); a plain ``main`` call
+    leaves the collector alone."""
+    import subprocess
+
+    probe = (
+        "import gc, sys\n"
+        "from msam_core.cli import entry, main\n"
+        "sys.argv = ['msam', 'tarin']\n"
+        "plain = main(['tarin'])\n"
+        "before = gc.get_freeze_count()\n"
+        "status = entry()\n"
+        "print(plain, before, status, gc.get_freeze_count() > 0)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300
+    )
+    assert done.stdout.split() == ["2", "0", "2", "True"], done.stderr[-2000:]

@@ -50,4 +50,4 @@ def test_pyproject_torch_range_admits_the_pinned_build() -> None:
 
 
 def test_console_script_points_at_the_cli() -> None:
-    assert _pyproject()["project"]["scripts"]["msam"] == "msam_core.cli:main"
+    assert _pyproject()["project"]["scripts"]["msam"] == "msam_core.cli:entry"
