@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
 
 from msam_core.data.base import ModalitySpec, MultimodalDataset
 from msam_core.data.registry import register_dataset
@@ -34,6 +33,9 @@ def degrade(images: np.ndarray, noise: float = 0.0, blur: float = 0.0, seed: int
         raise ValueError(f"noise and blur must be >= 0, got noise={noise}, blur={blur}")
     out = images.astype(np.float64)
     if blur > 0:
+        # imported here: scipy.ndimage is about half a second of every `import msam_core.data`
+        from scipy.ndimage import gaussian_filter
+
         # Blur within each image only (sigma 0 along the sample axis).
         out = gaussian_filter(out, sigma=(0, blur, blur), mode="constant")
     if noise > 0:

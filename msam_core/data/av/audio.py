@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.io import wavfile
 from torch import Tensor
 
 
@@ -76,6 +75,8 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     Integer PCM is scaled by its full range; several channels are averaged.  Raises
     ValueError (from scipy) for a file that is not a readable WAV, and for an empty one.
     """
+    from scipy.io import wavfile  # imported here: scipy.io is slow to import, as scipy.signal
+
     rate, data = wavfile.read(str(path))
     data = np.asarray(data)
     if np.issubdtype(data.dtype, np.integer):
