@@ -23,7 +23,13 @@
    passes (one per coalition) vs one batched pass (input masking, and the head-only feature
    masking).  Goal: batched >= 3x faster.
 
+3. ``--profile-pass``: where M-SAM's extra time over SAM goes on the late-fusion settings:
+   an M-SAM step given its coalition pass's result (everything else as in a step, the loss
+   read included) against SAM, and the pass alone, with its pieces (encoding the baselines,
+   the head over every coalition's rows).
+
     OMP_NUM_THREADS=1 python benchmarks/step_cost.py [--device cuda] [--quick]
+    OMP_NUM_THREADS=1 python benchmarks/step_cost.py --only late --skip-coalitions --profile-pass
     python benchmarks/step_cost.py --threads 0      # the default thread count
     python benchmarks/step_cost.py --only early --skip-coalitions   # early fusion's rows only
 """
@@ -38,7 +44,15 @@ from collections.abc import Callable
 
 import torch
 
-from msam_core.coalitions import coalition_values, values_from_logits
+import msam_core.step as step_module
+from msam_core.coalitions import (
+    _own_baseline_inputs,
+    all_coalitions,
+    batch_values,
+    coalition_values,
+    eval_mode,
+    values_from_logits,
+)
 from msam_core.data.base import ModalitySpec
 from msam_core.masking import coalition_masks
 from msam_core.models import build_model
@@ -230,6 +244,91 @@ def step_costs(args, device) -> None:
                 )
 
 
+def given_pass(model, optimizer, inputs, targets) -> Callable[[], object]:
+    """An M-SAM step whose coalition pass returns a result computed once beforehand: the
+    step's cost without the pass (its loss is still read, as the pass would)."""
+    result = {}
+    real = step_module.batch_shapley
+
+    def cached(model, inputs, targets, first, *args, **kwargs):
+        if "shapley" not in result:
+            result["shapley"] = real(model, inputs, targets, first, *args, **kwargs)
+        first.loss_value = float(first.loss.detach())
+        return result["shapley"]
+
+    def run() -> object:
+        step_module.batch_shapley = cached
+        try:
+            return msam_step(model, optimizer, inputs, targets)
+        finally:
+            step_module.batch_shapley = real
+
+    return run
+
+
+def profile_pass(args, device) -> None:
+    """Part 3: M-SAM given its pass vs SAM, and the pass and its pieces alone (CPU time)."""
+    print(f"\n3. where M-SAM's time over SAM goes ({args.rounds} rounds; ms as best / median)")
+    for label, fusion, dims, batch, _ in SETTINGS:
+        if fusion == "concat" and (not args.only or label.startswith(args.only)):
+            print(f"   {label}")
+            profile_setting(dims, batch, args, device)
+
+
+def profile_setting(dims: list[int], batch: int, args, device) -> None:
+    """Part 3 on one late-fusion setting."""
+    model, inputs, targets = setting(dims, "concat", batch, device)
+    sam_model, msam_model, given_model = (copy.deepcopy(model) for _ in range(3))
+    kw = {"lr": 0.01, "momentum": 0.9}
+    sam_opt = SAM(sam_model.parameters(), torch.optim.SGD, rho=0.05, **kw)
+    msam_opt = MSAM(msam_model.parameters(), torch.optim.SGD, rho=0.05, **kw)
+    given_opt = MSAM(given_model.parameters(), torch.optim.SGD, rho=0.05, **kw)
+    with torch.no_grad():
+        features = model.encode(inputs)
+        logits = model.fuse(features, None)
+        base_inputs = _own_baseline_inputs(model, inputs)
+        # the head's rows in the pass: every coalition but the empty and the full one, then one
+        # row for the empty one (the first sample stands in for the baselines: same cost)
+        coalitions = all_coalitions(len(dims))[1:-1]
+        stacked = {
+            m: torch.cat(
+                [
+                    features[m] if c[i] else features[m][:1].expand_as(features[m])
+                    for c in coalitions
+                ]
+                + [features[m][:1]]
+            )
+            for i, m in enumerate(model.modalities)
+        }
+
+    def in_eval(fn: Callable[[], object]) -> Callable[[], object]:
+        def run() -> object:
+            with torch.no_grad(), eval_mode(model):
+                return fn()
+
+        return run
+
+    rows = stacked[model.modalities[0]].shape[0]
+    steps = {
+        "sam": lambda: sam_step(sam_model, sam_opt, inputs, targets, value=None),
+        "msam": lambda: msam_step(msam_model, msam_opt, inputs, targets),
+        "msam, pass given": given_pass(given_model, given_opt, inputs, targets),
+        "the pass alone": lambda: batch_values(
+            model, inputs, targets, logits=logits, features=features
+        ),
+        "  baselines' encoding": in_eval(lambda: model.encode(base_inputs)),
+    }
+    if len(dims) == 2:  # from 3 modalities on the pass sums the head's per-modality terms
+        steps[f"  head on {rows} rows"] = in_eval(lambda: model.fuse(stacked, None))
+    t = time_interleaved(steps, args.rounds, device)
+    for name, ts in t.items():
+        extra = ""
+        if name.startswith("msam"):
+            of_best, of_rounds = ratios(ts, t["sam"])
+            extra = f"  /sam {of_best:.3f} / {of_rounds:.3f}"
+        print(f"     {name:<24}{shown(ts)}{extra}")
+
+
 def coalition_cost(args, device) -> None:
     n_modalities = 6
     model, inputs, targets = setting([args.dim] * n_modalities, "concat", args.batch, device)
@@ -330,6 +429,11 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (0: torch's default count)"
     )
+    parser.add_argument(
+        "--profile-pass",
+        action="store_true",
+        help="also time M-SAM given its coalition pass, and the pass's pieces (late fusion)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.rounds = 5
@@ -338,6 +442,8 @@ def main() -> None:
     device = torch.device(args.device)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     step_costs(args, device)
+    if args.profile_pass:
+        profile_pass(args, device)
     if not args.skip_coalitions:
         coalition_cost(args, device)
 
