@@ -19,6 +19,10 @@ Two places provide commands:
 
   so ``msam report`` works when that package is installed, without msam_core importing it.
 
+``run`` closes (or finalizes) what it opens before it returns: the console script freezes
+what is still alive then out of the interpreter's final collections (:func:`entry`), so a
+reference cycle left behind is not finalized at exit.
+
 A command that sets ``EXTRA_ARGS = True`` receives unparsed ``--key value`` tokens in
 ``args.extra`` (``msam train`` uses them as config overrides).
 
@@ -186,6 +190,7 @@ def entry() -> int:
     (and renamed into place) before :func:`main` returns.  In-process callers of :func:`main`
     (tests, notebooks) keep their collector as it is."""
     status = main()
+    gc.collect(1)  # the young generations (milliseconds): cycles the command just left
     gc.freeze()
     return status
 

@@ -243,6 +243,19 @@ def test_entry_returns_the_status_of_main_and_freezes_what_is_alive_for_the_exit
         "status = entry()\n"
         "print(plain, before, status, gc.get_freeze_count() > 0)\n"
     )
+    # `python -m msam_core` (what --nproc and torchrun start on every rank) goes through it too
+    as_module = (
+        "import gc, runpy, sys\n"
+        "sys.argv = ['msam', 'tarin']\n"
+        "try:\n"
+        "    runpy.run_module('msam_core', run_name='__main__')\n"
+        "except SystemExit as done:\n"
+        "    print(done.code, gc.get_freeze_count() > 0)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", as_module], capture_output=True, text=True, timeout=300
+    )
+    assert done.stdout.split() == ["2", "True"], done.stderr[-2000:]
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300
     )
