@@ -452,9 +452,10 @@ def _reload(page) -> None:
     page.wait_for_selector(".jp-NotebookPanel .jp-Notebook .jp-Cell")
 
 
-#: Reloads :func:`_views_back` makes while a view says "model not found" (on a slow host the
-#: race below has lost twice in a row)
-RACE_RELOADS = 3
+#: Reloads :func:`_views_back` makes while a view says "model not found": on a slow host
+#: under two CPU burners the race below was lost three times in a row (the third reload,
+#: after pauses of 5, 10 and 15 s, brought both views back)
+RACE_RELOADS = 5
 
 
 def _views_back(page, name: str, selector: str, count: int) -> None:
