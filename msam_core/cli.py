@@ -185,7 +185,7 @@ def entry() -> int:
     still alive are frozen out of the interpreter's final garbage collections (``gc.freeze``).
 
     Those collections traverse every object torch and torch._dynamo created at import, about a
-    million: 1-1.5 s of every command's exit on a 2-core machine, more than some commands' own
+    million: 1.5-2 s of every command's exit on a slow 2-core machine, more than some commands' own
     work.  Only what is alive at the end is skipped; every file the commands write is closed
     (and renamed into place) before :func:`main` returns.  In-process callers of :func:`main`
     (tests, notebooks) keep their collector as it is."""
